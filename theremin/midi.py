@@ -1,0 +1,186 @@
+"""Reading, cleaning and writing MIDI files (miditoolkit).
+
+A :class:`Piece` is what the rest of theremin sees of a MIDI file: one merged, drum-free list of notes in
+ticks, plus the tempo map and time signatures. Every reason a file cannot be used is a :class:`MidiError`
+whose message names the file and the reason, so a corpus build can report it and go on.
+
+Cleaning rules (applied by :func:`read_midi`):
+- drum tracks (channel 10, ``is_drum``) are dropped; all other instruments merge onto one track;
+- notes of one pitch that start on the same tick sound as one: the longest is kept;
+- a note whose end is not after its start (zero length, or a note-off before its note-on) keeps its onset
+  and lasts zero ticks here; the codec gives it the shortest duration on its grid;
+- MIDI type 0 and 1 are read the same way (one shared timeline); type 2 (independent sequences, each with
+  its own timeline) has no single timeline to merge, so it is refused with that reason.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_TEMPO_US = 500_000  # MIDI's default: 120 quarter notes per minute
+MIDI_SUFFIXES = (".mid", ".midi", ".kar")
+
+
+class MidiError(ValueError):
+    """A MIDI file theremin cannot use; the message names the file and the reason."""
+
+    def __init__(self, path: str | os.PathLike | None, reason: str):
+        self.path = None if path is None else str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}" if self.path else reason)
+
+
+@dataclass(frozen=True, order=True)
+class Note:
+    start: int  # ticks
+    end: int  # ticks (== start for a zero-length note)
+    pitch: int  # 0..127
+    velocity: int  # 1..127
+
+
+@dataclass
+class Piece:
+    notes: list[Note]  # sorted by (start, pitch)
+    ticks_per_beat: int
+    tempos: list[tuple[int, int]] = field(default_factory=list)  # (tick, microseconds per quarter note)
+    time_signatures: list[tuple[int, int, int]] = field(default_factory=list)  # (tick, numerator, denominator)
+
+    def seconds(self, tick: int) -> float:
+        """Time in seconds of a tick, with the tempo map applied."""
+        t, last_tick, us = 0.0, 0, DEFAULT_TEMPO_US
+        for at, tempo in self.tempos:
+            if at >= tick:
+                break
+            t += (at - last_tick) * us / 1e6 / self.ticks_per_beat
+            last_tick, us = at, tempo
+        return t + (tick - last_tick) * us / 1e6 / self.ticks_per_beat
+
+
+def is_midi_path(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(MIDI_SUFFIXES)
+
+
+def _tempo_us(bpm: float) -> int:
+    # miditoolkit stores 6e7 / microseconds as a float; rounding back recovers the file's exact integer
+    return max(1, min(0xFFFFFF, round(60_000_000 / bpm)))
+
+
+def _midi_type(path: Path) -> int | None:
+    with open(path, "rb") as f:
+        head = f.read(14)
+    if len(head) < 14 or head[:4] != b"MThd":
+        return None
+    return int.from_bytes(head[8:10], "big")
+
+
+def read_midi(path: str | os.PathLike, min_notes: int = 1) -> Piece:
+    """Read and clean one MIDI file; raise :class:`MidiError` with the reason when it cannot be used."""
+    import miditoolkit  # imported here: it is slow to import and worker processes import this module
+
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise MidiError(path, "empty file (0 bytes)")
+        kind = _midi_type(path)
+    except OSError as e:
+        raise MidiError(path, f"unreadable: {e.strerror or e}") from e
+    if kind is None:
+        raise MidiError(path, "not a MIDI file (no MThd header)")
+    if kind == 2:
+        raise MidiError(path, "MIDI type 2 (independent sequences without a shared timeline) is not supported")
+    try:
+        midi = miditoolkit.MidiFile(str(path))
+    except Exception as e:  # mido raises many kinds (EOFError, OSError, KeyError, ValueError...)
+        raise MidiError(path, f"unreadable MIDI ({type(e).__name__}: {e})"[:300]) from e
+    if midi.ticks_per_beat <= 0:
+        raise MidiError(path, f"unsupported time division (ticks_per_beat={midi.ticks_per_beat}, SMPTE?)")
+
+    instruments = midi.instruments
+    pitched = [ins for ins in instruments if not ins.is_drum]
+    if not any(ins.notes for ins in instruments):
+        raise MidiError(path, "no notes")
+    if not any(ins.notes for ins in pitched):
+        raise MidiError(path, "drums only (all notes are on drum tracks)")
+
+    notes = merge_notes(
+        (n.start, n.end, n.pitch, n.velocity) for ins in pitched for n in ins.notes
+    )
+    if len(notes) < min_notes:
+        raise MidiError(path, f"too few notes ({len(notes)} < min_notes={min_notes})")
+    tempos = _clean_tempos((tc.time, _tempo_us(tc.tempo)) for tc in midi.tempo_changes if tc.tempo > 0)
+    sigs = sorted({(ts.time, ts.numerator, ts.denominator) for ts in midi.time_signature_changes})
+    return Piece(notes=notes, ticks_per_beat=midi.ticks_per_beat, tempos=tempos, time_signatures=sigs)
+
+
+def merge_notes(raw: Iterable[tuple[int, int, int, int]]) -> list[Note]:
+    """Merge notes onto one track: same (start, pitch) sound as one, the longest wins; sorted by time."""
+    best: dict[tuple[int, int], tuple[int, int]] = {}
+    for start, end, pitch, velocity in raw:
+        if not 0 <= pitch <= 127:
+            continue  # mido refuses such files already; a defensive guard, never reached for parsed input
+        start = max(0, int(start))
+        end = max(start, int(end))
+        key = (start, pitch)
+        prev = best.get(key)
+        if prev is None or end > prev[0]:
+            best[key] = (end, max(1, min(127, int(velocity))))
+    return [Note(s, e, p, v) for (s, p), (e, v) in sorted(best.items())]
+
+
+def _clean_tempos(tempos: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """One tempo per tick (the last written wins), redundant repeats removed."""
+    by_tick: dict[int, int] = {}
+    for tick, us in tempos:
+        by_tick[max(0, int(tick))] = us
+    out: list[tuple[int, int]] = []
+    current = DEFAULT_TEMPO_US
+    for tick in sorted(by_tick):
+        if by_tick[tick] != current:
+            out.append((tick, by_tick[tick]))
+            current = by_tick[tick]
+    return out
+
+
+def write_midi(
+    piece: Piece,
+    path: str | os.PathLike,
+    program: int = 0,
+    meta: dict[str, str] | None = None,
+) -> Path:
+    """Write a piece as a one-track MIDI file, atomically (a temp file in the same folder, then rename).
+
+    ``meta`` entries are stored as text markers at tick 0 ("key: value"), e.g. provenance of a generation.
+    """
+    import miditoolkit
+    from miditoolkit.midi.containers import Instrument, Marker, TempoChange, TimeSignature
+    from miditoolkit.midi.containers import Note as MtkNote
+
+    path = Path(path)
+    midi = miditoolkit.MidiFile(ticks_per_beat=piece.ticks_per_beat)
+    ins = Instrument(program=program, is_drum=False, name="theremin")
+    ins.notes = [MtkNote(velocity=n.velocity, pitch=n.pitch, start=n.start, end=n.end) for n in piece.notes]
+    midi.instruments = [ins]
+    midi.tempo_changes = [TempoChange(tempo=60_000_000 / us, time=t) for t, us in piece.tempos] or [
+        TempoChange(tempo=60_000_000 / DEFAULT_TEMPO_US, time=0)
+    ]
+    midi.time_signature_changes = [TimeSignature(n, d, t) for t, n, d in piece.time_signatures]
+    midi.markers = [Marker(text=f"{k}: {v}", time=0) for k, v in (meta or {}).items()]
+    atomic_write(path, lambda tmp: midi.dump(str(tmp)))
+    return path
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then move the temp file over ``path``: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
