@@ -15,7 +15,6 @@ from pathlib import Path
 from theremin.midi import atomic_write
 from theremin.paths import data_dir
 
-
 # scores only: the corpus also holds roman-numeral analyses (.rntxt), which are not music to learn from
 SCORE_SUFFIXES = (".mxl", ".xml", ".musicxml", ".krn", ".mei")
 

@@ -111,7 +111,7 @@ def read_midi(path: str | os.PathLike, min_notes: int = 1) -> Piece:
     )
     if len(notes) < min_notes:
         raise MidiError(path, f"too few notes ({len(notes)} < min_notes={min_notes})")
-    tempos = _clean_tempos((tc.time, _tempo_us(tc.tempo)) for tc in midi.tempo_changes if tc.tempo > 0)
+    tempos = clean_tempos((tc.time, _tempo_us(tc.tempo)) for tc in midi.tempo_changes if tc.tempo > 0)
     sigs = sorted({(ts.time, ts.numerator, ts.denominator) for ts in midi.time_signature_changes})
     return Piece(notes=notes, ticks_per_beat=midi.ticks_per_beat, tempos=tempos, time_signatures=sigs)
 
@@ -125,13 +125,13 @@ def merge_notes(raw: Iterable[tuple[int, int, int, int]]) -> list[Note]:
         start = max(0, int(start))
         end = max(start, int(end))
         key = (start, pitch)
-        prev = best.get(key)
-        if prev is None or end > prev[0]:
-            best[key] = (end, max(1, min(127, int(velocity))))
+        value = (end, max(1, min(127, int(velocity))))
+        if key not in best or value > best[key]:  # the longest sounds; of equal ones, the loudest
+            best[key] = value
     return [Note(s, e, p, v) for (s, p), (e, v) in sorted(best.items())]
 
 
-def _clean_tempos(tempos: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+def clean_tempos(tempos: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     """One tempo per tick (the last written wins), redundant repeats removed."""
     by_tick: dict[int, int] = {}
     for tick, us in tempos:
@@ -178,6 +178,9 @@ def atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs should read like any other file
     try:
         write(Path(tmp))
         os.replace(tmp, path)

@@ -211,9 +211,9 @@ class MidiChar:
         for n in piece.notes:
             pos = q(n.start)
             dur = max(1, q(n.end) - pos)
-            key = (pos, n.pitch)
-            if key not in best or dur > best[key][0]:
-                best[key] = (dur, self.velocity_index(n.velocity))
+            key, value = (pos, n.pitch), (dur, self.velocity_index(n.velocity))
+            if key not in best or value > best[key]:  # the longest sounds; of equal ones, the loudest
+                best[key] = value
         notes = [(pos, dur, pitch, vel) for (pos, pitch), (dur, vel) in sorted(best.items())]
         end = max((pos + dur for pos, dur, _, _ in notes), default=0)
         by_pos: dict[int, int] = {}

@@ -1,0 +1,226 @@
+"""The midichar codec: exact on its grid, nothing clamped or dropped, tempo survives in seconds."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from theremin.midi import DEFAULT_TEMPO_US, Note, Piece, clean_tempos, read_midi, write_midi
+from theremin.midichar import BASE, CodecError, MidiChar
+
+CODEC = MidiChar()
+K = CODEC.ticks_per_beat // CODEC.grid  # ticks per grid step in decoded files
+
+
+def grid_piece(notes, tempos=(), tpb=CODEC.ticks_per_beat):
+    """A Piece from grid-unit notes (pos, dur, pitch, velocity)."""
+    k = tpb // CODEC.grid
+    return Piece(
+        notes=sorted(Note(p * k, (p + d) * k, pitch, v) for p, d, pitch, v in notes),
+        ticks_per_beat=tpb,
+        tempos=clean_tempos((p * k, us) for p, us in tempos),
+    )
+
+
+def canonical(notes):
+    """What the grid keeps of notes (pos, dur, pitch, velocity): one per (pos, pitch), the longest."""
+    best = {}
+    for pos, dur, pitch, vel in notes:
+        vel = CODEC.velocities[CODEC.velocity_index(vel)]
+        if (pos, pitch) not in best or (dur, vel) > best[(pos, pitch)]:
+            best[(pos, pitch)] = (dur, vel)
+    return sorted((p, d, pitch, v) for (p, pitch), (d, v) in best.items())
+
+
+def as_grid(piece):
+    return sorted((n.start // K, (n.end - n.start) // K, n.pitch, n.velocity) for n in piece.notes)
+
+
+# ---- the alphabet -----------------------------------------------------------------------------------------
+def test_layout_fits_the_supplementary_planes():
+    assert CODEC.n_codes <= 0x100000
+    assert CODEC.kind(chr(BASE)) == "note"
+    assert CODEC.kind(chr(BASE + CODEC.n_codes - 1)) == "tempo_lo"
+    assert CODEC.kind(chr(BASE + CODEC.n_codes)) == "invalid"
+    assert CODEC.kind("a") == "invalid"
+
+
+@given(st.integers(0, 0x10FFFF - BASE))
+def test_every_char_is_printable_never_whitespace_control_or_surrogate(i):
+    ch = chr(BASE + i)
+    assert not ch.isspace() and ch != "\n"
+    assert unicodedata.category(ch) not in ("Cc", "Cs", "Zs", "Zl", "Zp")
+    assert ch.encode("utf-8").decode("utf-8") == ch
+
+
+def test_layout_that_does_not_fit_is_refused():
+    with pytest.raises(ValueError, match="code points"):
+        MidiChar(velocities=list(range(1, 128, 4)))
+
+
+def test_unknown_setting_is_refused():
+    with pytest.raises(TypeError, match="unknown codec settings"):
+        MidiChar(gird=12)
+
+
+# ---- exact on the grid ------------------------------------------------------------------------------------
+grid_notes = st.lists(
+    st.tuples(
+        st.one_of(st.integers(0, 200), st.integers(0, 30_000)),  # position
+        st.one_of(st.integers(1, 60), st.integers(1, 6000)),  # duration
+        st.integers(0, 127),
+        st.integers(1, 127),
+    ),
+    max_size=60,
+)
+tempo_values = st.one_of(st.integers(1, 0xFFFFFF), st.sampled_from([500_000, 789_474, 600_000, 250_000]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(grid_notes, st.lists(st.tuples(st.integers(0, 30_000), tempo_values), max_size=5),
+       st.sampled_from([480, 96, 10080, 384, 12]))
+def test_decode_encode_is_identity_on_the_grid(notes, tempos, tpb):
+    piece = grid_piece(notes, tempos, tpb)
+    text = CODEC.encode(piece)
+    back = CODEC.decode(text)
+    assert as_grid(back) == canonical(notes)
+    # tempo is exact: every note starts and ends at the same second
+    for pos, dur, _, _ in canonical(notes):
+        assert back.seconds(pos * K) == pytest.approx(piece.seconds(pos * tpb // CODEC.grid), abs=1e-9)
+        assert back.seconds((pos + dur) * K) == pytest.approx(
+            piece.seconds((pos + dur) * tpb // CODEC.grid), abs=1e-9)
+    assert CODEC.encode(back) == text
+
+
+@st.composite
+def canonical_texts(draw):
+    """Valid midichar texts, generated from the grammar in the module docstring (not from the encoder)."""
+    c = CODEC
+    rest = lambda n: [chr(BASE + c.rest_lo + c.max_rest - 1)] * (n // c.max_rest) + (  # noqa: E731
+        [chr(BASE + c.rest_lo + n % c.max_rest - 1)] if n % c.max_rest else [])
+    ext = lambda n: [chr(BASE + c.ext_lo + c.max_dur_ext - 1)] * (n // c.max_dur_ext) + (  # noqa: E731
+        [chr(BASE + c.ext_lo + n % c.max_dur_ext - 1)] if n % c.max_dur_ext else [])
+    out, tempo = [], DEFAULT_TEMPO_US
+    for group in range(draw(st.integers(0, 12))):
+        gap = draw(st.one_of(st.integers(0, 40), st.integers(0, 5000)))
+        if group > 0:
+            gap = max(gap, 1)  # one group per position
+        new_tempo = draw(st.one_of(st.none(), tempo_values))
+        if new_tempo is not None and new_tempo != tempo:
+            out += [*rest(gap), chr(BASE + c.tempo_hi_lo + new_tempo // 4096), chr(BASE + c.tempo_lo_lo + new_tempo % 4096)]
+            tempo, gap = new_tempo, 0
+        pitches = sorted(draw(st.sets(st.integers(0, 127), min_size=1, max_size=6)))
+        for j, pitch in enumerate(pitches):
+            step = gap if j == 0 else 0
+            step_i = max(i for i, s in enumerate(c.steps) if s <= step)
+            dur = draw(st.one_of(st.integers(1, 50), st.integers(1, 5000)))
+            dur_i = max(i for i, d in enumerate(c.durations) if d <= dur)
+            out += rest(step - c.steps[step_i])
+            out.append(c.note_char(step_i, dur_i, draw(st.integers(0, len(c.velocities) - 1)), pitch))
+            out += ext(dur - c.durations[dur_i])
+    return "".join(out)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(canonical_texts())
+def test_encode_decode_is_identity_for_every_valid_text(text):
+    assert CODEC.encode(CODEC.decode(text)) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, CODEC.n_codes + 100), max_size=40))
+def test_any_string_decodes_or_names_the_bad_char(codes):
+    text = "".join(chr(BASE + i) for i in codes)
+    try:
+        piece = CODEC.decode(text)
+    except CodecError as e:
+        assert str(e).startswith("char ")
+        return
+    # a non-canonical text decodes to notes whose canonical text is stable
+    again = CODEC.decode(CODEC.encode(piece))
+    assert as_grid(again) == canonical(as_grid(piece))
+
+
+def test_orphans_are_errors():
+    c = CODEC
+    with pytest.raises(CodecError, match="DUR_EXT must follow a note"):
+        c.decode(chr(BASE + c.ext_lo))
+    with pytest.raises(CodecError, match="TEMPO_LO without"):
+        c.decode(chr(BASE + c.tempo_lo_lo + 5))
+    with pytest.raises(CodecError, match="ends inside a tempo"):
+        c.decode(chr(BASE + c.tempo_hi_lo + 5))
+    with pytest.raises(CodecError, match="not a midichar"):
+        c.decode("x")
+
+
+# ---- nothing clamped or dropped ---------------------------------------------------------------------------
+def test_extremes_survive():
+    notes = [
+        (0, 1, 0, 1),  # lowest pitch, quietest velocity, shortest note
+        (0, 12 * 300, 127, 127),  # highest pitch, loudest, a 300-beat note
+        (12 * 1000, 5, 60, 64),  # after a 1000-beat rest
+        (12 * 1000 + 31, 37, 61, 90),  # a step and a duration that are not in the tables
+    ]
+    tempos = [(0, 0xFFFFFF), (12 * 500, 1), (12 * 1000, 857_143)]
+    text = CODEC.encode(grid_piece(notes, tempos))
+    back = CODEC.decode(text)
+    assert as_grid(back) == canonical(notes)
+    assert back.tempos == [(p * K, us) for p, us in tempos]
+    assert CODEC.count_notes(text) == 4
+    assert {n.velocity for n in back.notes} >= {CODEC.velocities[0], CODEC.velocities[-1]}
+
+
+def test_chord_is_one_char_per_note_and_tempo_costs_two():
+    notes = [(0, 12, p, 96) for p in (60, 64, 67)]
+    assert len(CODEC.encode(grid_piece(notes))) == 3
+    assert len(CODEC.encode(grid_piece(notes, [(0, 789_474)]))) == 5
+
+
+def test_offgrid_onsets_round_by_absolute_position_not_by_delta():
+    # 1000 notes 1/7 beat apart: rounding each delta would drift, absolute rounding never does
+    tpb = 700
+    piece = Piece([Note(i * 100, i * 100 + 90, 60 + i % 2, 80) for i in range(1000)], tpb)
+    back = CODEC.decode(CODEC.encode(piece))
+    for a, b in zip(piece.notes, back.notes):
+        assert abs(a.start / tpb - b.start / CODEC.ticks_per_beat) <= 0.5 / CODEC.grid + 1e-9
+
+
+def test_absurd_silence_is_refused_with_a_reason():
+    piece = grid_piece([(0, 1, 60, 80), (12 * 100_000, 1, 60, 80)])
+    with pytest.raises(ValueError, match="absurd silence"):
+        CODEC.encode(piece)
+
+
+def test_transpose():
+    text = CODEC.encode(grid_piece([(0, 12, 60, 80), (12, 12, 64, 80)], [(0, 600_000)]))
+    up = CODEC.transpose(text, 5)
+    assert [n.pitch for n in CODEC.decode(up).notes] == [65, 69]
+    assert CODEC.decode(up).tempos == CODEC.decode(text).tempos
+    assert CODEC.transpose(text, 100) is None
+
+
+# ---- files ------------------------------------------------------------------------------------------------
+def test_file_round_trip_keeps_seconds_with_a_tempo_map(tmp_path):
+    tpb = 10080  # music21's resolution: long pieces pass 10^7 ticks
+    notes = [Note(i * tpb // 2, i * tpb // 2 + tpb // 3, 48 + (i * 7) % 36, 70) for i in range(2400)]
+    piece = Piece(notes, tpb, tempos=[(0, 789_474), (tpb * 600, 400_000)], time_signatures=[(0, 3, 4)])
+    src = write_midi(piece, tmp_path / "in.mid")
+    assert max(n.end for n in read_midi(src).notes) > 10**7
+    out = CODEC.decode_to_file(CODEC.encode_file(src), tmp_path / "out.mid")
+    a, b = read_midi(src), read_midi(out)
+    assert len(a.notes) == len(b.notes)
+    for x, y in zip(a.notes, b.notes):
+        assert x.pitch == y.pitch
+        assert a.seconds(x.start) == pytest.approx(b.seconds(y.start), abs=0.5 / CODEC.grid * 0.79 + 1e-6)
+        assert a.seconds(x.end) == pytest.approx(b.seconds(y.end), abs=0.5 / CODEC.grid * 0.79 + 1e-6)
+
+
+def test_repeated_notes_of_one_pitch_survive_a_file(tmp_path):
+    # back-to-back notes of one pitch: the writer must not let one note-off end the next note
+    notes = [(i * 6, 6, 60, 96) for i in range(8)] + [(48, 24, 60, 96), (72, 6, 60, 96), (60, 24, 62, 96)]
+    text = CODEC.encode(grid_piece(notes))
+    out = CODEC.decode_to_file(text, tmp_path / "rep.mid")
+    assert CODEC.encode(read_midi(out)) == text
