@@ -110,7 +110,8 @@ def canonical_texts(draw):
             gap = max(gap, 1)  # one group per position
         new_tempo = draw(st.one_of(st.none(), tempo_values))
         if new_tempo is not None and new_tempo != tempo:
-            out += [*rest(gap), chr(BASE + c.tempo_hi_lo + new_tempo // 4096), chr(BASE + c.tempo_lo_lo + new_tempo % 4096)]
+            hi, lo = divmod(new_tempo, 4096)
+            out += [*rest(gap), chr(BASE + c.tempo_hi_lo + hi), chr(BASE + c.tempo_lo_lo + lo)]
             tempo, gap = new_tempo, 0
         pitches = sorted(draw(st.sets(st.integers(0, 127), min_size=1, max_size=6)))
         for j, pitch in enumerate(pitches):
