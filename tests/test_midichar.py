@@ -145,6 +145,16 @@ def test_any_string_decodes_or_names_the_bad_char(codes):
     assert as_grid(again) == canonical(as_grid(piece))
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, CODEC.n_codes + 100), max_size=40))
+def test_repair_makes_any_string_decodable(codes):
+    text = "".join(chr(BASE + i) for i in codes)
+    fixed = CODEC.repair(text)
+    CODEC.decode(fixed)
+    assert CODEC.repair(fixed) == fixed
+    assert CODEC.count_notes(fixed) == CODEC.count_notes(text)  # only escapes and foreign chars go
+
+
 def test_orphans_are_errors():
     c = CODEC
     with pytest.raises(CodecError, match="DUR_EXT must follow a note"):

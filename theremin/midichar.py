@@ -262,12 +262,17 @@ class MidiChar:
             raise MidiError(path, getattr(e, "reason", str(e))) from e
 
     # ---- decoding ---------------------------------------------------------------------------------------
-    def decode_grid(self, text: str) -> tuple[list[tuple[int, int, int, int]], list[tuple[int, int]]]:
+    def decode_grid(
+        self, text: str, errors: str = "strict"
+    ) -> tuple[list[tuple[int, int, int, int]], list[tuple[int, int]]]:
         """Text → notes (position, duration, pitch, velocity_index) and tempos (position, us) on the grid.
 
         Raises :class:`CodecError` (with the character position) for characters outside the alphabet, a
-        DUR_EXT with no note before it, or a tempo half without its partner.
+        DUR_EXT with no note before it, or a tempo half without its partner. ``errors="skip"`` drops such
+        characters instead (for text of unknown origin, e.g. an unconstrained model sample).
         """
+        if errors == "skip":
+            text = self.repair(text)
         notes: list[list[int]] = []
         tempos: list[tuple[int, int]] = []
         cursor = 0
@@ -308,9 +313,32 @@ class MidiChar:
             raise CodecError(f"char {len(text) - 1}: text ends inside a tempo (TEMPO_HI without TEMPO_LO)")
         return [tuple(n) for n in notes], tempos
 
-    def decode(self, text: str) -> Piece:
+    def repair(self, text: str) -> str:
+        """The text without the characters that make it invalid (foreign chars, orphan escapes)."""
+        out: list[str] = []
+        prev = None
+        for ch in text:
+            k = self.kind(ch)
+            if prev == "tempo_hi" and k != "tempo_lo":
+                out.pop()
+                prev = out and self.kind(out[-1]) or None
+            if k == "invalid" or (k == "dur_ext" and prev not in ("note", "dur_ext")) or (
+                k == "tempo_lo" and prev != "tempo_hi"
+            ):
+                continue
+            if k == "tempo_lo" and (ord(out[-1]) - BASE - self.tempo_hi_lo) == 0 and ord(ch) - BASE == self.tempo_lo_lo:
+                out.pop()  # a tempo of 0 microseconds
+                prev = out and self.kind(out[-1]) or None
+                continue
+            out.append(ch)
+            prev = k
+        if prev == "tempo_hi":
+            out.pop()
+        return "".join(out)
+
+    def decode(self, text: str, errors: str = "strict") -> Piece:
         """Text → Piece at ``ticks_per_beat`` resolution (notes sorted by time, then pitch)."""
-        notes, tempos = self.decode_grid(text)
+        notes, tempos = self.decode_grid(text, errors)
         k = self.ticks_per_beat // self.grid
         out = sorted(Note(pos * k, (pos + dur) * k, pitch, self.velocities[vel]) for pos, dur, pitch, vel in notes)
         return Piece(notes=out, ticks_per_beat=self.ticks_per_beat, tempos=[(pos * k, us) for pos, us in tempos])
