@@ -1,0 +1,213 @@
+"""Training: real configs composed with hydra.compose, the real entrypoint, on CPU with tiny limits."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import open_dict
+
+from theremin import resolvers  # noqa: F401
+from theremin.paths import conf_dir
+
+TINY = [
+    "model=nano",
+    "tokenizer=1k",
+    "data.block_size=64",
+    "data.batch_size=8",
+    "logger=csv",
+    "trainer.enable_progress_bar=false",
+    "callbacks.sample_midi.new_tokens=16",
+]
+
+
+@pytest.fixture(scope="session")
+def demo_midi(tmp_path_factory):
+    """30 Bach chorales from music21's corpus, written to MIDI once per test session."""
+    from theremin.demo_data import build_demo_midi
+
+    return build_demo_midi(tmp_path_factory.mktemp("midi") / "bach", limit=30, progress=False)
+
+
+@pytest.fixture
+def data_root(tmp_path_factory, demo_midi):
+    # one corpus + tokenizer cache shared by the tests (what a user's data dir is); runs go to tmp dirs
+    root = tmp_path_factory.getbasetemp() / "data"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+def make_cfg(data_root, demo_midi, out_dir, *overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[*TINY, f"paths.data_dir={data_root}", f"data.input_dir={demo_midi}",
+                                          *overrides], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+        cfg.run_name = "test"
+        del cfg["hydra"]
+    return cfg
+
+
+def cli(data_root, demo_midi, *args, **kw):
+    cmd = [sys.executable, "-m", "theremin.train", *TINY, f"paths.data_dir={data_root}",
+           f"data.input_dir={demo_midi}", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=kw.get("timeout", 600),
+                          cwd=kw.get("cwd"))
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    files = sorted(run_dir.rglob("metrics.csv"))
+    assert files, f"no metrics.csv under {run_dir}"
+    with open(files[0]) as f:
+        return list(csv.DictReader(f))
+
+
+# ---- configs ----------------------------------------------------------------------------------------------
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("model", group_options("model"))
+def test_model_presets_instantiate(data_root, demo_midi, tmp_path, model):
+    from hydra.utils import instantiate
+
+    cfg = make_cfg(data_root, demo_midi, tmp_path, f"model={model}")
+    lit = instantiate(cfg.model, model={**cfg.model.model, "vocab_size": 1000}, _recursive_=False)
+    assert lit.model.config.n_layer == cfg.model.model.n_layer
+
+
+@pytest.mark.parametrize("trainer", group_options("trainer"))
+def test_trainer_presets_compose(data_root, demo_midi, tmp_path, trainer):
+    from hydra.utils import get_class
+
+    cfg = make_cfg(data_root, demo_midi, tmp_path, f"trainer={trainer}")
+    assert get_class(cfg.trainer._target_)
+    if cfg.trainer.accelerator == "cpu":
+        from hydra.utils import instantiate
+
+        instantiate(cfg.trainer, logger=False)
+
+
+@pytest.mark.parametrize("logger", group_options("logger"))
+def test_logger_presets_instantiate(data_root, demo_midi, tmp_path, logger, monkeypatch):
+    from hydra.utils import instantiate
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = make_cfg(data_root, demo_midi, tmp_path, f"logger={logger}")
+    for name, c in (cfg.get("logger") or {}).items():
+        if name == "wandb":
+            assert c.mode == "offline"  # no key, no mode: never online by surprise
+            continue
+        instantiate(c)
+
+
+def test_callbacks_instantiate(data_root, demo_midi, tmp_path):
+    from hydra.utils import instantiate
+
+    cfg = make_cfg(data_root, demo_midi, tmp_path)
+    assert {type(instantiate(c)).__name__ for c in cfg.callbacks.values()} >= {"ModelCheckpoint", "SampleMidi"}
+
+
+# ---- training ---------------------------------------------------------------------------------------------
+def test_fast_dev_run(data_root, demo_midi, tmp_path):
+    from theremin.train import train
+
+    train(make_cfg(data_root, demo_midi, tmp_path, "debug=fdr"))
+
+
+def test_limit_run_reports_bits_per_note_and_writes_checkpoints_and_samples(data_root, demo_midi, tmp_path):
+    from theremin.train import train
+
+    metrics = train(make_cfg(data_root, demo_midi, tmp_path, "debug=limit"))
+    assert 0 < metrics["val/bits_per_note"] < 40
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+    assert list((tmp_path / "samples").glob("*.mid")) and list((tmp_path / "samples").glob("*.png"))
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    assert hp["model"]["vocab_size"] == hp["tokenizer"]["vocab_size"]
+    assert hp["codec"]["grid"] == 12 and Path(hp["tokenizer"]["dir"]).is_dir()
+    rows = metrics_rows(tmp_path)
+    for key in ("train/loss", "train/lr", "train/tokens_per_sec", "val/loss", "val/bits_per_note"):
+        assert any(r.get(key) for r in rows), key
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.batch_size=7", "trainer=ddp_sim"], "data.batch_size=7 does not divide"),
+        (["data.block_size=64", "model.model.block_size=32"], "exceeds the model's block size"),
+        (["data.block_size=100000"], "fewer than one window"),
+        (["data.corpus_dir=/nonexistent/corpus", "data.input_dir=null"], "no corpus"),
+        (["ckpt_path=/nonexistent.ckpt"], "does not exist"),
+    ],
+)
+def test_bad_settings_stop_before_training_with_one_clear_sentence(data_root, demo_midi, tmp_path, overrides,
+                                                                      message, monkeypatch):
+    from theremin.train import train
+
+    if "trainer=ddp_sim" in overrides:
+        monkeypatch.setenv("WORLD_SIZE", "2")  # what the DDP launcher sets, checked before any process starts
+    with pytest.raises(ValueError, match=message):
+        train(make_cfg(data_root, demo_midi, tmp_path, *overrides))
+
+
+def test_checkpoint_from_another_tokenizer_is_refused(data_root, demo_midi, tmp_path):
+    from theremin.train import train
+
+    train(make_cfg(data_root, demo_midi, tmp_path / "a", "debug=limit", "trainer.max_steps=2"))
+    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    with pytest.raises(ValueError, match="trained with tokenizer"):
+        train(make_cfg(data_root, demo_midi, tmp_path / "b", "tokenizer.vocab_size=900", f"ckpt_path={ckpt}"))
+
+
+def test_resume_after_sigkill_continues_step_and_loss_curve(data_root, demo_midi, tmp_path):
+    args = ["trainer.max_steps=40", "trainer.val_check_interval=20", "callbacks.last_checkpoint.every_n_train_steps=5",
+            "logger=csv", "trainer.log_every_n_steps=1", "callbacks=default"]
+    # reference: uninterrupted
+    ref = cli(data_root, demo_midi, *args, f"hydra.run.dir={tmp_path / 'ref'}")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    # killed mid-run, then the same command again
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "theremin.train", *TINY, f"paths.data_dir={data_root}",
+           f"data.input_dir={demo_midi}", *args, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if last.exists() and torch.load(last, map_location="cpu", weights_only=True)["global_step"] >= 10:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
+    assert killed_at < 40
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stderr + again.stdout
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 40
+
+    def losses(d):
+        out = {}
+        for r in metrics_rows(d):
+            if r.get("train/loss"):
+                out[int(r["step"])] = float(r["train/loss"])
+        return out
+
+    ref_loss, run_loss = losses(tmp_path / "ref"), losses(run_dir)
+    resumed = {s: v for s, v in run_loss.items() if s >= killed_at}
+    assert resumed and max(resumed) >= 38
+    for s, v in resumed.items():
+        assert v == pytest.approx(ref_loss[s], rel=1e-4, abs=1e-4), s

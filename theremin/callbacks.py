@@ -1,0 +1,48 @@
+"""Training callbacks: listen to (and look at) what the model plays as it learns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_only
+
+
+class SampleMidi(pl.Callback):
+    """At each validation, continue a fixed val prompt and save MIDI + piano roll PNG into the run directory.
+
+    Rank zero only; works without any logger. With a WandbLogger the PNG is logged as an image too.
+    """
+
+    def __init__(self, out_dir: str, prompt_tokens: int = 64, new_tokens: int = 128, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = 0.95, seed: int = 0):
+        self.out_dir = Path(out_dir)
+        self.prompt_tokens, self.new_tokens = prompt_tokens, new_tokens
+        self.temperature, self.top_k, self.top_p, self.seed = temperature, top_k, top_p, seed
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or getattr(trainer, "fast_dev_run", False):
+            return
+        dm = trainer.datamodule
+        from theremin.render import piano_roll_png
+        from theremin.sample import continue_ids
+
+        prompt = dm.val_prompt(self.prompt_tokens)
+        gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        ids = continue_ids(pl_module.model, dm.tokenizer, prompt, self.new_tokens, temperature=self.temperature,
+                           top_k=self.top_k, top_p=self.top_p, generator=gen)
+        codec = dm.tokenizer.codec
+        text_prompt = dm.tokenizer.decode(prompt)
+        text = dm.tokenizer.decode(ids, errors="ignore")
+        piece = codec.decode(text, errors="skip")
+        prompt_end = codec.decode(text_prompt).notes[-1].start + 1 if codec.count_notes(text_prompt) else 0
+        stem = self.out_dir / f"step{trainer.global_step:07d}"
+        codec.decode_to_file(codec.repair(text), stem.with_suffix(".mid"),
+                             meta={"checkpoint_step": str(trainer.global_step), "seed": str(self.seed)})
+        png = piano_roll_png(piece, stem.with_suffix(".png"), prompt_end_tick=prompt_end,
+                             title=f"step {trainer.global_step}")
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                logger.log_image(key="samples/piano_roll", images=[str(png)], step=trainer.global_step)

@@ -1,0 +1,106 @@
+"""LightningModule around the GPT: optimisation, LR schedule, and the metrics that compare runs.
+
+``val/bits_per_note`` (total validation NLL in bits over the notes it covers) is the one figure comparable
+across vocab sizes and codecs; ``val/loss`` is nats per token. Everything a checkpoint needs to generate
+(model config, tokenizer location and identity, codec config) sits in plain-typed hyperparameters, so a
+checkpoint loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import pytorch_lightning as pl
+import torch
+from torchmetrics import SumMetric
+
+from theremin.model import GPT, GPTConfig
+
+
+def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
+    """LR multiplier: linear warmup from 0, then cosine down to ``min_lr_ratio`` at ``max_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    if step >= max_steps:
+        return min_lr_ratio
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    return min_lr_ratio + 0.5 * (1 - min_lr_ratio) * (1 + math.cos(math.pi * progress))
+
+
+class LitGPT(pl.LightningModule):
+    def __init__(
+        self,
+        model: dict,
+        optimizer: Callable | None = None,
+        lr_schedule: dict | None = None,
+        weight_decay: float = 0.1,
+        compile: bool = False,
+        tokenizer: dict | None = None,
+        codec: dict | None = None,
+        val_notes: int | None = None,
+    ):
+        super().__init__()
+        from omegaconf import OmegaConf
+
+        model, tokenizer, codec, lr_schedule = (OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x
+                                                for x in (model, tokenizer, codec, lr_schedule))
+        # optimizer is a partial (not a plain type): rebuilt from config on resume, never pickled
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.optimizer_factory = optimizer
+        self.lr_schedule = dict(lr_schedule or {"warmup_steps": 100, "max_steps": 10_000, "min_lr_ratio": 0.1})
+        self.model = GPT(GPTConfig(**model))
+        self.net = torch.compile(self.model) if compile else self.model
+        self.val_nll = SumMetric()
+        self.val_tokens = SumMetric()
+        self.val_note_sum = SumMetric()
+        self._t0: float | None = None
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.net(idx)[0]
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        _, loss = self.net(x, y)
+        now = time.perf_counter()
+        if self._t0 is not None:
+            tokens = x.numel() * self.trainer.world_size
+            self.log("train/tokens_per_sec", tokens / max(now - self._t0, 1e-9), on_step=True, rank_zero_only=True)
+        self._t0 = now
+        self.log("train/loss", loss, on_step=True, prog_bar=True)
+        self.log("train/bits_per_token", loss / math.log(2), on_step=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
+        return loss
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+
+    def on_validation_start(self):
+        self._t0 = None  # tokens/s measures training steps only
+
+    def validation_step(self, batch, batch_idx):
+        x, y, notes = batch
+        _, nll = self.net(x, y, reduction="sum")
+        self.val_nll.update(nll.detach().double())
+        self.val_tokens.update((y >= 0).sum().double())
+        self.val_note_sum.update(notes.sum().double())
+
+    def on_validation_epoch_end(self):
+        nll, tokens, notes = self.val_nll.compute(), self.val_tokens.compute(), self.val_note_sum.compute()
+        self.log("val/loss", (nll / tokens.clamp(min=1)).float(), sync_dist=False)
+        self.log("val/bits_per_note", (nll / math.log(2) / notes.clamp(min=1)).float(), prog_bar=True)
+        self.log("val/notes_per_token", (notes / tokens.clamp(min=1)).float())
+        for m in (self.val_nll, self.val_tokens, self.val_note_sum):
+            m.reset()
+
+    def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise ValueError("LitGPT needs an optimizer partial (conf/train.yaml: optimizer)")
+        opt = self.optimizer_factory(self.model.param_groups(self.hparams.weight_decay))
+        s = self.lr_schedule
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: warmup_cosine(step, s["warmup_steps"], s["max_steps"], s["min_lr_ratio"])
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

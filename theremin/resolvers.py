@@ -1,0 +1,31 @@
+"""OmegaConf resolvers used by conf/ (registered on import, once)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+
+from omegaconf import OmegaConf
+
+
+def run_name(overrides: str = "") -> str:
+    """A folder name for a command line's overrides: 'default' for none, readable while short, else hashed."""
+    if not overrides:
+        return "default"
+    name = re.sub(r"[^A-Za-z0-9=,._-]+", "_", overrides)
+    if len(name) <= 80:
+        return name
+    return f"{name[:60]}-{hashlib.sha256(overrides.encode()).hexdigest()[:10]}"
+
+
+def wandb_mode() -> str:
+    """WANDB_MODE when set; online when an API key is configured; offline otherwise (no network needed)."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+for _name, _fn in (("run_name", run_name), ("wandb_mode", wandb_mode)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn)
