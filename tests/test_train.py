@@ -26,7 +26,6 @@ TINY = [
     "data.batch_size=8",
     "logger=csv",
     "trainer.enable_progress_bar=false",
-    "callbacks.sample_midi.new_tokens=16",
 ]
 
 
@@ -211,3 +210,45 @@ def test_resume_after_sigkill_continues_step_and_loss_curve(data_root, demo_midi
     assert resumed and max(resumed) >= 38
     for s, v in resumed.items():
         assert v == pytest.approx(ref_loss[s], rel=1e-4, abs=1e-4), s
+
+
+def test_ddp_sim_two_processes_match_one(data_root, demo_midi, tmp_path):
+    """2 CPU processes (gloo) see the same global batches as one: the same val bits/note after 6 steps."""
+    results = {}
+    for trainer in ("cpu", "ddp_sim"):
+        out = cli(data_root, demo_midi, f"trainer={trainer}", "trainer.max_steps=6", "trainer.val_check_interval=6",
+                  "callbacks=none", f"hydra.run.dir={tmp_path / trainer}")
+        assert out.returncode == 0, out.stderr[-3000:]
+        line = [ln for ln in (out.stdout + out.stderr).splitlines() if "val/bits_per_note =" in ln][-1]
+        results[trainer] = float(line.rsplit("=", 1)[1])
+    assert results["ddp_sim"] == pytest.approx(results["cpu"], abs=2e-3)
+
+
+def test_multirun_model_by_vocab_trains_each_tokenizer_once(tmp_path, demo_midi):
+    data_root = tmp_path / "data"  # a fresh tokenizer cache: this multirun must train each vocab exactly once
+    out = cli(data_root, demo_midi, "-m", "model=nano,micro", "tokenizer=1k,4k", "debug=limit",
+              "trainer.max_steps=4", "trainer.val_check_interval=4", "callbacks=none",
+              f"hydra.sweep.dir={tmp_path / 'multi'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = out.stdout + out.stderr
+    assert log.count("val/bits_per_note =") == 4
+    tokenizers = [p for p in (data_root / "corpus" / "bach" / "tokenizers").iterdir() if p.is_dir()]
+    assert len(tokenizers) == 2
+    assert log.count("training tokenizer") == 2, log[-3000:]
+
+
+def test_optuna_sweep_of_two_trials(data_root, demo_midi, tmp_path):
+    out = cli(data_root, demo_midi, "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+              "hydra.sweeper.params.tokenizer=choice(1k)", "hydra.sweeper.params.model=choice(nano)",
+              "debug=limit", "trainer.max_steps=4", "trainer.val_check_interval=4", "callbacks=none",
+              f"hydra.sweep.dir={tmp_path / 'optuna'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = (tmp_path / "optuna" / "optimization_results.yaml").read_text()
+    assert "best_value" in result
+
+
+@pytest.mark.parametrize("experiment", group_options("experiment"))
+def test_every_experiment_runs(data_root, demo_midi, tmp_path, experiment):
+    from theremin.train import train
+
+    train(make_cfg(data_root, demo_midi, tmp_path, f"experiment={experiment}", "debug=fdr"))

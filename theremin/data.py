@@ -60,15 +60,18 @@ def note_counts(tok: MidiTokenizer, ids: list[int]) -> list[int]:
 
 
 class RandomWindows(IterableDataset):
-    """Endless (x, y) micro-batches of random windows; micro-batch m of rank r is fixed by (seed, m, r)."""
+    """Endless (x, y) micro-batches of random windows; global micro-batch m is fixed by (seed, m)."""
 
-    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int, rank: int, start: int = 0):
+    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1, start: int = 0):
         self.tokens, self.block_size, self.batch_size = tokens, block_size, batch_size
-        self.seed, self.rank, self.start = seed, rank, start
+        self.seed, self.rank, self.world_size, self.start = seed, rank, world_size, start
 
     def batch(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, m, self.rank])
-        offsets = rng.integers(0, len(self.tokens) - self.block_size - 1, size=self.batch_size, endpoint=True)
+        # draw the whole global micro-batch, keep this rank's slice: the same data at any world size
+        rng = np.random.default_rng([self.seed, m])
+        offsets = rng.integers(0, len(self.tokens) - self.block_size - 1, size=self.batch_size * self.world_size,
+                               endpoint=True)[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         w = np.stack([self.tokens[o : o + self.block_size + 1] for o in offsets]).astype(np.int64)
         w = torch.from_numpy(w)
         return w[:, :-1], w[:, 1:]
@@ -191,8 +194,8 @@ class MidiDataModule(pl.LightningDataModule):
             if split == "val":
                 if sum(notes) != meta[split]["notes"]:
                     raise RuntimeError("per-token note counts disagree with the codec's count of the val split")
-                atomic_write(self.token_dir / "val_notes.bin",
-                             lambda tmp, a=np.asarray(notes, dtype=np.uint8): a.tofile(tmp))
+                counts = np.asarray(notes, dtype=np.uint8)
+                atomic_write(self.token_dir / "val_notes.bin", lambda tmp, a=counts: a.tofile(tmp))
         atomic_write(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
 
     def prepare_data(self) -> None:
@@ -230,7 +233,8 @@ class MidiDataModule(pl.LightningDataModule):
         start = 0
         if self.trainer is not None:  # resume: continue the stream where the checkpointed run stopped
             start = self.trainer.global_step * self.trainer.accumulate_grad_batches
-        ds = RandomWindows(self.train_tokens, self.block_size, self.per_rank_batch, self.seed, self.rank, start)
+        ds = RandomWindows(self.train_tokens, self.block_size, self.per_rank_batch, self.seed, self.rank,
+                           self.world_size, start)
         return DataLoader(ds, batch_size=None, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:

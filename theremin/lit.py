@@ -51,18 +51,19 @@ class LitGPT(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_schedule = dict(lr_schedule or {"warmup_steps": 100, "max_steps": 10_000, "min_lr_ratio": 0.1})
         self.model = GPT(GPTConfig(**model))
-        self.net = torch.compile(self.model) if compile else self.model
+        if compile:
+            self.model.compile()  # in place: state_dict keys stay those of the plain model
         self.val_nll = SumMetric()
         self.val_tokens = SumMetric()
         self.val_note_sum = SumMetric()
         self._t0: float | None = None
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.net(idx)[0]
+        return self.model(idx)[0]
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        _, loss = self.net(x, y)
+        _, loss = self.model(x, y)
         now = time.perf_counter()
         if self._t0 is not None:
             tokens = x.numel() * self.trainer.world_size
@@ -82,16 +83,18 @@ class LitGPT(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         x, y, notes = batch
-        _, nll = self.net(x, y, reduction="sum")
+        _, nll = self.model(x, y, reduction="sum")
         self.val_nll.update(nll.detach().double())
         self.val_tokens.update((y >= 0).sum().double())
         self.val_note_sum.update(notes.sum().double())
 
     def on_validation_epoch_end(self):
         nll, tokens, notes = self.val_nll.compute(), self.val_tokens.compute(), self.val_note_sum.compute()
-        self.log("val/loss", (nll / tokens.clamp(min=1)).float(), sync_dist=False)
-        self.log("val/bits_per_note", (nll / math.log(2) / notes.clamp(min=1)).float(), prog_bar=True)
-        self.log("val/notes_per_token", (notes / tokens.clamp(min=1)).float())
+        # the sums are already global (SumMetric syncs); sync_dist only averages identical values
+        self.log("val/loss", (nll / tokens.clamp(min=1)).float(), sync_dist=True)
+        self.log("val/bits_per_note", (nll / math.log(2) / notes.clamp(min=1)).float(), prog_bar=True,
+                 sync_dist=True)
+        self.log("val/notes_per_token", (notes / tokens.clamp(min=1)).float(), sync_dist=True)
         for m in (self.val_nll, self.val_tokens, self.val_note_sum):
             m.reset()
 

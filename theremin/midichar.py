@@ -321,14 +321,14 @@ class MidiChar:
             k = self.kind(ch)
             if prev == "tempo_hi" and k != "tempo_lo":
                 out.pop()
-                prev = out and self.kind(out[-1]) or None
+                prev = self.kind(out[-1]) if out else None
             if k == "invalid" or (k == "dur_ext" and prev not in ("note", "dur_ext")) or (
                 k == "tempo_lo" and prev != "tempo_hi"
             ):
                 continue
             if k == "tempo_lo" and (ord(out[-1]) - BASE - self.tempo_hi_lo) == 0 and ord(ch) - BASE == self.tempo_lo_lo:
                 out.pop()  # a tempo of 0 microseconds
-                prev = out and self.kind(out[-1]) or None
+                prev = self.kind(out[-1]) if out else None
                 continue
             out.append(ch)
             prev = k

@@ -286,6 +286,7 @@ class GPT(nn.Module):
         use_cache: bool = True,
         generator: torch.Generator | None = None,
         logits_hook: LogitsHook | None = None,
+        stop_fn: Callable[[Tensor], bool] | None = None,
     ) -> Tensor:
         """Continue the prompts ``idx`` (B, T) by ``max_new_tokens``; returns (B, T + max_new_tokens).
 
@@ -298,6 +299,8 @@ class GPT(nn.Module):
         last-position logits, before temperature and filters; set entries to -inf to forbid tokens. A hook
         that can find no valid continuation for a row must raise itself; if it returns a row that is all
         -inf anyway, generate raises RuntimeError.
+        stop_fn(idx_so_far (B, t)) -> bool: checked after every step; True ends generation early (the
+        result is then shorter than T + max_new_tokens).
         The context window follows :func:`window_start` on both the cached and uncached paths. Runs in eval
         mode (dropout off) and restores the previous mode afterwards.
         """
@@ -344,6 +347,8 @@ class GPT(nn.Module):
                             "nothing can be sampled"
                         )
                 out[:, t] = _sample(logits, temperature, top_k, top_p, min_p, generator)
+                if stop_fn is not None and stop_fn(out[:, : t + 1]):
+                    return out[:, : t + 1]
         finally:
             self.train(was_training)
         return out
@@ -365,6 +370,18 @@ def _sample(
     """One token id per row of ``logits`` (B, V)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
+    probs = filter_logits(logits, temperature, top_k, top_p, min_p).softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def filter_logits(
+    logits: Tensor, temperature: float, top_k: int | None, top_p: float | None, min_p: float | None
+) -> Tensor:
+    """Logits after temperature, top_k, top_p and min_p (in that order); dropped tokens are -inf.
+    Temperature 0 (greedy) keeps only the argmax of each row."""
+    if temperature == 0:
+        keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, logits.argmax(dim=-1, keepdim=True), True)
+        return logits.masked_fill(~keep, float("-inf"))
     logits = _upcast(logits) / temperature
     neg_inf = float("-inf")
     if top_k is not None and top_k < logits.size(-1):
@@ -380,5 +397,4 @@ def _sample(
     if min_p is not None and min_p > 0.0:
         probs = logits.softmax(dim=-1)
         logits = logits.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, neg_inf)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    return logits

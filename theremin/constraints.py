@@ -1,0 +1,279 @@
+"""Sampling constraints at the token level: every sampled sequence decodes to valid MIDI.
+
+A token is a sentencepiece piece of "spm text": midichar characters, plus the tokenizer's factor characters
+(a note outside the vocabulary spelled as one char per group of its fields). The grammar of midichar
+(DUR_EXT only after a note, TEMPO_HI then TEMPO_LO, complete factor groups) is a small automaton over
+character kinds; each token moves it from one state to another or is rejected. For every state the set of
+allowed tokens is computed once (lazily) as a boolean mask over the vocabulary, and only states from which
+a complete text can still be reached count, so sampling can never paint itself into a corner.
+
+Musical constraints:
+- pitch range and key/scale are static per token (absolute pitches): folded into the same masks;
+- maximum polyphony depends on what is sounding, so it is checked per row on the candidate tokens that
+  survive the sampling filters (temperature, top-k/p, min-p), masking violators until none is left.
+Byte-fallback pieces and unk/bos are never sampled; EOS only ends a complete text.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from theremin.midichar import BASE
+from theremin.model import filter_logits
+
+NOTE_NAMES = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
+SCALES = {
+    "major": (0, 2, 4, 5, 7, 9, 11), "ionian": (0, 2, 4, 5, 7, 9, 11),
+    "minor": (0, 2, 3, 5, 7, 8, 10), "aeolian": (0, 2, 3, 5, 7, 8, 10), "natural_minor": (0, 2, 3, 5, 7, 8, 10),
+    "harmonic_minor": (0, 2, 3, 5, 7, 8, 11), "melodic_minor": (0, 2, 3, 5, 7, 9, 11),
+    "dorian": (0, 2, 3, 5, 7, 9, 10), "phrygian": (0, 1, 3, 5, 7, 8, 10), "lydian": (0, 2, 4, 6, 7, 9, 11),
+    "mixolydian": (0, 2, 4, 5, 7, 9, 10), "locrian": (0, 1, 3, 5, 6, 8, 10),
+    "major_pentatonic": (0, 2, 4, 7, 9), "minor_pentatonic": (0, 3, 5, 7, 10), "blues": (0, 3, 5, 6, 7, 10),
+    "chromatic": tuple(range(12)),
+}
+
+# automaton states: the kind of the last char; F1.. = inside a factor group after that many chars
+START, NOTE, REST, EXT, THI, TLO = range(6)
+COMPLETE = {START, NOTE, REST, EXT, TLO}
+
+
+class ConstraintError(ValueError):
+    """A constraint setting that cannot work; the message names it."""
+
+
+def parse_key(name: str) -> frozenset[int]:
+    """'C major', 'F# minor', 'Bb dorian', 'a harmonic minor' → the allowed pitch classes."""
+    m = re.fullmatch(r"\s*([A-Ga-g])([#b♯♭]?)[\s_-]*([A-Za-z_ -]*)\s*", name or "")
+    mode = (m.group(3).strip().lower().replace(" ", "_").replace("-", "_") or "major") if m else ""
+    if not m or mode not in SCALES:
+        raise ConstraintError(f"key {name!r} is not a key: use a tonic A-G with an optional # or b and one of "
+                              f"{', '.join(sorted(SCALES))} (e.g. 'C major', 'F# minor', 'Bb dorian')")
+    tonic = (NOTE_NAMES[m.group(1).upper()] + {"#": 1, "♯": 1, "b": -1, "♭": -1}.get(m.group(2), 0)) % 12
+    return frozenset((tonic + i) % 12 for i in SCALES[mode])
+
+
+@dataclass
+class RowState:
+    """What one sequence has produced so far (dynamic part of the constraints)."""
+
+    state: int = START
+    cursor: int = 0  # grid position of the last event
+    ends: list[int] = field(default_factory=list)  # end positions of the notes placed so far
+    notes: int = 0
+    partial: list[str] = field(default_factory=list)  # factor chars of an unfinished group
+    done: bool = False
+
+
+class Constraints:
+    """Token masks for one tokenizer (+ optional pitch range, key, max polyphony)."""
+
+    def __init__(self, tokenizer, pitch_range: tuple[int, int] | None = None, key: str | None = None,
+                 max_polyphony: int | None = None):
+        self.tok, self.codec = tokenizer, tokenizer.codec
+        if getattr(tokenizer, "relative", False) and (pitch_range or key):
+            raise ConstraintError("pitch_range and key need a tokenizer with absolute pitches (tokenizer.pitch)")
+        allowed = set(range(128))
+        if pitch_range is not None:
+            lo, hi = (int(v) for v in pitch_range)
+            if not 0 <= lo <= hi <= 127:
+                raise ConstraintError(f"pitch_range {list(pitch_range)} must be [lo, hi] with 0 <= lo <= hi <= 127")
+            allowed &= set(range(lo, hi + 1))
+        if key:
+            pcs = parse_key(key)
+            allowed &= {p for p in range(128) if p % 12 in pcs}
+        if not allowed:
+            raise ConstraintError(f"pitch_range {pitch_range} and key {key!r} leave no pitch to play")
+        self.allowed_pitches = allowed
+        if max_polyphony is not None and int(max_polyphony) < 1:
+            raise ConstraintError(f"max_polyphony must be >= 1, got {max_polyphony}")
+        self.max_polyphony = int(max_polyphony) if max_polyphony else None
+        self.factors = getattr(tokenizer, "factors", None)
+        self.n_groups = len(self.factors.groups) if self.factors is not None else 0
+        self.V = tokenizer.vocab_size
+        self.pieces = [self._piece(i) for i in range(self.V)]
+        self._masks: dict[int, torch.Tensor] = {}
+        self._live = self._live_states()
+
+    # ---- static part ------------------------------------------------------------------------------------
+    def _piece(self, i: int) -> str | None:
+        sp = self.tok.sp
+        if sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i):
+            return None
+        return sp.id_to_piece(i)
+
+    def _factor_group(self, ch: str) -> tuple[int, int] | None:
+        if self.factors is None:
+            return None
+        o = ord(ch)
+        for g, (start, size) in enumerate(zip(self.factors.starts, self.factors.sizes)):
+            if start <= o < start + size:
+                return g, o - start
+        return None
+
+    def _factor_field(self, g: int, v: int, name: str) -> int | None:
+        """The value of note field ``name`` held by factor char ``v`` of group ``g`` (None if not there)."""
+        fields = self.factors.groups[g]
+        if name not in fields:
+            return None
+        for f in reversed(fields):
+            v, val = divmod(v, self.factors.radix[f])
+            if f == name:
+                return val
+        return None
+
+    def _factor_pitch(self, g: int, v: int) -> int | None:
+        return self._factor_field(g, v, "pitch")
+
+    def step_char(self, state: int, ch: str, check_pitch: bool = True) -> int | None:
+        """The automaton: next state after ``ch``, or None when ``ch`` cannot come here."""
+        c = self.codec
+        ok_pitch = self.allowed_pitches if check_pitch else range(128)
+        if state == THI:
+            k = c.kind(ch)
+            return TLO if k == "tempo_lo" else None
+        fg = self._factor_group(ch)
+        if state >= 6:  # inside a factor group: only its next group may follow
+            want = state - 6 + 1
+            if fg is None or fg[0] != want:
+                return None
+            pitch = self._factor_pitch(*fg)
+            if pitch is not None and pitch not in ok_pitch:
+                return None
+            return NOTE if want == self.n_groups - 1 else state + 1
+        if fg is not None:
+            if fg[0] != 0:
+                return None
+            pitch = self._factor_pitch(*fg)
+            if pitch is not None and pitch not in ok_pitch:
+                return None
+            return NOTE if self.n_groups == 1 else 6
+        k = c.kind(ch)
+        if k == "note":
+            return NOTE if (ord(ch) - BASE) % 128 in ok_pitch else None
+        if k == "rest":
+            return REST
+        if k == "dur_ext":
+            return EXT if state in (NOTE, EXT) else None
+        if k == "tempo_hi":
+            return THI if ord(ch) - BASE - c.tempo_hi_lo > 0 else None  # no absurd sub-4096-us tempos
+        return None
+
+    def step_token(self, state: int, token: int) -> int | None:
+        piece = self.pieces[token]
+        if not piece:
+            return None
+        for ch in piece:
+            state = self.step_char(state, ch)
+            if state is None:
+                return None
+        return state
+
+    def _states(self) -> list[int]:
+        return [START, NOTE, REST, EXT, THI, TLO, *range(6, 6 + max(0, self.n_groups - 1))]
+
+    def _live_states(self) -> set[int]:
+        """States from which a complete text is reachable with the allowed tokens."""
+        trans = {s: {self.step_token(s, t) for t in range(self.V)} - {None} for s in self._states()}
+        live = set(COMPLETE)
+        changed = True
+        while changed:
+            changed = False
+            for s, nxt in trans.items():
+                if s not in live and nxt & live:
+                    live.add(s)
+                    changed = True
+        return live
+
+    def mask(self, state: int) -> torch.Tensor:
+        """Bool (V,): tokens allowed after ``state`` (grammar, pitch range, key), EOS excluded."""
+        m = self._masks.get(state)
+        if m is None:
+            ok = np.zeros(self.V, dtype=bool)
+            for t in range(self.V):
+                nxt = self.step_token(state, t)
+                ok[t] = nxt is not None and nxt in self._live
+            if not ok.any():
+                raise ConstraintError("no token can continue under these constraints (pitch_range/key too "
+                                      "narrow for this tokenizer's vocabulary)")
+            m = self._masks[state] = torch.from_numpy(ok)
+        return m
+
+    # ---- dynamic part -----------------------------------------------------------------------------------
+    def advance(self, row: RowState, token: int, check_polyphony: bool = False) -> bool:
+        """Apply a token to a row state (in place). With ``check_polyphony``, return False (and leave the
+        state unchanged) if a note of the token would exceed max_polyphony."""
+        c = self.codec
+        if token == self.tok.eos_id:
+            row.done = True
+            return True
+        state, cursor, ends, notes, partial = row.state, row.cursor, list(row.ends), row.notes, list(row.partial)
+        for ch in self.pieces[token] or "":
+            nxt = self.step_char(state, ch, check_pitch=False)  # the prompt may use any pitch
+            note = None
+            k = c.kind(ch)
+            if k == "note":
+                note = ch
+            elif k == "rest":
+                cursor += ord(ch) - BASE - c.rest_lo + 1
+            elif k == "dur_ext" and ends:
+                ends[-1] += ord(ch) - BASE - c.ext_lo + 1
+            elif (fg := self._factor_group(ch)) is not None:
+                partial.append(ch)
+                step = self._factor_field(*fg, "step")
+                if check_polyphony and step is not None and not self._room(ends, cursor + c.steps[step]):
+                    return False  # the onset is known once the step's group is: check it before the note ends
+                if len(partial) == self.n_groups:
+                    note = self.factors.unfactor(self.factors.group_re.fullmatch("".join(partial)))
+                    partial = []
+            if note is not None:
+                step_i, dur_i, _, _ = c.split_note(note)
+                cursor += c.steps[step_i]
+                if check_polyphony and not self._room(ends, cursor):
+                    return False
+                ends = [e for e in ends if e > cursor]  # only sounding notes matter from here on
+                ends.append(cursor + c.durations[dur_i])
+                notes += 1
+            state = nxt if nxt is not None else state
+        row.state, row.cursor, row.ends, row.notes, row.partial = state, cursor, ends, notes, partial
+        return True
+
+    def _room(self, ends: list[int], onset: int) -> bool:
+        """Can one more note start at ``onset`` without exceeding max_polyphony?"""
+        return self.max_polyphony is None or sum(1 for e in ends if e > onset) < self.max_polyphony
+
+    def complete(self, row: RowState) -> bool:
+        return row.state in COMPLETE
+
+    def apply(self, row: RowState, logits: torch.Tensor, want_end: bool, sampling: dict) -> torch.Tensor:
+        """Mask one row's logits (V,) for its state. ``want_end``: the length target is reached, so a
+        complete row must end (EOS only)."""
+        neg = torch.full_like(logits, float("-inf"))
+        eos = self.tok.eos_id
+        if row.done:  # finished rows pad with EOS
+            return neg.index_fill(0, torch.tensor([eos]), 0.0)
+        if want_end and self.complete(row):
+            return neg.index_fill(0, torch.tensor([eos]), 0.0)
+        out = torch.where(self.mask(row.state).to(logits.device), logits, neg)
+        if self.max_polyphony is None:
+            return out
+        # polyphony: check the tokens that could be sampled, mask violators, until the candidates are clean
+        checked: set[int] = set()
+        while True:
+            cand = torch.isfinite(filter_logits(out[None], **sampling)[0]).nonzero().flatten().tolist()
+            bad = []
+            for t in cand:
+                if t in checked:
+                    continue
+                checked.add(t)
+                probe = RowState(row.state, row.cursor, list(row.ends), row.notes, list(row.partial))
+                if not self.advance(probe, t, check_polyphony=True):
+                    bad.append(t)
+            if not bad:
+                return out
+            out[bad] = float("-inf")
+            if torch.isneginf(out).all():
+                raise ConstraintError(f"max_polyphony={self.max_polyphony} leaves no token to sample here")
