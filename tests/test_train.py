@@ -58,8 +58,9 @@ def make_cfg(data_root, demo_midi, out_dir, *overrides):
 
 
 def cli(data_root, demo_midi, *args, **kw):
-    cmd = [sys.executable, "-m", "theremin.train", *TINY, f"paths.data_dir={data_root}",
-           f"data.input_dir={demo_midi}", *args]
+    multirun = ["-m"] if "-m" in args else []  # Hydra's flags come before the overrides
+    cmd = [sys.executable, "-m", "theremin.train", *multirun, *TINY, f"paths.data_dir={data_root}",
+           f"data.input_dir={demo_midi}", *(a for a in args if a != "-m")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=kw.get("timeout", 600),
                           cwd=kw.get("cwd"))

@@ -321,7 +321,7 @@ class MidiChar:
             k = self.kind(ch)
             if prev == "tempo_hi" and k != "tempo_lo":
                 out.pop()
-                prev = self.kind(out[-1]) if out else None
+                prev = "dropped"  # what followed the dropped TEMPO_HI cannot attach to the char before it
             if k == "invalid" or (k == "dur_ext" and prev not in ("note", "dur_ext")) or (
                 k == "tempo_lo" and prev != "tempo_hi"
             ):

@@ -111,14 +111,16 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu"):
 class Roller:
     """A loaded model + tokenizer, ready to roll variations (keeps constraint masks cached)."""
 
-    def __init__(self, model: GPT, tokenizer, codec: MidiChar, checkpoint: str = ""):
+    def __init__(self, model: GPT, tokenizer, codec: MidiChar, checkpoint: str = "",
+                 corpus_dir: str | os.PathLike | None = None):
         self.model, self.tok, self.codec, self.checkpoint = model, tokenizer, codec, checkpoint
+        self.corpus_dir = Path(corpus_dir) if corpus_dir else None  # the training corpus, for evaluation
         self._constraints: dict[tuple, Constraints] = {}
 
     @classmethod
     def load(cls, checkpoint: str | os.PathLike, device: str = "cpu") -> Roller:
-        model, tok, codec, _ = load_checkpoint(checkpoint, device)
-        return cls(model, tok, codec, str(checkpoint))
+        model, tok, codec, hp = load_checkpoint(checkpoint, device)
+        return cls(model, tok, codec, str(checkpoint), hp["tokenizer"].get("corpus_dir"))
 
     def constraints(self, s: SamplingSettings) -> Constraints:
         key = (tuple(s.pitch_range) if s.pitch_range else None, s.key, s.max_polyphony)

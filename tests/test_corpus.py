@@ -1,0 +1,490 @@
+"""theremin.corpus / theremin-prep: walking, de-duplication, split by file, reuse, augmentation, and a folder
+of broken files next to good ones (every good file kept, every bad one used correctly or reported)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import midi_factory as mf
+import pytest
+
+from theremin.corpus import (
+    MANIFEST_FILE,
+    TRAIN_FILE,
+    VAL_FILE,
+    build_corpus,
+    find_midi_files,
+    hash_fraction,
+)
+from theremin.midichar import MidiChar
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def codec() -> MidiChar:
+    return MidiChar()
+
+
+def build(src: Path, out: Path, codec=None, workers: int = 1, **kw):
+    return build_corpus(src, out, codec, workers, progress=False, **kw)
+
+
+def lines(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    assert text == "" or text.endswith("\n")
+    return text.splitlines()
+
+
+def manifest(out: Path) -> dict:
+    return json.loads((out / MANIFEST_FILE).read_text(encoding="utf-8"))
+
+
+def outputs_state(out: Path) -> dict[str, tuple[int, bytes]]:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(out.iterdir())}
+
+
+def distinct_files(folder: Path, seeds) -> list[Path]:
+    return [mf.make_midi(folder / f"piece{s:03d}.mid", mf.random_notes(s, 24)) for s in seeds]
+
+
+# ------------------------------------------------------------------------------------ the folder of bad input
+
+GRID_TICKS = 480 // 12  # one grid step of the default codec at 480 ticks per beat
+
+
+def build_bad_set(folder: Path) -> dict[str, str | int]:
+    """Bad or odd files next to each other; value: the failure reason's key phrase, or the notes expected."""
+    folder.mkdir(parents=True, exist_ok=True)
+    expect: dict[str, str | int] = {}
+
+    (folder / "not_midi.mid").write_text("MIDI? no, a shopping list\n")
+    expect["not_midi.mid"] = "not a MIDI file"
+
+    mf.truncate(mf.make_midi(folder / "truncated.mid", mf.random_notes(7, 64)))
+    expect["truncated.mid"] = "unreadable MIDI"
+
+    (folder / "empty.mid").write_bytes(b"")
+    expect["empty.mid"] = "empty file"
+
+    # zero-length notes: each note-on right before its own note-off on the same tick
+    mf.write_smf(folder / "zero_length.mid", [mf.notes_to_events([(i * 480, i * 480, 60 + i, 80) for i in range(10)])])
+    expect["zero_length.mid"] = 10
+
+    # three overlapping notes of one pitch (starts 0, 240, 480) plus a scale
+    mf.make_midi(folder / "overlap.mid", [(0, 960, 60, 80), (480, 1440, 60, 80), (240, 2000, 60, 50), *mf.scale(70)])
+    expect["overlap.mid"] = 11
+
+    # note-offs without note-ons before a real scale: ignored; a file of only those has no notes
+    orphans = [(0, mf.note_off(50)), (10, mf.note_off(51)), (0, mf.note_off(52, 64))]
+    mf.write_smf(folder / "orphan_offs.mid", [orphans + mf.notes_to_events(mf.scale())])
+    expect["orphan_offs.mid"] = 8
+    mf.write_smf(folder / "only_offs.mid", [[(5, mf.note_off(p)) for p in range(60, 72)]])
+    expect["only_offs.mid"] = "no notes"
+
+    # a note 2**27 ticks (1.4 million beats) after the others: refused as an absurd silence
+    scale96 = mf.notes_to_events(mf.scale(step=96))[:-1]
+    mf.write_smf(folder / "absurd_gap.mid", [[*scale96, (2**27, mf.note_on(60)), (96, mf.note_off(60))]], tpb=96)
+    expect["absurd_gap.mid"] = "absurd silence"
+    # the same delta on the end-of-track only: no silence between notes, the file is fine
+    mf.write_smf(folder / "absurd_tail.mid", [[*scale96, (2**27, mf.END_OF_TRACK)]], tpb=96)
+    expect["absurd_tail.mid"] = 8
+
+    # 2000 tracks of one note each (distinct onsets): all of them must arrive
+    mf.make_midi(folder / "many_tracks.mid", [],
+                 extra_tracks=[[(i * 120, i * 120 + 120, 40 + i % 50, 80)] for i in range(2000)])
+    expect["many_tracks.mid"] = 2000
+
+    mf.make_midi(folder / "drums_only.mid", [], drums=mf.drum_pattern(4))
+    expect["drums_only.mid"] = "drums only"
+
+    mf.make_midi(folder / "too_few.mid", mf.scale()[:3])
+    expect["too_few.mid"] = "too few notes"
+
+    mf.write_smf(folder / "type2.mid", [mf.notes_to_events(mf.scale()), mf.notes_to_events(mf.scale(48))], fmt=2)
+    expect["type2.mid"] = "MIDI type 2"
+    return expect
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory, codec):
+    """One folder of good and bad files, built once with workers=1: (folder, out, report, expectations)."""
+    src = tmp_path_factory.mktemp("mixed")
+    good = mf.build_good_set(src / "good")
+    expect = {f"good/{p.name}": -1 for p in good.values()}  # -1: any note count
+    expect.update({f"bad/{k}": v for k, v in build_bad_set(src / "bad").items()})
+    out = tmp_path_factory.mktemp("mixed_out")
+    return src, out, build(src, out, codec, workers=1), expect
+
+
+def test_bad_files_next_to_good_ones(mixed):
+    _, out, report, expect = mixed
+    m = manifest(out)
+    ok = {row["path"]: row for row in m["files"]}
+    for path, want in expect.items():
+        if isinstance(want, str):
+            assert path in report.failed, f"{path} should fail with {want!r}"
+            assert want in report.failed[path], (path, report.failed[path])
+        else:
+            assert path in ok, f"{path} should be used, failed with {report.failed.get(path)!r}"
+            if want >= 0:
+                assert ok[path]["notes"] == want, path
+    assert report.ok == sum(not isinstance(v, str) for v in expect.values())
+    assert set(report.failed) == {p for p, v in expect.items() if isinstance(v, str)}
+    assert report.notes == sum(r["notes"] for r in m["files"])
+    assert "failed bad/" in report.summary()
+
+
+def test_bad_files_are_encoded_correctly(mixed, codec):
+    src, *_ = mixed
+    bad = src / "bad"
+    # zero-length notes keep their onset and get the shortest duration (one grid step)
+    zero = codec.decode(codec.encode_file(bad / "zero_length.mid"))
+    want = [(i * 480, GRID_TICKS, 60 + i) for i in range(10)]
+    assert [(n.start, n.end - n.start, n.pitch) for n in zero.notes] == want
+    # orphan note-offs add nothing
+    orphans = codec.decode(codec.encode_file(bad / "orphan_offs.mid"))
+    assert [n.pitch for n in orphans.notes] == [60 + i for i in mf.MAJOR]
+    # overlapping notes of one pitch: each onset kept
+    overlap = codec.decode(codec.encode_file(bad / "overlap.mid"))
+    assert sorted(n.start for n in overlap.notes if n.pitch == 60) == [0, 240, 480]
+    # 2000 tracks: every note at its place, on the grid
+    many = codec.decode(codec.encode_file(bad / "many_tracks.mid"))
+    want = [(i * 120, i * 120 + 120, 40 + i % 50) for i in range(2000)]
+    assert [(n.start, n.end, n.pitch) for n in many.notes] == want
+
+
+def test_lines_round_trip_through_the_codec(mixed, codec, tmp_path):
+    _, out, report, _ = mixed
+    corpus = lines(out / TRAIN_FILE) + lines(out / VAL_FILE)
+    assert len(corpus) == report.ok
+    for i, line in enumerate(corpus):
+        assert codec.encode(codec.decode(line)) == line
+        # and through a MIDI file on disk, as a generated piece would go
+        assert codec.encode_file(codec.decode_to_file(line, tmp_path / f"{i}.mid")) == line
+
+
+def test_parallel_equals_serial(mixed, tmp_path):
+    src, out, _, _ = mixed
+    par = build(src, tmp_path / "par", workers=2)
+    assert not par.reused
+    for name in (TRAIN_FILE, VAL_FILE, MANIFEST_FILE):
+        assert (tmp_path / "par" / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_shared_fixtures_write_what_they_say(make_midi, write_smf, midi_dir):
+    from theremin.midi import read_midi
+
+    p = make_midi("t/tempo.mid", mf.scale(48), tempos=[(0, 100.0), (960, 150.0)], drums=mf.drum_pattern(1),
+                  extra_tracks=[{"notes": mf.chords(), "program": 40}])
+    piece = read_midi(p)
+    assert piece.tempos == [(0, 600_000), (960, 400_000)]
+    assert len(piece.notes) == 8 + 12  # drums dropped, the extra track merged
+    raw = write_smf("t/raw.mid", [mf.notes_to_events(mf.scale(48))], tpb=96, fmt=0)
+    assert raw.read_bytes()[8:14] == b"\x00\x00\x00\x01\x00\x60" and len(read_midi(raw).notes) == 8
+    assert sorted(f.name for f in midi_dir.iterdir()) == ["band.mid", "chords.mid", "scale.mid", "tempo.mid"]
+
+
+# ------------------------------------------------------------------------------------ walking and de-duplication
+
+
+def test_walks_subfolders_with_any_case_suffix(tmp_path, codec):
+    src = tmp_path / "in"
+    mf.make_midi(src / "Top.MID", mf.scale(60))
+    mf.make_midi(src / "sub" / "b.Midi", mf.scale(62))
+    mf.make_midi(src / "sub" / "deeper" / "c.kar", mf.scale(64))
+    mf.make_midi(src / "z.midi", mf.scale(65))
+    (src / "notes.txt").write_text("not music")
+    (src / "sub" / "song.mp3").write_bytes(b"ID3")
+    shutil.copy(src / "Top.MID", src / "sub" / "Top.MID.bak")  # a MIDI file by content, not by name
+    (src / "sub" / "folder.mid").mkdir()  # a folder named like a MIDI file is walked, not read
+
+    entries, _ = find_midi_files(src)
+    assert [e.rel for e in entries] == ["Top.MID", "sub/b.Midi", "sub/deeper/c.kar", "z.midi"]
+    report = build(src, tmp_path / "out", codec)
+    assert report.ok == 4 and not report.failed
+    assert [r["path"] for r in manifest(tmp_path / "out")["files"]] == [e.rel for e in entries]
+
+
+def test_identical_content_counts_once(tmp_path, codec):
+    src = tmp_path / "in"
+    first = mf.make_midi(src / "a" / "x.mid", mf.random_notes(1))
+    (src / "b").mkdir()
+    shutil.copy(first, src / "b" / "x.mid")
+    shutil.copy(first, src / "c.MID")
+    mf.make_midi(src / "d.mid", mf.random_notes(2))
+    (src / "e.mid").write_text("junk")
+    (src / "f.mid").write_text("junk")  # a duplicate of a failed file points at it
+    report = build(src, tmp_path / "out", codec)
+    assert report.ok == 2
+    assert report.duplicates == {"b/x.mid": "a/x.mid", "c.MID": "a/x.mid", "f.mid": "e.mid"}
+    assert list(report.failed) == ["e.mid"]
+    m = manifest(tmp_path / "out")
+    assert m["totals"]["files"] == {"found": 6, "ok": 2, "failed": 1, "duplicates": 3}
+    assert len(lines(tmp_path / "out" / TRAIN_FILE)) + len(lines(tmp_path / "out" / VAL_FILE)) == 2
+
+
+# ------------------------------------------------------------------------------------ split
+
+
+def test_split_is_by_file_hash_and_stable(tmp_path, codec):
+    src = tmp_path / "in"
+    files = distinct_files(src, range(30))
+    r1 = build(src, tmp_path / "o1", codec, val_fraction=0.3)
+    m1 = manifest(tmp_path / "o1")
+    split1 = {row["path"]: row["split"] for row in m1["files"]}
+    for f in files:  # the rule, from the bytes alone
+        sha = hashlib.sha256(f.read_bytes()).hexdigest()
+        assert split1[f.name] == ("val" if hash_fraction(sha) < 0.3 else "train")
+    assert 0 < r1.val_pieces < 30 and r1.train_pieces + r1.val_pieces == 30
+    # each val line is exactly one val file's text, in path order
+    val_texts = [codec.encode_file(src / p, min_notes=8) for p, s in split1.items() if s == "val"]
+    assert lines(tmp_path / "o1" / VAL_FILE) == val_texts
+
+    # same input elsewhere: same split; more files: the old ones stay where they were
+    build(src, tmp_path / "o2", codec, val_fraction=0.3)
+    assert (tmp_path / "o2" / VAL_FILE).read_bytes() == (tmp_path / "o1" / VAL_FILE).read_bytes()
+    distinct_files(src, range(100, 120))
+    build(src, tmp_path / "o3", codec, val_fraction=0.3)
+    split3 = {row["path"]: row["split"] for row in manifest(tmp_path / "o3")["files"]}
+    assert len(split3) == 50
+    assert {p: split3[p] for p in split1} == split1
+
+
+def test_val_never_empty_with_two_files(tmp_path, codec):
+    src = tmp_path / "in"
+    files = distinct_files(src, range(2))
+    report = build(src, tmp_path / "out", codec, val_fraction=1e-12, transpose=(-1, 1))
+    shas = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    smallest = min(shas, key=lambda p: int(shas[p], 16))
+    assert (report.train_pieces, report.val_pieces, report.train_lines) == (1, 1, 3)
+    assert [m["path"] for m in report.split_moves] == [smallest] and report.split_moves[0]["to"] == "val"
+    assert lines(tmp_path / "out" / VAL_FILE) == [codec.encode_file(src / smallest)]
+    other = next(p for p in shas if p != smallest)
+    text = codec.encode_file(src / other)
+    assert lines(tmp_path / "out" / TRAIN_FILE) == [text, codec.transpose(text, -1), codec.transpose(text, 1)]
+    assert "moved" in report.summary()
+    m = manifest(tmp_path / "out")
+    assert m["split_moves"] == report.split_moves
+    assert m["totals"]["train"]["lines"] == 3 and m["totals"]["val"]["lines"] == 1
+
+
+def test_train_never_empty(tmp_path, codec):
+    src = tmp_path / "in"
+    distinct_files(src, range(2))
+    report = build(src, tmp_path / "out", codec, val_fraction=0.999999999, transpose=(1, 2))
+    assert (report.train_pieces, report.val_pieces, report.train_lines) == (1, 1, 3)
+    assert report.split_moves[0]["to"] == "train"
+    assert len(lines(tmp_path / "out" / TRAIN_FILE)) == 3 and len(lines(tmp_path / "out" / VAL_FILE)) == 1
+    # one file: train, whatever val_fraction says
+    one = tmp_path / "one"
+    distinct_files(one, [5])
+    r1 = build(one, tmp_path / "out1", codec, val_fraction=0.999999999)
+    assert (r1.train_pieces, r1.val_pieces) == (1, 0)
+    assert lines(tmp_path / "out1" / VAL_FILE) == []
+
+
+# ------------------------------------------------------------------------------------ writes and reuse
+
+
+def test_rerun_is_a_noop_and_changes_rebuild(tmp_path, codec):
+    src, out = tmp_path / "in", tmp_path / "out"
+    distinct_files(src, range(6))
+    first = build(src, out, codec)
+    before = outputs_state(out)
+    assert set(before) == {TRAIN_FILE, VAL_FILE, MANIFEST_FILE}  # no temp files left behind
+    again = build(src, out, codec, workers=2)  # workers don't change the result, so they don't count
+    assert again.reused and not first.reused
+    assert outputs_state(out) == before
+    assert again.summary().splitlines()[0] == first.summary().splitlines()[0]
+    assert "reused" in again.summary() and "reused" not in first.summary()
+    for attr in ("ok", "notes", "chars", "distinct_chars", "train_pieces", "val_pieces", "failed"):
+        assert getattr(again, attr) == getattr(first, attr), attr
+
+    assert not build(src, out, codec, min_notes=9).reused  # settings changed
+    assert not build(src, out, MidiChar(grid=24)).reused  # codec changed
+    build(src, out, codec)
+    os.utime(src / "piece000.mid", ns=(1, 1))  # a file touched
+    assert not build(src, out, codec).reused
+    (out / VAL_FILE).write_text("edited by hand\n")  # an output that no longer matches the manifest
+    assert not build(src, out, codec).reused
+    (out / MANIFEST_FILE).write_text("{broken")
+    assert not build(src, out, codec).reused
+    assert build(src, out, codec).reused
+
+
+class _Interrupting(MidiChar):
+    """Stops the build at a file's encoding, as Ctrl-C would."""
+
+    def encode_file(self, path, min_notes=1):
+        if Path(path).name == "piece003.mid":
+            raise KeyboardInterrupt
+        return super().encode_file(path, min_notes)
+
+
+def test_interrupted_build_leaves_previous_outputs(tmp_path, codec):
+    src, out = tmp_path / "in", tmp_path / "out"
+    distinct_files(src, range(6))
+    build(src, out, codec)
+    before = outputs_state(out)
+    mf.make_midi(src / "piece999.mid", mf.random_notes(999))
+    with pytest.raises(KeyboardInterrupt):
+        build(src, out, _Interrupting())
+    assert outputs_state(out) == before
+
+
+class _Buggy(MidiChar):
+    """A codec that crashes on one file (an exception) and kills its process on another."""
+
+    def encode_file(self, path, min_notes=1):
+        name = Path(path).name
+        if name == "piece001.mid":
+            raise RuntimeError("boom")
+        if name == "piece004.mid":
+            os._exit(3)  # a hard crash: the worker process dies
+        return super().encode_file(path, min_notes)
+
+
+@pytest.mark.parametrize("n_files", [8, 40])  # one file per call, and several (a crash amid a chunk)
+def test_any_exception_or_worker_death_is_reported_per_file(tmp_path, n_files, codec):
+    src = tmp_path / "in"
+    distinct_files(src, range(n_files))
+    report = build(src, tmp_path / "out", _Buggy(), workers=2)
+    assert report.failed.keys() == {"piece001.mid", "piece004.mid"}
+    assert report.failed["piece001.mid"] == "unexpected RuntimeError: boom"
+    assert "worker process died" in report.failed["piece004.mid"]
+    assert report.ok == n_files - 2
+    # every other file is in the corpus, as a build without the bad ones makes it
+    for bad in ("piece001.mid", "piece004.mid"):
+        (src / bad).unlink()
+    build(src, tmp_path / "clean", codec)
+    for name in (TRAIN_FILE, VAL_FILE):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
+
+
+# ------------------------------------------------------------------------------------ augmentation
+
+
+def test_transposition_only_in_train(tmp_path, codec):
+    src = tmp_path / "in"
+    distinct_files(src, range(20))
+    report = build(src, tmp_path / "out", codec, val_fraction=0.3, transpose=(-2, 2))
+    m = manifest(tmp_path / "out")
+    train, val = lines(tmp_path / "out" / TRAIN_FILE), lines(tmp_path / "out" / VAL_FILE)
+    assert len(val) == report.val_pieces == sum(r["split"] == "val" for r in m["files"]) > 0
+    assert len(train) == report.train_lines == sum(r["lines"] for r in m["files"] if r["split"] == "train")
+    i = 0
+    for row in m["files"]:
+        text = codec.encode_file(src / row["path"], min_notes=8)
+        if row["split"] == "val":
+            assert text in val and row["lines"] == 1
+            continue
+        want = [text] + [t for t in (codec.transpose(text, k) for k in (-2, -1, 1, 2)) if t is not None]
+        assert train[i: i + len(want)] == want and row["lines"] == len(want)
+        i += len(want)
+    assert i == len(train)
+    assert report.train_notes == sum(r["notes"] * r["lines"] for r in m["files"] if r["split"] == "train")
+    assert report.notes == sum(r["notes"] for r in m["files"])  # before augmentation
+
+
+def test_transposition_skips_keys_that_leave_the_midi_range(tmp_path, codec):
+    src = tmp_path / "in"
+    distinct_files(src, range(3))
+    mf.make_midi(src / "high.mid", mf.scale(115))  # reaches 127: no transposition up is possible
+    report = build(src, tmp_path / "out", codec, val_fraction=0.0, transpose=(-1, 2))
+    row = next(r for r in manifest(tmp_path / "out")["files"] if r["path"] == "high.mid")
+    assert row["lines"] == 2 and row["transpose_skipped"] == 2
+    assert report.transpose_skipped == 2 and report.train_lines == 3 * 4 + 2
+
+
+# ------------------------------------------------------------------------------------ nothing usable
+
+
+def test_no_midi_files_raises_with_a_manifest(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "readme.txt").write_text("no music here")
+    with pytest.raises(ValueError, match=r"no MIDI files found") as e:
+        build(src, tmp_path / "out")
+    assert str(src) in str(e.value)
+    assert manifest(tmp_path / "out")["totals"]["files"]["found"] == 0
+
+
+def test_nothing_usable_raises_and_clears_an_old_corpus(tmp_path, codec):
+    src, out = tmp_path / "in", tmp_path / "out"
+    distinct_files(src, range(3))
+    build(src, out, codec)
+    for f in src.iterdir():
+        f.unlink()
+    (src / "a.mid").write_bytes(b"")
+    (src / "b.mid").write_text("nope")
+    with pytest.raises(ValueError, match="none of the 2 MIDI files is usable") as e:
+        build(src, out, codec)
+    assert "a.mid: empty file" in str(e.value)
+    assert not (out / TRAIN_FILE).exists() and not (out / VAL_FILE).exists()
+    assert manifest(out)["failed"].keys() == {"a.mid", "b.mid"}
+
+
+def test_missing_input_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="input folder not found"):
+        build(tmp_path / "nope", tmp_path / "out")
+
+
+# ------------------------------------------------------------------------------------ theremin-prep
+
+
+def compose_prep(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="prep", overrides=overrides)
+
+
+def test_prep_builds_from_config(midi_dir, tmp_path):
+    from theremin.prep import prep
+
+    cfg = compose_prep([f"input_dir={midi_dir}", f"paths.data_dir={tmp_path / 'data'}", "workers=1",
+                        "progress=false", "transpose=[-1,1]", "val_fraction=0.0"])
+    report = prep(cfg)
+    assert report.out_dir == (tmp_path / "data" / "corpus" / "midi").resolve()  # name: the input folder's
+    assert report.ok == 4 and report.train_lines == 12
+    assert manifest(report.out_dir)["codec"]["config"]["grid"] == 12
+
+
+def test_prep_builds_the_demo_folder_only_when_missing(tmp_path, monkeypatch):
+    import theremin.demo_data
+    from theremin.prep import prep
+
+    calls = []
+
+    def fake_demo(out_dir, composer="bach", **kw):
+        calls.append(composer)
+        mf.build_good_set(Path(out_dir))
+        return Path(out_dir)
+
+    monkeypatch.setattr(theremin.demo_data, "build_demo_midi", fake_demo)
+    cfg = compose_prep([f"paths.data_dir={tmp_path}", "workers=1", "progress=false"])
+    assert prep(cfg).out_dir == (tmp_path / "corpus" / "bach").resolve()
+    assert prep(cfg).reused and calls == ["bach"]
+    other = compose_prep([f"paths.data_dir={tmp_path}", f"input_dir={tmp_path / 'missing'}"])
+    with pytest.raises(FileNotFoundError):
+        prep(other)
+    assert calls == ["bach"]
+
+
+def test_prep_command_line(midi_dir, tmp_path):
+    exe = Path(sys.executable).parent / "theremin-prep"  # the console script, as installed
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "theremin.prep"]
+    base = [*cmd, f"paths.log_dir={tmp_path / 'logs'}", f"out_dir={tmp_path / 'corpus'}", "workers=1"]
+    ok = subprocess.run([*base, f"input_dir={midi_dir}"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "4 files used" in ok.stdout and (tmp_path / "corpus" / TRAIN_FILE).exists()
+    assert list((tmp_path / "logs" / "prep" / "runs").iterdir())  # Hydra's run folder, under paths.log_dir
+    bad = subprocess.run([*base, f"input_dir={tmp_path / 'nope'}"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "theremin-prep:" in bad.stderr and "not found" in bad.stderr

@@ -1,0 +1,74 @@
+"""theremin-tokenize: train (or reuse) the tokenizer of a corpus and measure it on the val split.
+
+A thin Hydra app (conf/tokenize.yaml) over :func:`tokenize`, the plain function for code and tests.
+
+    theremin-tokenize                                   # the Bach corpus at vocab 8k
+    theremin-tokenize tokenizer=4k tokenizer.fallback=bytes
+    theremin-tokenize -m tokenizer=1k,4k,8k,16k         # a vocab sweep (each model cached once)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from theremin.midichar import MidiChar
+from theremin.paths import conf_dir
+from theremin.tokenizer import compression, get_or_train
+
+
+def _lines(path: Path) -> list[str]:
+    return [ln for ln in path.read_text(encoding="utf-8").split("\n") if ln]
+
+
+def tokenize(cfg: DictConfig) -> dict:
+    """Get the tokenizer of ``cfg.corpus_dir``/train.txt, print where it is, its vocab size, notes per token
+    on val.txt and whether decode(encode(piece)) == piece for every val piece; returns those numbers."""
+    codec_cfg = OmegaConf.to_container(cfg.codec, resolve=True)
+    codec_cfg.pop("_target_", None)
+    codec = MidiChar(**codec_cfg)
+    corpus = Path(os.path.expanduser(str(cfg.corpus_dir)))
+    train_txt, val_txt = corpus / "train.txt", corpus / "val.txt"
+    if not train_txt.is_file() or train_txt.stat().st_size == 0:
+        raise FileNotFoundError(f"{train_txt} is missing or empty: build the corpus first (theremin-prep) "
+                                "or point corpus_dir at a folder with train.txt / val.txt")
+    opts = OmegaConf.to_container(cfg.tokenizer, resolve=True)
+    vocab_size = int(opts.pop("vocab_size"))
+    cache = Path(os.path.expanduser(str(cfg.tokenizer_cache)))
+    tok = get_or_train(train_txt, vocab_size, cache, codec, **opts)
+    stats = tok.meta.get("stats", {})
+    how = "reused (cached)" if tok.from_cache else f"trained in {stats.get('train_seconds', '?')} s"
+    print(f"tokenizer:  {tok.dir}  [{how}]")
+    print(f"vocab size: {tok.vocab_size} (unk={tok.unk_id}, bos={tok.bos_id}, eos={tok.eos_id}, fallback="
+          f"{tok.fallback}, pitch={opts.get('pitch', 'absolute')})")
+    out = {"dir": str(tok.dir), "vocab_size": tok.vocab_size, "from_cache": tok.from_cache}
+    if not val_txt.is_file() or not _lines(val_txt):
+        print(f"no val pieces in {val_txt}: nothing to measure")
+        return out
+    r = compression(tok, _lines(val_txt), check=True)
+    out.update(r)
+    print(f"val:        {r['pieces']} pieces, {r['notes']} notes, {r['tokens']} tokens -> "
+          f"{r['notes_per_token']:.3f} notes/token ({100 * r['byte_tokens'] / max(r['tokens'], 1):.2f}% byte tokens)")
+    print(f"lossless:   {'yes' if r['lossless'] else 'NO'} (decode(encode(piece)) == piece for every val piece)")
+    if not r["lossless"]:
+        raise RuntimeError(f"{tok.dir}: decode(encode(piece)) != piece on {val_txt}: the tokenizer is broken")
+    return out
+
+
+# an absolute config path: a relative one ("../conf") is taken as a Python package path when the app runs
+# as a console script, and conf/ is not a package (same as theremin/prep.py)
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="tokenize")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        return tokenize(cfg).get("notes_per_token")  # what a sweeper optimises
+    except (ValueError, FileNotFoundError) as e:  # bad input or settings: a message, not a traceback
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        raise SystemExit(f"theremin-tokenize: {e}") from None
+
+
+if __name__ == "__main__":
+    main()
