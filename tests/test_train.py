@@ -240,7 +240,7 @@ def test_multirun_model_by_vocab_trains_each_tokenizer_once(tmp_path, demo_midi)
 
 def test_optuna_sweep_of_two_trials(data_root, demo_midi, tmp_path):
     out = cli(data_root, demo_midi, "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
-              "hydra.sweeper.params.tokenizer=choice(1k)", "hydra.sweeper.params.model=choice(nano)",
+              "~hydra.sweeper.params.tokenizer", "~hydra.sweeper.params.model",
               "debug=limit", "trainer.max_steps=4", "trainer.val_check_interval=4", "callbacks=none",
               f"hydra.sweep.dir={tmp_path / 'optuna'}")
     assert out.returncode == 0, out.stderr[-3000:]

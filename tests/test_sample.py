@@ -1,0 +1,218 @@
+"""Rolling ideas with a tiny trained model: validity, constraints, determinism, outputs, bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from theremin.constraints import ConstraintError, parse_key
+from theremin.midi import Note, Piece, read_midi, write_midi
+from theremin.sample import GenerateError, Roller, SamplingSettings
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A nano model trained for 60 steps on 30 chorales (a few seconds): (checkpoint, corpus_dir, midi_dir)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    from theremin import resolvers  # noqa: F401
+    from theremin.demo_data import build_demo_midi
+    from theremin.paths import conf_dir
+    from theremin.train import train
+
+    midi = build_demo_midi(tmp_path_factory.mktemp("smidi") / "bach", limit=30, progress=False)
+    root = tmp_path_factory.mktemp("sdata")
+    out = tmp_path_factory.mktemp("srun")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "model=nano", "tokenizer=1k", "data.block_size=128", "data.batch_size=16", "logger=csv",
+            "callbacks.sample_midi.new_tokens=16", "trainer.max_steps=60",
+            "trainer.val_check_interval=60", "trainer.enable_progress_bar=false", f"paths.data_dir={root}",
+            f"data.input_dir={midi}"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+        cfg.run_name = "sample-test"
+        del cfg["hydra"]
+    train(cfg)
+    return out / "checkpoints" / "last.ckpt", root / "corpus" / "bach", midi
+
+
+@pytest.fixture(scope="session")
+def roller(trained):
+    return Roller.load(trained[0])
+
+
+@pytest.fixture(scope="session")
+def prompt(trained):
+    return sorted(Path(trained[2]).glob("*.mid"))[3]
+
+
+def generated_notes(v):
+    notes = sorted(v.piece.notes, key=lambda n: (n.start, n.pitch))
+    return [n for n in notes if n.start >= v.prompt_end_tick]
+
+
+@pytest.mark.parametrize("preset", [
+    {}, {"temperature": 2.0, "top_p": None}, {"temperature": 0.0}, {"top_k": 5}, {"min_p": 0.1, "top_p": None},
+])
+def test_every_variation_decodes_strictly(roller, prompt, preset):
+    res = roller.roll(prompt, SamplingSettings(n=4, length=24, seed=3, **preset))
+    for v in res.variations:
+        roller.codec.decode(v.text)  # strict: raises on any invalid char
+        assert v.generated_notes == 24
+    res = roller.roll(None, SamplingSettings(n=2, length=16, seed=1, temperature=1.5, top_p=None))
+    for v in res.variations:
+        roller.codec.decode(v.text)
+
+
+def test_same_seed_same_notes_other_seed_other_notes(roller, prompt):
+    s = SamplingSettings(n=3, length=20, seed=7)
+    a, b = roller.roll(prompt, s), roller.roll(prompt, s)
+    assert [v.text for v in a.variations] == [v.text for v in b.variations]
+    c = roller.roll(prompt, SamplingSettings(n=3, length=20, seed=8))
+    assert [v.text for v in a.variations] != [v.text for v in c.variations]
+
+
+def test_pitch_range_and_key(roller, prompt):
+    s = SamplingSettings(n=4, length=32, seed=2, temperature=1.5, top_p=None, pitch_range=(55, 72), key="D dorian")
+    allowed = parse_key("D dorian")
+    for v in roller.roll(prompt, s).variations:
+        new = generated_notes(v)
+        assert new
+        assert all(55 <= n.pitch <= 72 and n.pitch % 12 in allowed for n in new)
+
+
+def test_max_polyphony(roller, prompt):
+    s = SamplingSettings(n=4, length=40, seed=5, temperature=1.5, top_p=None, max_polyphony=2, keep_bars=1)
+    for v in roller.roll(prompt, s).variations:
+        notes = v.piece.notes
+        for n in generated_notes(v):
+            sounding = sum(1 for m in notes if m.start <= n.start < m.end)
+            assert sounding <= 2, (n, sounding)
+
+
+def test_keep_bars_rerolls_after_bar_k(roller, prompt):
+    orig = read_midi(prompt)
+    bar = roller.codec.ticks_per_beat * 4 * orig.time_signatures[0][1] // orig.time_signatures[0][2]
+    s = SamplingSettings(n=2, length=2, unit="bars", seed=4, keep_bars=1)
+    res = roller.roll(prompt, s)
+    kept = roller.codec.decode(roller.prompt_text(prompt, 1)[0]).notes
+    for v in res.variations:
+        assert v.piece.notes[: len(kept)] == kept
+        assert all(n.start < bar for n in kept)
+        assert all(n.start < bar * 3 for n in v.piece.notes)  # kept bar + 2 rolled bars
+
+
+def test_length_in_seconds(roller, prompt):
+    res = roller.roll(prompt, SamplingSettings(n=2, length=3.0, unit="seconds", seed=1, keep_bars=1))
+    for v in res.variations:
+        end = max(n.start for n in v.piece.notes)
+        assert v.piece.seconds(end) <= v.piece.seconds(v.prompt_end_tick) + 3.0 + 1e-6
+
+
+def test_long_prompt_keeps_the_recent_part_and_says_so(roller, tmp_path):
+    notes = [Note(i * 240, i * 240 + 200, 60 + (i * 5) % 12, 90) for i in range(600)]
+    path = write_midi(Piece(notes, 480, tempos=[(0, 600_000)]), tmp_path / "long.mid")
+    res = roller.roll(path, SamplingSettings(n=1, length=8))
+    assert res.prompt_truncated
+    assert res.variations[0].generated_notes == 8
+    assert res.variations[0].piece.tempos[:1] == [(0, 600_000)]  # the tempo in force is carried over
+
+
+def test_outputs_midi_wav_png(roller, prompt, tmp_path):
+    res = roller.roll(prompt, SamplingSettings(n=2, length=16, seed=9, keep_bars=2), out_dir=tmp_path)
+    orig = read_midi(prompt)
+    for v in res.variations:
+        assert set(v.files) == {"mid", "wav", "png"}
+        mid = read_midi(v.files["mid"])
+        assert mid.time_signatures[0][1:] == orig.time_signatures[0][1:]
+        assert mid.tempos[:1] == orig.tempos[:1] or (not orig.tempos and not mid.tempos)
+        import miditoolkit
+
+        markers = " ".join(m.text for m in miditoolkit.MidiFile(str(v.files["mid"])).markers)
+        assert "checkpoint" in markers and "seed" in markers
+        assert_audible(v.files["wav"], mid)
+        assert v.files["png"].stat().st_size > 5000
+
+
+def assert_audible(wav_path: Path, piece: Piece) -> None:
+    """Not silent, as long as the notes (+ release tail), loud where notes sound."""
+    with wave.open(str(wav_path)) as w:
+        rate, frames = w.getframerate(), w.readframes(w.getnframes())
+    x = np.frombuffer(frames, dtype=np.int16).reshape(-1, 2).astype(np.float64).mean(axis=1)
+    end = max(piece.seconds(n.end) for n in piece.notes)
+    assert end < len(x) / rate < end + 3.0
+    hop = rate // 20
+    rms = np.sqrt(np.mean(x[: len(x) // hop * hop].reshape(-1, hop) ** 2, axis=1))
+    assert rms.max() > 100, "silent audio"
+    sounding = np.zeros(len(rms), dtype=bool)
+    for n in piece.notes:
+        a, b = int(piece.seconds(n.start) * 20), int(piece.seconds(n.end) * 20)
+        sounding[a + 1 : b] = True
+    assert np.mean(rms[sounding[: len(rms)]] > 10) > 0.95, "quiet while notes sound"
+    tail = rms[int((end + 2.0) * 20):]
+    assert tail.size == 0 or tail.max() < rms.max() / 10, "sound after the notes have ended and released"
+
+
+# ---- bad input ------------------------------------------------------------------------------------------
+def test_bad_prompts_name_the_input(roller, tmp_path):
+    (tmp_path / "x.mid").write_text("not midi")
+    (tmp_path / "empty.mid").write_bytes(b"")
+    drums = write_midi(Piece([Note(0, 100, 36, 100)], 480), tmp_path / "drums.mid")
+    import miditoolkit
+
+    m = miditoolkit.MidiFile(str(drums))
+    m.instruments[0].is_drum = True
+    m.dump(str(drums))
+    for name, reason in (("x.mid", "not a MIDI file"), ("empty.mid", "empty"), ("drums.mid", "drums only")):
+        with pytest.raises(GenerateError, match=reason) as e:
+            roller.roll(tmp_path / name, SamplingSettings(n=1, length=4), out_dir=tmp_path / "out")
+        assert name in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_settings(roller, prompt, tmp_path):
+    with pytest.raises(ConstraintError, match="not a key"):
+        roller.roll(prompt, SamplingSettings(n=1, key="H major"))
+    with pytest.raises(GenerateError, match="soundfont"):
+        roller.roll(prompt, SamplingSettings(n=1, length=4), out_dir=tmp_path / "o",
+                    render={"soundfont": str(tmp_path / "missing.sf2")})
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(GenerateError, match="unit"):
+        roller.roll(prompt, SamplingSettings(unit="beats"))
+
+
+def test_checkpoint_of_another_tokenizer_is_refused(trained, tmp_path):
+    import torch
+
+    ckpt = torch.load(trained[0], map_location="cpu", weights_only=True)
+    ckpt["hyper_parameters"]["model"]["vocab_size"] += 64
+    torch.save(ckpt, tmp_path / "other.ckpt")
+    with pytest.raises(GenerateError, match="do not belong together"):
+        Roller.load(tmp_path / "other.ckpt")
+    with pytest.raises(GenerateError, match="does not exist"):
+        Roller.load(tmp_path / "nope.ckpt")
+
+
+def test_generate_cli(trained, prompt, tmp_path):
+    cmd = [sys.executable, "-m", "theremin.generate", f"ckpt_path={trained[0]}", f"prompt={prompt}",
+           "sampling=conservative", "sampling.n=2", "sampling.length=8", f"hydra.run.dir={tmp_path}",
+           "render.wav=false"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "2 variations" in out.stdout and "style/pitch_class_overlap" in out.stdout
+    assert len(list(tmp_path.glob("variation_*.mid"))) == 2
+    bad = subprocess.run([*cmd[:4], f"prompt={tmp_path / 'missing.mid'}", f"hydra.run.dir={tmp_path / 'bad'}"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "missing.mid does not exist" in bad.stdout + bad.stderr
+    assert not list((tmp_path / "bad").glob("variation_*"))
