@@ -147,9 +147,12 @@ def write_midi(
     program: int = 0,
     meta: dict[str, str] | None = None,
 ) -> Path:
-    """Write a piece as a one-track MIDI file, atomically (a temp file in the same folder, then rename).
+    """Write a piece as a MIDI file, atomically (a temp file in the same folder, then rename).
 
-    ``meta`` entries are stored as text markers at tick 0 ("key: value"), e.g. provenance of a generation.
+    One track, plus an extra track (own channel) for each layer of notes that overlap a note of the same
+    pitch: within one track a reader pairs a note-off with the earliest sounding note of its pitch, which
+    would swap such durations. ``meta`` entries are stored as text markers at tick 0 ("key: value"), e.g.
+    the provenance of a generation.
     """
     import miditoolkit
     from miditoolkit.midi.containers import Instrument, Marker, TempoChange, TimeSignature
@@ -157,9 +160,21 @@ def write_midi(
 
     path = Path(path)
     midi = miditoolkit.MidiFile(ticks_per_beat=piece.ticks_per_beat)
-    ins = Instrument(program=program, is_drum=False, name="theremin")
-    ins.notes = [MtkNote(velocity=n.velocity, pitch=n.pitch, start=n.start, end=n.end) for n in piece.notes]
-    midi.instruments = [ins]
+    layers: list[list[MtkNote]] = []
+    free_at: list[dict[int, int]] = []  # per layer: pitch → tick its last note ends
+    for n in sorted(piece.notes):
+        layer = next((i for i, f in enumerate(free_at) if f.get(n.pitch, -1) <= n.start), None)
+        if layer is None:
+            layer = len(layers)
+            layers.append([])
+            free_at.append({})
+        layers[layer].append(MtkNote(velocity=n.velocity, pitch=n.pitch, start=n.start, end=n.end))
+        free_at[layer][n.pitch] = n.end
+    midi.instruments = []
+    for i, notes in enumerate(layers or [[]]):
+        ins = Instrument(program=program, is_drum=False, name="theremin" if i == 0 else f"theremin overlap {i}")
+        ins.notes = notes
+        midi.instruments.append(ins)
     midi.tempo_changes = [TempoChange(tempo=60_000_000 / us, time=t) for t, us in piece.tempos] or [
         TempoChange(tempo=60_000_000 / DEFAULT_TEMPO_US, time=0)
     ]
