@@ -235,3 +235,11 @@ def test_repeated_notes_of_one_pitch_survive_a_file(tmp_path):
     text = CODEC.encode(grid_piece(notes))
     out = CODEC.decode_to_file(text, tmp_path / "rep.mid")
     assert CODEC.encode(read_midi(out)) == text
+
+
+def test_overlapping_notes_of_one_pitch_keep_their_durations_through_a_file(tmp_path):
+    # two voices on one pitch (a held note and a shorter one inside it): one track would swap their note-offs
+    notes = [(0, 48, 60, 96), (12, 12, 60, 64), (18, 4, 60, 32), (24, 6, 62, 96)]
+    text = CODEC.encode(grid_piece(notes))
+    out = CODEC.decode_to_file(text, tmp_path / "overlap.mid")
+    assert CODEC.encode(read_midi(out)) == text
