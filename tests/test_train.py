@@ -139,7 +139,8 @@ def test_limit_run_reports_bits_per_note_and_writes_checkpoints_and_samples(data
     assert hp["model"]["vocab_size"] == hp["tokenizer"]["vocab_size"]
     assert hp["codec"]["grid"] == 12 and Path(hp["tokenizer"]["dir"]).is_dir()
     rows = metrics_rows(tmp_path)
-    for key in ("train/loss", "train/lr", "train/tokens_per_sec", "val/loss", "val/bits_per_note"):
+    for key in ("train/loss", "train/lr", "train/tokens_per_sec", "val/loss", "val/bits_per_note",
+                "samples/style/pitch_class_overlap", "samples/memo/longest_copied_notes_max"):
         assert any(r.get(key) for r in rows), key
 
 

@@ -12,7 +12,9 @@ from pytorch_lightning.utilities import rank_zero_only
 class SampleMidi(pl.Callback):
     """At each validation, continue a fixed val prompt and save MIDI + piano roll PNG into the run directory.
 
-    Rank zero only; works without any logger. With a WandbLogger the PNG is logged as an image too.
+    Rank zero only; works without any logger. The sample's style and memorisation figures against the
+    training corpus (theremin.evaluate) go to every logger as ``samples/style/...`` and ``samples/memo/...``;
+    with a WandbLogger the PNG is logged as an image too.
     """
 
     def __init__(self, out_dir: str, prompt_tokens: int = 64, new_tokens: int = 128, temperature: float = 1.0,
@@ -20,6 +22,8 @@ class SampleMidi(pl.Callback):
         self.out_dir = Path(out_dir)
         self.prompt_tokens, self.new_tokens = prompt_tokens, new_tokens
         self.temperature, self.top_k, self.top_p, self.seed = temperature, top_k, top_p, seed
+        self._corpus: list[str] | None = None
+        self._index = None
 
     @rank_zero_only
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -43,6 +47,18 @@ class SampleMidi(pl.Callback):
                              meta={"checkpoint_step": str(trainer.global_step), "seed": str(self.seed)})
         png = piano_roll_png(piece, stem.with_suffix(".png"), prompt_end_tick=prompt_end,
                              title=f"step {trainer.global_step}")
+        metrics = self._evaluate(dm, text, codec.count_notes(text_prompt))
         for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
             if type(logger).__name__ == "WandbLogger":
                 logger.log_image(key="samples/piano_roll", images=[str(png)], step=trainer.global_step)
+
+    def _evaluate(self, dm, text: str, prompt_notes: int) -> dict[str, float]:
+        """Style and memorisation of the sample against the training corpus (theremin.evaluate)."""
+        from theremin.evaluate import CopyIndex, evaluate, load_corpus
+
+        if self._corpus is None:  # built once per run: the corpus does not change while training
+            self._corpus = load_corpus(dm.corpus_dir)
+            self._index = CopyIndex(self._corpus, dm.tokenizer.codec, any_key=True)
+        out = evaluate([text], self._corpus, dm.tokenizer.codec, prompt_notes=[prompt_notes], index=self._index)
+        return {f"samples/{k}": v for k, v in out.items() if k.startswith(("style/", "memo/"))}
