@@ -47,3 +47,11 @@ def midi_dir(tmp_path) -> Path:
     folder = tmp_path / "midi"
     mf.build_good_set(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def bach_midi(tmp_path_factory) -> Path:
+    """30 Bach chorales from music21's corpus, written to MIDI once per test session (real, score-like MIDI)."""
+    from theremin.demo_data import build_demo_midi
+
+    return build_demo_midi(tmp_path_factory.mktemp("bach_midi") / "bach", limit=30, progress=False)

@@ -18,18 +18,17 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, bach_midi):
     """A nano model trained for 60 steps on 30 chorales (a few seconds): (checkpoint, corpus_dir, midi_dir)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
 
     from theremin import resolvers  # noqa: F401
-    from theremin.demo_data import build_demo_midi
     from theremin.paths import conf_dir
     from theremin.train import train
 
-    midi = build_demo_midi(tmp_path_factory.mktemp("smidi") / "bach", limit=30, progress=False)
+    midi = bach_midi
     root = tmp_path_factory.mktemp("sdata")
     out = tmp_path_factory.mktemp("srun")
     GlobalHydra.instance().clear()

@@ -30,11 +30,8 @@ TINY = [
 
 
 @pytest.fixture(scope="session")
-def demo_midi(tmp_path_factory):
-    """30 Bach chorales from music21's corpus, written to MIDI once per test session."""
-    from theremin.demo_data import build_demo_midi
-
-    return build_demo_midi(tmp_path_factory.mktemp("midi") / "bach", limit=30, progress=False)
+def demo_midi(bach_midi):
+    return bach_midi
 
 
 @pytest.fixture
