@@ -57,6 +57,7 @@ class LitGPT(pl.LightningModule):
         self.val_tokens = SumMetric()
         self.val_note_sum = SumMetric()
         self._t0: float | None = None
+        self._tokens = 0
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)[0]
@@ -64,19 +65,22 @@ class LitGPT(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         _, loss = self.model(x, y)
-        now = time.perf_counter()
-        if self._t0 is not None:
-            tokens = x.numel() * self.trainer.world_size
-            self.log("train/tokens_per_sec", tokens / max(now - self._t0, 1e-9), on_step=True, rank_zero_only=True)
-        self._t0 = now
         self.log("train/loss", loss, on_step=True, prog_bar=True)
-        self.log("train/bits_per_token", loss / math.log(2), on_step=True)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
+        self._tokens += x.numel() * self.trainer.world_size
+        # tokens/s and lr only on the steps that reach the logger: logging a Python float makes a device tensor,
+        # which on a GPU would stall the queue every step
+        if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+            now = time.perf_counter()
+            if self._t0 is not None:
+                self.log("train/tokens_per_sec", self._tokens / max(now - self._t0, 1e-9), on_step=True,
+                         rank_zero_only=True)
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True)
+            self._t0, self._tokens = now, 0
         return loss
 
     def on_train_batch_start(self, batch, batch_idx):
         if self._t0 is None:
-            self._t0 = time.perf_counter()
+            self._t0, self._tokens = time.perf_counter(), 0
 
     def on_validation_start(self):
         self._t0 = None  # tokens/s measures training steps only
