@@ -178,19 +178,18 @@ class MidiChar:
             out.append(c)
         return "".join(out)
 
+    @staticmethod
+    def _amount_chars(n: int, lo: int, most: int) -> list[str]:
+        """n as escape chars of the range starting at ``lo`` (value k = code lo + k - 1): ``most`` repeated,
+        then the remainder."""
+        full, rem = divmod(n, most)
+        return [chr(BASE + lo + most - 1)] * full + ([chr(BASE + lo + rem - 1)] if rem else [])
+
     def _rest_chars(self, n: int) -> list[str]:
-        full, rem = divmod(n, self.max_rest)
-        out = [chr(BASE + self.rest_lo + self.max_rest - 1)] * full
-        if rem:
-            out.append(chr(BASE + self.rest_lo + rem - 1))
-        return out
+        return self._amount_chars(n, self.rest_lo, self.max_rest)
 
     def _ext_chars(self, n: int) -> list[str]:
-        full, rem = divmod(n, self.max_dur_ext)
-        out = [chr(BASE + self.ext_lo + self.max_dur_ext - 1)] * full
-        if rem:
-            out.append(chr(BASE + self.ext_lo + rem - 1))
-        return out
+        return self._amount_chars(n, self.ext_lo, self.max_dur_ext)
 
     def _tempo_chars(self, us: int) -> list[str]:
         hi, lo = divmod(us, TEMPO_FIELD)
