@@ -63,9 +63,15 @@ class RowState:
     state: int = START
     cursor: int = 0  # grid position of the last event
     ends: list[int] = field(default_factory=list)  # end positions of the notes placed so far
-    notes: int = 0
+    notes: int = 0  # distinct notes: one pitch sampled twice on one onset sounds (and counts) once
+    chord_pos: int = -1  # onset of the latest notes and their pitches
+    chord: set[int] = field(default_factory=set)
     partial: list[str] = field(default_factory=list)  # factor chars of an unfinished group
     done: bool = False
+
+    def copy(self) -> RowState:
+        return RowState(self.state, self.cursor, list(self.ends), self.notes, self.chord_pos, set(self.chord),
+                        list(self.partial), self.done)
 
 
 class Constraints:
@@ -97,6 +103,7 @@ class Constraints:
         self.pieces = [self._piece(i) for i in range(self.V)]
         self._masks: dict[int, torch.Tensor] = {}
         self._live = self._live_states()
+        self._lead_pitch, self._lead_factor_pitch = self._lead_pitches()
 
     # ---- static part ------------------------------------------------------------------------------------
     def _piece(self, i: int) -> str | None:
@@ -188,6 +195,44 @@ class Constraints:
                     changed = True
         return live
 
+    def _lead_pitches(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per token: the pitch of a note char that opens it with step 0 (else -1), and the pitch of a
+        pitch-factor char that opens it (else -1). A pitch already on the current onset would sound once
+        and count once, so such tokens are masked there (a greedy model can loop on them otherwise)."""
+        lead, lead_factor = torch.full((self.V,), -1), torch.full((self.V,), -1)
+        last = self.n_groups - 1
+        for t, piece in enumerate(self.pieces):
+            if not piece:
+                continue
+            ch = piece[0]
+            if self.codec.kind(ch) == "note":
+                step_i, _, _, pitch = self.codec.split_note(ch)
+                if self.codec.steps[step_i] == 0:
+                    lead[t] = pitch
+            elif (fg := self._factor_group(ch)) is not None and fg[0] == last and last > 0:
+                pitch = self._factor_pitch(*fg)
+                lead_factor[t] = -1 if pitch is None else pitch
+        return lead, lead_factor
+
+    def _chord_mask(self, row: RowState) -> torch.Tensor | None:
+        """Bool (V,): tokens that would repeat a pitch already sounding from the current onset."""
+        if not row.chord or row.cursor != row.chord_pos:
+            return None
+        chord = torch.tensor(sorted(row.chord))
+        if row.state < 6:
+            return torch.isin(self._lead_pitch, chord)
+        if row.state == 6 + self.n_groups - 2 and self._partial_step(row) == 0:
+            return torch.isin(self._lead_factor_pitch, chord)
+        return None
+
+    def _partial_step(self, row: RowState) -> int | None:
+        for ch in row.partial:
+            fg = self._factor_group(ch)
+            step = None if fg is None else self._factor_field(*fg, "step")
+            if step is not None:
+                return self.codec.steps[step]
+        return None
+
     def mask(self, state: int) -> torch.Tensor:
         """Bool (V,): tokens allowed after ``state`` (grammar, pitch range, key), EOS excluded."""
         m = self._masks.get(state)
@@ -211,6 +256,7 @@ class Constraints:
             row.done = True
             return True
         state, cursor, ends, notes, partial = row.state, row.cursor, list(row.ends), row.notes, list(row.partial)
+        chord_pos, chord = row.chord_pos, set(row.chord)
         for ch in self.pieces[token] or "":
             nxt = self.step_char(state, ch, check_pitch=False)  # the prompt may use any pitch
             note = None
@@ -230,15 +276,19 @@ class Constraints:
                     note = self.factors.unfactor(self.factors.group_re.fullmatch("".join(partial)))
                     partial = []
             if note is not None:
-                step_i, dur_i, _, _ = c.split_note(note)
+                step_i, dur_i, _, pitch = c.split_note(note)
                 cursor += c.steps[step_i]
                 if check_polyphony and not self._room(ends, cursor):
                     return False
                 ends = [e for e in ends if e > cursor]  # only sounding notes matter from here on
                 ends.append(cursor + c.durations[dur_i])
-                notes += 1
+                if chord_pos != cursor:
+                    chord_pos, chord = cursor, set()
+                notes += pitch not in chord
+                chord.add(pitch)
             state = nxt if nxt is not None else state
         row.state, row.cursor, row.ends, row.notes, row.partial = state, cursor, ends, notes, partial
+        row.chord_pos, row.chord = chord_pos, chord
         return True
 
     def _room(self, ends: list[int], onset: int) -> bool:
@@ -257,7 +307,11 @@ class Constraints:
             return neg.index_fill(0, torch.tensor([eos]), 0.0)
         if want_end and self.complete(row):
             return neg.index_fill(0, torch.tensor([eos]), 0.0)
-        out = torch.where(self.mask(row.state).to(logits.device), logits, neg)
+        allowed = self.mask(row.state)
+        repeats = self._chord_mask(row)
+        if repeats is not None and (allowed & ~repeats).any():
+            allowed = allowed & ~repeats
+        out = torch.where(allowed.to(logits.device), logits, neg)
         if self.max_polyphony is None:
             return out
         # polyphony: check the tokens that could be sampled, mask violators, until the candidates are clean
@@ -269,7 +323,7 @@ class Constraints:
                 if t in checked:
                     continue
                 checked.add(t)
-                probe = RowState(row.state, row.cursor, list(row.ends), row.notes, list(row.partial))
+                probe = row.copy()
                 if not self.advance(probe, t, check_polyphony=True):
                     bad.append(t)
             if not bad:

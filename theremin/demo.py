@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from theremin import resolvers  # noqa: F401
-from theremin.paths import ROOT, conf_dir
+from theremin.paths import conf_dir, data_dir
 
 log = logging.getLogger("theremin.demo")
 
@@ -87,8 +87,9 @@ def main(argv: list[str] | None = None) -> None:
         f"{s['style/interval_oa']:.2f}, note-density overlap {s['style/note_density_oa']:.2f}",
         f"  memorisation      longest run copied from the training corpus: {s['memo/longest_copied_notes_max']:.0f} "
         "notes (max over variations)",
-        f"  wall time         {out['seconds']:.0f} s (training {out['train_seconds']:.0f} s)",
-        f"  everything else   data in {ROOT / 'data'}, runs in {ROOT / 'outputs'}",
+        f"  time              {out['seconds']:.0f} s after start-up (data + tokenizer + training "
+        f"{out['train_seconds']:.0f} s)",
+        f"  everything else   data in {data_dir().resolve()}, runs in {out['out_dir'].parent.parent.resolve()}",
     ]
     print("\n".join(lines))
 

@@ -195,8 +195,7 @@ class Roller:
             beats = s.length * self.bar_steps(ts) / self.codec.grid if s.unit == "bars" else s.length * 1e6 / tempo_us
             target_notes, end_pos = None, base.cursor + round(beats * self.codec.grid)
         max_new = s.max_new_tokens or int(8 * (target_notes or 4 * beats) + 64)
-        rows = [RowState(base.state, base.cursor, list(base.ends), base.notes, list(base.partial))
-                for _ in range(s.n)]
+        rows = [base.copy() for _ in range(s.n)]
         seen = [len(prompt_ids)] * s.n
         sampling = {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "min_p": s.min_p}
 
@@ -240,18 +239,25 @@ class Roller:
         return result
 
     def _trim(self, prompt: str, cont: str, target_notes: int | None, end_pos: int | None) -> str:
-        """Prompt + continuation cut to exactly the asked length (tokens can overshoot by a few notes)."""
+        """Prompt + continuation cut to exactly the asked length (tokens can overshoot by a few notes), as
+        canonical text."""
         full = prompt + cont
         notes, tempos = self.codec.decode_grid(full)
         n_prompt = self.codec.count_notes(prompt)
-        if target_notes is not None:
-            keep = notes[: n_prompt + target_notes]
+        if target_notes is not None:  # the first target_notes distinct new (onset, pitch) of the continuation
+            seen = {(n[0], n[2]) for n in notes[:n_prompt]}
+            new = 0
+            keep = notes[:n_prompt]
+            for n in notes[n_prompt:]:
+                if (n[0], n[2]) not in seen:
+                    if new == target_notes:
+                        break
+                    new += 1
+                    seen.add((n[0], n[2]))
+                keep.append(n)
         else:
             keep = notes[:n_prompt] + [n for n in notes[n_prompt:] if n[0] < end_pos]
-        if len(keep) == len(notes):
-            return full
-        last = max((p for p, *_ in keep), default=0)
-        return self._grid_text(keep, [t for t in tempos if t[0] <= last])
+        return self._grid_text(keep, tempos)  # canonical text: a pitch sampled twice on one onset sounds once
 
     # ---- outputs ----------------------------------------------------------------------------------------
     def write(self, result: RollResult, out_dir: Path, s: SamplingSettings, render: dict) -> None:
