@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from theremin.corpus import build_corpus
 from theremin.midi import atomic_write
 from theremin.midichar import MidiChar
+from theremin.resolvers import plain
 from theremin.tokenizer import MidiTokenizer, get_or_train
 
 TOKENS_FORMAT = 1
@@ -39,13 +40,6 @@ def world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def _plain(x):
-    """Hydra hands configs over as DictConfig/ListConfig; caches hash them, so make them plain."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x
 
 
 def note_counts(tok: MidiTokenizer, ids: list[int]) -> list[int]:
@@ -127,9 +121,9 @@ class MidiDataModule(pl.LightningDataModule):
         self.name = name or Path(corpus_dir).name
         self.corpus_dir = Path(corpus_dir)
         self.input_dir = input_dir
-        self.tokenizer_cfg = _plain(tokenizer)
-        self.codec_cfg = {k: v for k, v in _plain(codec or {}).items() if k != "_target_"}
-        self.transpose = _plain(transpose)
+        self.tokenizer_cfg = plain(tokenizer)
+        self.codec_cfg = {k: v for k, v in plain(codec or {}).items() if k != "_target_"}
+        self.transpose = plain(transpose)
         self.tokenizer_cache = Path(tokenizer_cache) if tokenizer_cache else self.corpus_dir / "tokenizers"
         self.block_size, self.batch_size, self.num_workers = block_size, batch_size, num_workers
         self.seed, self.val_fraction, self.min_notes = seed, val_fraction, min_notes

@@ -42,10 +42,10 @@ class LitGPT(pl.LightningModule):
         val_notes: int | None = None,
     ):
         super().__init__()
-        from omegaconf import OmegaConf
+        from theremin.resolvers import plain
 
-        model, tokenizer, codec, lr_schedule = (OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x
-                                                for x in (model, tokenizer, codec, lr_schedule))
+        # plain types only: hyperparameters must load with torch.load(weights_only=True)
+        model, tokenizer, codec, lr_schedule = (plain(x) for x in (model, tokenizer, codec, lr_schedule))
         # optimizer is a partial (not a plain type): rebuilt from config on resume, never pickled
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer

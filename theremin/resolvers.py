@@ -1,4 +1,4 @@
-"""OmegaConf resolvers used by conf/ (registered on import, once)."""
+"""OmegaConf resolvers used by conf/ (registered on import, once), and :func:`plain` for config values."""
 
 from __future__ import annotations
 
@@ -7,6 +7,12 @@ import os
 import re
 
 from omegaconf import OmegaConf
+
+
+def plain(x):
+    """A config value as plain Python (dict/list/scalars, interpolations resolved): what checkpoints, caches
+    and JSON need. Hydra hands values over as DictConfig/ListConfig, even when given plain dicts."""
+    return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x
 
 
 def run_name(overrides: str = "") -> str:

@@ -15,20 +15,17 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from theremin import resolvers  # noqa: F401  (registers ${run_name:} and ${wandb_mode:})
 from theremin.paths import conf_dir
+from theremin.resolvers import plain
 
 log = logging.getLogger("theremin.train")
 
 
 class TrainConfigError(ValueError):
     """A setting that cannot train; the message names the setting to change."""
-
-
-def _plain(cfg) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 
 
 def _instantiate_dict(group: DictConfig | None) -> list:
@@ -51,11 +48,11 @@ def resume_path(cfg: DictConfig) -> str | None:
 def build(cfg: DictConfig):
     """DataModule (prepared), LitGPT and Trainer from the config, after checking what would fail later."""
     pl.seed_everything(cfg.seed, workers=True)
-    dm = hydra.utils.instantiate(cfg.data, tokenizer=_plain(cfg.tokenizer), codec=_plain(cfg.codec),
+    dm = hydra.utils.instantiate(cfg.data, tokenizer=plain(cfg.tokenizer), codec=plain(cfg.codec),
                                  _recursive_=False)
     dm.prepare()
     dm.setup("fit")
-    model_cfg = _plain(cfg.model.model)
+    model_cfg = plain(cfg.model.model)
     if cfg.data.block_size > model_cfg["block_size"]:
         raise TrainConfigError(f"data.block_size={cfg.data.block_size} exceeds the model's block size "
                                f"{model_cfg['block_size']}: lower data.block_size or raise model.model.block_size")
@@ -65,7 +62,7 @@ def build(cfg: DictConfig):
         cfg.model,
         model=model_cfg,
         optimizer=hydra.utils.instantiate(cfg.optimizer),
-        lr_schedule=_plain(cfg.lr_schedule),
+        lr_schedule=plain(cfg.lr_schedule),
         weight_decay=cfg.weight_decay,
         compile=cfg.compile,
         tokenizer={"dir": str(tok.dir.resolve()), "vocab_size": tok.vocab_size, "key": tok.dir.name,
@@ -101,7 +98,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     n_params = lit.model.num_params()
     log.info("model %.2fM parameters, vocab %d, %d val notes", n_params / 1e6, dm.vocab_size, dm.val_note_count)
     for lg in trainer.loggers:
-        lg.log_hyperparams({"n_params": n_params, "config": _plain(cfg)})
+        lg.log_hyperparams({"n_params": n_params, "config": plain(cfg)})
     trainer.fit(lit, datamodule=dm, ckpt_path=ckpt)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if "val/bits_per_note" not in metrics and not cfg.trainer.get("fast_dev_run"):
