@@ -51,8 +51,8 @@ class SamplingSettings:
             raise GenerateError(f"sampling.n={self.n}: need at least one variation")
         if self.unit not in ("notes", "bars", "seconds"):
             raise GenerateError(f"sampling.unit={self.unit!r}: use notes, bars or seconds")
-        if not self.length > 0:
-            raise GenerateError(f"sampling.length={self.length}: must be > 0")
+        if not self.length > 0 or (self.unit == "notes" and int(self.length) < 1):
+            raise GenerateError(f"sampling.length={self.length}: must be > 0 (at least 1 note)")
         if self.temperature < 0:
             raise GenerateError(f"sampling.temperature={self.temperature}: must be >= 0")
         if self.keep_bars is not None and self.keep_bars < 0:
