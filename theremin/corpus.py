@@ -214,7 +214,7 @@ def _encode_all(paths: list[str], codec, workers: int, args: tuple, bar) -> Iter
             yield _encode_one(codec, p, *args)
             bar.update()
         return
-    init = (type(codec), _plain(codec.config))
+    init = (type(codec), codec.config)
     # chunks amortise the inter-process calls; ~8 per worker keep the load even at the end
     size = max(1, min(64, len(paths) // (workers * 8)))
     todo = deque(paths[i: i + size] for i in range(0, len(paths), size))
@@ -270,15 +270,6 @@ class _NothingUsable(Exception):
     """Aborts the output writes (their temp files are removed) when no file is usable."""
 
 
-def _plain(x):
-    """Config values as plain JSON types (a codec built by Hydra may hold OmegaConf containers)."""
-    if hasattr(x, "items"):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)) or type(x).__name__ == "ListConfig":
-        return [_plain(v) for v in x]
-    return x
-
-
 def _codec_id(codec) -> str:
     return f"{type(codec).__module__}.{type(codec).__qualname__}"
 
@@ -286,7 +277,7 @@ def _codec_id(codec) -> str:
 def _fingerprint(input_dir: Path, entries: list[_Entry], codec, settings: dict) -> str:
     h = hashlib.sha256()
     head = {"version": MANIFEST_VERSION, "input_dir": str(input_dir),
-            "codec": [_codec_id(codec), _plain(codec.config)], "settings": settings}
+            "codec": [_codec_id(codec), codec.config], "settings": settings}
     h.update(json.dumps(head, sort_keys=True).encode())
     for e in entries:
         h.update(f"{e.rel}\0{e.size}\0{e.mtime_ns}\n".encode())
@@ -487,7 +478,7 @@ def build_corpus(
         return {
             "version": MANIFEST_VERSION,
             "input_dir": str(input_dir),
-            "codec": {"class": _codec_id(codec), "config": _plain(codec.config)},
+            "codec": {"class": _codec_id(codec), "config": codec.config},
             "settings": settings,
             "fingerprint": fingerprint,
             "outputs": outputs,

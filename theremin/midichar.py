@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from theremin.midi import DEFAULT_TEMPO_US, MidiError, Note, Piece, read_midi, write_midi
+from theremin.resolvers import plain
 
 BASE = 0x10000
 PLANE_SPAN = 0x100000  # code points U+10000..U+10FFFF
@@ -81,7 +82,8 @@ class MidiChar:
         unknown = set(overrides) - set(cfg)
         if unknown:
             raise TypeError(f"unknown codec settings: {sorted(unknown)} (known: {sorted(cfg)})")
-        cfg.update({k: v for k, v in overrides.items() if v is not None})
+        # plain values (Hydra passes ListConfig): the config goes into JSON manifests and cache keys as it is
+        cfg.update({k: plain(v) for k, v in overrides.items() if v is not None})
         self.config = cfg
         self.grid = int(cfg["grid"])
         self.velocities = [int(v) for v in cfg["velocities"]]

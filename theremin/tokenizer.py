@@ -43,6 +43,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from theremin.midi import atomic_write
 from theremin.midichar import BASE, MidiChar
 
 FORMAT_VERSION = 1
@@ -564,6 +565,5 @@ def get_or_train(text_file: str | os.PathLike, vocab_size: int, cache_root: str 
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
