@@ -15,7 +15,6 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from theremin.midichar import MidiChar
 from theremin.paths import conf_dir
 from theremin.tokenizer import compression, get_or_train
 
@@ -27,9 +26,7 @@ def _lines(path: Path) -> list[str]:
 def tokenize(cfg: DictConfig) -> dict:
     """Get the tokenizer of ``cfg.corpus_dir``/train.txt, print where it is, its vocab size, notes per token
     on val.txt and whether decode(encode(piece)) == piece for every val piece; returns those numbers."""
-    codec_cfg = OmegaConf.to_container(cfg.codec, resolve=True)
-    codec_cfg.pop("_target_", None)
-    codec = MidiChar(**codec_cfg)
+    codec = hydra.utils.instantiate(cfg.codec)
     corpus = Path(os.path.expanduser(str(cfg.corpus_dir)))
     train_txt, val_txt = corpus / "train.txt", corpus / "val.txt"
     if not train_txt.is_file() or train_txt.stat().st_size == 0:
