@@ -302,9 +302,10 @@ def _manifest_text(m: dict) -> str:
     return "{\n" + ",\n".join(out) + "\n}\n"
 
 
-def _load_manifest(out_dir: Path) -> dict | None:
+def load_manifest(out_dir: str | os.PathLike) -> dict | None:
+    """The manifest.json of a corpus folder, or None when missing or unreadable."""
     try:
-        return json.loads((out_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
+        return json.loads((Path(out_dir) / MANIFEST_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
 
@@ -399,7 +400,7 @@ def build_corpus(
     settings = {"val_fraction": float(val_fraction), "transpose": transpose, "min_notes": int(min_notes)}
     entries, unreadable = find_midi_files(input_dir)
     fingerprint = _fingerprint(input_dir, entries, codec, settings)
-    manifest = _load_manifest(out_dir)
+    manifest = load_manifest(out_dir)
     if _reusable(manifest, out_dir, fingerprint):
         try:
             return CorpusReport.from_manifest(manifest, out_dir, reused=True)

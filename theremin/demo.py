@@ -8,7 +8,6 @@ Every stage is cached: a second run reuses the data, the tokenizer and the finis
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -35,7 +34,9 @@ def demo_config(overrides: list[str]):
 
 def demo_prompt(corpus_dir: Path, input_dir: Path) -> Path:
     """The first val piece of the corpus (never trained on): its opening bars are the prompt."""
-    manifest = json.loads((corpus_dir / "manifest.json").read_text())
+    from theremin.corpus import load_manifest
+
+    manifest = load_manifest(corpus_dir)
     val = [f["path"] for f in manifest["files"] if f["split"] == "val"]
     return input_dir / sorted(val)[0]
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from theremin.corpus import load_manifest
 from theremin.midichar import MidiChar
 
 PITCH_CLASSES = 12
@@ -451,19 +452,9 @@ def evaluate(
 # ------------------------------------------------------------------------------------------------ corpus + CLI
 
 
-def _manifest(corpus_dir: Path) -> dict | None:
-    path = corpus_dir / "manifest.json"
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def corpus_codec(corpus_dir: str | Path) -> MidiChar:
     """The codec a corpus was built with (from its manifest), else the default codec."""
-    m = _manifest(Path(corpus_dir))
+    m = load_manifest(Path(corpus_dir))
     cfg = ((m or {}).get("codec") or {}).get("config")
     return MidiChar(**cfg) if cfg else MidiChar()
 
@@ -482,7 +473,7 @@ def load_corpus(
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such corpus split (expected {split}.txt in {corpus_dir})")
     lines = [ln for ln in path.read_text(encoding="utf-8").split("\n") if ln]
-    m = _manifest(corpus_dir)
+    m = load_manifest(corpus_dir)
     if not augmented and m and (m.get("settings") or {}).get("transpose"):
         blocks = [int(r.get("lines", 1)) for r in m.get("files", []) if r.get("split") == split]
         if sum(blocks) == len(lines):  # otherwise the manifest is not about this file: keep every line
@@ -492,7 +483,7 @@ def load_corpus(
 
 
 def _split_paths(corpus_dir: Path, split: str) -> list[str] | None:
-    m = _manifest(corpus_dir)
+    m = load_manifest(corpus_dir)
     return [r["path"] for r in m.get("files", []) if r.get("split") == split] if m else None
 
 
