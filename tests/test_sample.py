@@ -35,7 +35,7 @@ def trained(tmp_path_factory, bach_midi):
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose("train", overrides=[
             "model=nano", "tokenizer=1k", "data.block_size=128", "data.batch_size=16", "logger=csv",
-            "callbacks.sample_midi.new_tokens=16", "trainer.max_steps=60",
+            "callbacks.sample_midi.new_notes=12", "trainer.max_steps=60",
             "trainer.val_check_interval=60", "trainer.enable_progress_bar=false", f"paths.data_dir={root}",
             f"data.input_dir={midi}"], return_hydra_config=True)
     with open_dict(cfg):

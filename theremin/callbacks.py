@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.utilities import rank_zero_only
 
 
@@ -17,11 +16,12 @@ class SampleMidi(pl.Callback):
     with a WandbLogger the PNG is logged as an image too.
     """
 
-    def __init__(self, out_dir: str, prompt_tokens: int = 64, new_tokens: int = 128, temperature: float = 1.0,
+    def __init__(self, out_dir: str, prompt_tokens: int = 64, new_notes: int = 48, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = 0.95, seed: int = 0):
         self.out_dir = Path(out_dir)
-        self.prompt_tokens, self.new_tokens = prompt_tokens, new_tokens
+        self.prompt_tokens, self.new_notes = prompt_tokens, new_notes
         self.temperature, self.top_k, self.top_p, self.seed = temperature, top_k, top_p, seed
+        self._roller = None  # keeps its constraint masks between validations
         self._corpus: list[str] | None = None
         self._index = None
 
@@ -30,24 +30,24 @@ class SampleMidi(pl.Callback):
         if trainer.sanity_checking or getattr(trainer, "fast_dev_run", False):
             return
         dm = trainer.datamodule
+        from theremin.midi import write_midi
         from theremin.render import piano_roll_png
-        from theremin.sample import continue_ids
+        from theremin.sample import Roller, SamplingSettings
 
-        prompt = dm.val_prompt(self.prompt_tokens)
-        gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        ids = continue_ids(pl_module.model, dm.tokenizer, prompt, self.new_tokens, temperature=self.temperature,
-                           top_k=self.top_k, top_p=self.top_p, generator=gen)
         codec = dm.tokenizer.codec
-        text_prompt = dm.tokenizer.decode(prompt)
-        text = dm.tokenizer.decode(ids, errors="ignore")
-        piece = codec.decode(text, errors="skip")
-        prompt_end = codec.decode(text_prompt).notes[-1].start + 1 if codec.count_notes(text_prompt) else 0
+        if self._roller is None or self._roller.model is not pl_module.model:
+            self._roller = Roller(pl_module.model, dm.tokenizer, codec)
+        # the prompt's tokens may end inside a note spelled over several tokens: keep its complete part
+        prompt_text = codec.repair(dm.tokenizer.decode(dm.val_prompt(self.prompt_tokens), errors="ignore"))
+        settings = SamplingSettings(n=1, length=self.new_notes, seed=self.seed, temperature=self.temperature,
+                                    top_k=self.top_k, top_p=self.top_p)
+        v = self._roller.roll(codec.decode(prompt_text), settings).variations[0]
         stem = self.out_dir / f"step{trainer.global_step:07d}"
-        codec.decode_to_file(codec.repair(text), stem.with_suffix(".mid"),
-                             meta={"checkpoint_step": str(trainer.global_step), "seed": str(self.seed)})
-        png = piano_roll_png(piece, stem.with_suffix(".png"), prompt_end_tick=prompt_end,
+        write_midi(v.piece, stem.with_suffix(".mid"),
+                   meta={"checkpoint_step": str(trainer.global_step), "seed": str(self.seed)})
+        png = piano_roll_png(v.piece, stem.with_suffix(".png"), prompt_end_tick=v.prompt_end_tick,
                              title=f"step {trainer.global_step}")
-        metrics = self._evaluate(dm, text, codec.count_notes(text_prompt))
+        metrics = self._evaluate(dm, v.text, codec.count_notes(v.text) - v.generated_notes)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
             if type(logger).__name__ == "WandbLogger":

@@ -281,32 +281,3 @@ def _prompt_end_tick(codec: MidiChar, prompt_text: str) -> int:
     if not notes:
         return 0
     return max(p for p, *_ in notes) * (codec.ticks_per_beat // codec.grid) + 1
-
-
-def continue_ids(model, tokenizer, prompt_ids: list[int], max_new_tokens: int, *, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
-                 generator: torch.Generator | None = None) -> list[int]:
-    """Prompt ids → prompt + continuation ids under the validity constraints, cut at the first EOS."""
-    roller = Roller(model, tokenizer, tokenizer.codec)
-    cons = roller.constraints(SamplingSettings())
-    row = RowState()
-    for t in prompt_ids[1:]:
-        cons.advance(row, t)
-    seen = [len(prompt_ids)]
-    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p}
-
-    def hook(idx, logits):
-        for t in idx[0, seen[0]:].tolist():
-            cons.advance(row, t)
-        seen[0] = idx.size(1)
-        return cons.apply(row, logits[0], False, sampling)[None]
-
-    device = next(model.parameters()).device
-    idx = torch.tensor([prompt_ids or [tokenizer.bos_id]], dtype=torch.long, device=device)
-    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                         generator=generator, logits_hook=hook,
-                         stop_fn=lambda i: i[0, -1].item() == tokenizer.eos_id)[0].tolist()
-    new = out[len(idx[0]):]
-    if tokenizer.eos_id in new:
-        new = new[: new.index(tokenizer.eos_id)]
-    return out[: len(idx[0])] + new
