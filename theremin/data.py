@@ -42,17 +42,6 @@ def world() -> tuple[int, int]:
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def note_counts(tok: MidiTokenizer, ids: list[int]) -> list[int]:
-    """Notes completed by each token of one encoded piece (a note split over several tokens counts at its
-    last one), so a window's bits per note divide by exactly the notes its targets cover."""
-    counts, done = [], 0
-    for k in range(1, len(ids) + 1):
-        n = tok.codec.count_notes(tok.decode(ids[:k], errors="ignore"))
-        counts.append(n - done)
-        done = n
-    return counts
-
-
 class RandomWindows(IterableDataset):
     """Endless (x, y) micro-batches of random windows; global micro-batch m is fixed by (seed, m)."""
 
@@ -180,7 +169,7 @@ class MidiDataModule(pl.LightningDataModule):
                 piece = tok.encode(line)
                 ids += [tok.bos_id, *piece, tok.eos_id]
                 if split == "val":
-                    notes += [0, *note_counts(tok, piece), 0]
+                    notes += [0, *tok.note_counts(piece), 0]
             arr = np.asarray(ids, dtype=dtype)
             atomic_write(self.token_dir / f"{split}.bin", lambda tmp, a=arr: a.tofile(tmp))
             meta[split] = {"pieces": len(lines), "tokens": len(ids), "chars": sum(len(ln) for ln in lines),
