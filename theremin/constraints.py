@@ -184,7 +184,9 @@ class Constraints:
 
     def _live_states(self) -> set[int]:
         """States from which a complete text is reachable with the allowed tokens."""
-        trans = {s: {self.step_token(s, t) for t in range(self.V)} - {None} for s in self._states()}
+        # every state's next state per token, kept for mask(): the automaton runs once per (state, token)
+        self._next = {s: [self.step_token(s, t) for t in range(self.V)] for s in self._states()}
+        trans = {s: set(nxt) - {None} for s, nxt in self._next.items()}
         live = set(COMPLETE)
         changed = True
         while changed:
@@ -237,10 +239,7 @@ class Constraints:
         """Bool (V,): tokens allowed after ``state`` (grammar, pitch range, key), EOS excluded."""
         m = self._masks.get(state)
         if m is None:
-            ok = np.zeros(self.V, dtype=bool)
-            for t in range(self.V):
-                nxt = self.step_token(state, t)
-                ok[t] = nxt is not None and nxt in self._live
+            ok = np.array([nxt is not None and nxt in self._live for nxt in self._next[state]], dtype=bool)
             if not ok.any():
                 raise ConstraintError("no token can continue under these constraints (pitch_range/key too "
                                       "narrow for this tokenizer's vocabulary)")
