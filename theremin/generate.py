@@ -6,10 +6,11 @@ import logging
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from theremin import resolvers  # noqa: F401
 from theremin.paths import conf_dir
+from theremin.resolvers import plain
 from theremin.sample import GenerateError, Roller, RollResult, SamplingSettings
 
 log = logging.getLogger("theremin.generate")
@@ -24,7 +25,7 @@ def latest_checkpoint(root: str | Path) -> Path:
 
 
 def settings_from(cfg: DictConfig) -> SamplingSettings:
-    s = OmegaConf.to_container(cfg, resolve=True)
+    s = plain(cfg)
     if s.get("pitch_range") is not None:
         s["pitch_range"] = tuple(s["pitch_range"])
     return SamplingSettings(**s)
@@ -38,7 +39,7 @@ def generate(cfg: DictConfig) -> tuple[RollResult, dict[str, float]]:
     if cfg.prompt is not None and not Path(cfg.prompt).is_file():
         raise GenerateError(f"prompt {cfg.prompt} does not exist")
     out_dir = Path(cfg.out_dir)
-    result = roller.roll(cfg.prompt, settings, out_dir=out_dir, render=OmegaConf.to_container(cfg.render))
+    result = roller.roll(cfg.prompt, settings, out_dir=out_dir, render=plain(cfg.render))
     metrics: dict[str, float] = {}
     corpus_dir = roller.corpus_dir
     if cfg.evaluate and corpus_dir is not None and (corpus_dir / "train.txt").exists():
