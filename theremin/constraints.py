@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from theremin.cli import ThereminError
 from theremin.midichar import BASE
 from theremin.model import filter_logits
 
@@ -41,7 +42,7 @@ START, NOTE, REST, EXT, THI, TLO = range(6)
 COMPLETE = {START, NOTE, REST, EXT, TLO}
 
 
-class ConstraintError(ValueError):
+class ConstraintError(ThereminError):
     """A constraint setting that cannot work; the message names it."""
 
 

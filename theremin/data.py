@@ -22,6 +22,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from theremin.cli import ThereminError
 from theremin.corpus import build_corpus
 from theremin.midi import atomic_write
 from theremin.midichar import MidiChar
@@ -31,7 +32,7 @@ from theremin.tokenizer import MidiTokenizer, get_or_train
 TOKENS_FORMAT = 1
 
 
-class DataConfigError(ValueError):
+class DataConfigError(ThereminError):
     """A data setting that cannot work; the message names the setting to change."""
 
 

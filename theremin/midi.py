@@ -22,11 +22,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from theremin.cli import ThereminError
+
 DEFAULT_TEMPO_US = 500_000  # MIDI's default: 120 quarter notes per minute
 MIDI_SUFFIXES = (".mid", ".midi", ".kar")
 
 
-class MidiError(ValueError):
+class MidiError(ThereminError):
     """A MIDI file theremin cannot use; the message names the file and the reason."""
 
     def __init__(self, path: str | os.PathLike | None, reason: str):

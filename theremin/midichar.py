@@ -41,6 +41,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from theremin.cli import ThereminError
 from theremin.midi import DEFAULT_TEMPO_US, MidiError, Note, Piece, read_midi, write_midi
 from theremin.resolvers import plain
 
@@ -49,7 +50,7 @@ PLANE_SPAN = 0x100000  # code points U+10000..U+10FFFF
 TEMPO_FIELD = 4096  # 12 bits per tempo half
 
 
-class CodecError(ValueError):
+class CodecError(ThereminError):
     """A text that is not valid midichar; the message gives the character position and the reason."""
 
 

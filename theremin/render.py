@@ -16,6 +16,7 @@ import os
 import wave
 from pathlib import Path
 
+from theremin.cli import ThereminError
 from theremin.midi import Piece, atomic_write
 
 PROMPT_COLOR = "#4c72b0"  # blue: the notes the model was given
@@ -33,7 +34,7 @@ _MISSING_LIBRARY = (
 )
 
 
-class RenderError(RuntimeError):
+class RenderError(ThereminError):
     """A WAV or PNG theremin cannot render; the message names the input and the fix."""
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from theremin.cli import ThereminError
 from theremin.constraints import Constraints, RowState
 from theremin.midi import MidiError, Piece, read_midi, write_midi
 from theremin.midichar import MidiChar
@@ -26,7 +27,7 @@ from theremin.model import GPT, GPTConfig
 log = logging.getLogger("theremin.sample")
 
 
-class GenerateError(ValueError):
+class GenerateError(ThereminError):
     """Bad input to generation (checkpoint, prompt, settings); the message names the input."""
 
 

@@ -18,13 +18,14 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from theremin import resolvers  # noqa: F401  (registers ${run_name:} and ${wandb_mode:})
+from theremin.cli import ThereminError
 from theremin.paths import conf_dir
 from theremin.resolvers import plain
 
 log = logging.getLogger("theremin.train")
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(ThereminError):
     """A setting that cannot train; the message names the setting to change."""
 
 
