@@ -34,21 +34,19 @@ ARG TORCH_SPEC="torch>=2.4"
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir "${TORCH_SPEC}"
 
-# The dependencies, cached until pyproject.toml changes: install against an empty package first.
-# Editable (-e) on purpose: theremin finds its Hydra configs at <checkout>/conf (theremin/paths.py: the parent
-# of the package folder), so the package must stay at /app/theremin next to /app/conf; a regular install would
-# move it into site-packages and lose conf/. The editable finder maps `theremin` to /app/theremin, so the real
-# sources copied below replace the stub without reinstalling.
+# The dependencies, cached until pyproject.toml changes: install against an empty package first, then the
+# real package without its dependencies. A regular (not editable) install: the Hydra configs ship inside the
+# package (theremin/conf), so the installed wheel works from any folder.
 COPY pyproject.toml README.md ./
 # DL3013 (pin versions): the versions are pyproject.toml's to state, not this file's.
 # hadolint ignore=DL3013
 RUN mkdir theremin && touch theremin/__init__.py \
-    && pip install --no-cache-dir -e . \
-    && rm -rf theremin
+    && pip install --no-cache-dir . \
+    && rm -rf theremin build ./*.egg-info
 
 COPY theremin/ theremin/
-COPY conf/ conf/
 COPY scripts/ scripts/
+RUN pip install --no-cache-dir --no-deps . && rm -rf build ./*.egg-info
 
 # Runs and checkpoints go to /app/outputs (conf/paths: ${THEREMIN_ROOT}/outputs), generated data to /data:
 # mount volumes there (k8s/pvc.yaml) or they vanish with the container. Both belong to the runtime user.
