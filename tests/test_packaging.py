@@ -19,8 +19,9 @@ def installed(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("wheel")
     # built from a copy: setuptools writes build/ into the tree it builds
     src = tmp / "src"
-    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "data", "outputs", "build", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis"))
+    top_level = {".git", ".venv", "data", "outputs", "build", "notebooks", "tests"}
+    shutil.copytree(ROOT, src, symlinks=True, ignore=lambda d, names: [
+        n for n in names if (Path(d) == ROOT and n in top_level) or n == "__pycache__" or n.endswith(".egg-info")])
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
                     "-w", str(tmp / "dist"), str(src)], check=True, cwd=tmp)
     (wheel,) = (tmp / "dist").glob("theremin-*.whl")
