@@ -346,8 +346,8 @@ class MidiTokenizer:
             args = dict(
                 input=str(inp), model_prefix=str(out / Path(MODEL_FILE).stem), vocab_size=vocab_size,
                 model_type=opts["model_type"],
-                # required for midichar text, see DESIGN.md: no NFKC, no script/whitespace splits, every
-                # char a piece, bytes for the rest
+                # required for midichar text: no NFKC (it rewrites some chars), no script splits (unassigned
+                # code points could not merge), no whitespace splits, every char a piece, bytes for the rest
                 normalization_rule_name="identity", split_by_unicode_script=False, split_by_whitespace=False,
                 split_by_number=False, byte_fallback=True, character_coverage=1.0,
                 add_dummy_prefix=False, remove_extra_whitespaces=False,
