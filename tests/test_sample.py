@@ -128,6 +128,35 @@ def test_long_prompt_keeps_the_recent_part_and_says_so(roller, tmp_path):
     assert res.variations[0].piece.tempos[:1] == [(0, 600_000)]  # the tempo in force is carried over
 
 
+@pytest.mark.timeout(60, func_only=True)
+def test_a_dense_chord_prompt_is_trimmed_in_bounded_time(roller, make_midi):
+    """Issue 8.1: 60 quarter-note chords of 8 random pitches; the first chord holds more notes than the old
+    cut step (an eighth of the notes), which then removed nothing and looped forever."""
+    import random
+
+    rng = random.Random(0)
+    notes = [(i * 480, (i + 1) * 480, p, 80) for i in range(60) for p in rng.sample(range(36, 96), 8)]
+    path = make_midi("chords.mid", notes)
+    text, _, truncated = roller.prompt_text(path, None)
+    assert truncated
+    assert len(roller.tok.encode(text)) + 1 <= roller.model.block_size // 2
+    kept = roller.codec.decode(text).notes
+    assert kept and len(kept) < 480
+    res = roller.roll(path, SamplingSettings(n=1, length=4))
+    assert res.prompt_truncated and res.variations[0].generated_notes == 4
+
+
+def test_a_prompt_whose_one_chord_overflows_the_context_keeps_its_top_notes(roller, make_midi):
+    """A single onset too long for the context: its highest notes are kept (the cut cannot fall between
+    onsets), not everything dropped nor a loop."""
+    notes = [(0, 480, p, 80) for p in range(21, 109)]  # 88 keys at once
+    text, _, truncated = roller.prompt_text(make_midi("cluster.mid", notes), None)
+    kept = roller.codec.decode(text).notes
+    assert truncated and kept
+    assert len(roller.tok.encode(text)) + 1 <= roller.model.block_size // 2
+    assert [n.pitch for n in kept] == list(range(109 - len(kept), 109))
+
+
 def test_outputs_midi_wav_png(roller, prompt, tmp_path):
     res = roller.roll(prompt, SamplingSettings(n=2, length=16, seed=9, keep_bars=2), out_dir=tmp_path)
     orig = read_midi(prompt)

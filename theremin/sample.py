@@ -144,15 +144,37 @@ class Roller:
             end = int(keep_bars * self.bar_steps(ts))
             notes = [n for n in notes if n[0] < end]
             tempos = [t for t in tempos if t[0] < end]
-        truncated = False
-        room = self.model.block_size // 2  # leave half the context for the continuation
-        while notes and len(self.tok.encode(self._grid_text(notes, tempos))) + 1 > room:
-            cut = notes[max(1, len(notes) // 8)][0]  # drop the oldest eighth, at an onset
-            tempo_at_cut = [t for t in tempos if t[0] <= cut][-1:] or []
-            notes = [(p - cut, d, pi, v) for p, d, pi, v in notes if p >= cut]
-            tempos = [(0, us) for _, us in tempo_at_cut] + [(p - cut, us) for p, us in tempos if p > cut]
-            truncated = True
+        notes, tempos, truncated = self._keep_recent(notes, tempos)
         return self._grid_text(notes, tempos), ts, truncated
+
+    def _keep_recent(self, notes, tempos):
+        """(notes, tempos, truncated): the most recent notes that fit half the context (the rest is left for
+        the continuation), cut at an onset, with the tempo in force there moved to the start. When the last
+        onset alone does not fit, its highest notes are kept. The cut is found by galloping back from the end,
+        then bisecting: O(log n) encodings of texts at most about twice as long as what is kept, so any
+        prompt, however long or dense, is trimmed in bounded time."""
+        room = self.model.block_size // 2
+
+        def suffix(i: int):
+            if i == 0:
+                return notes, tempos
+            if i >= len(notes):
+                return [], []
+            cut = notes[i][0]
+            in_force = [(0, us) for p, us in tempos if p <= cut][-1:]
+            return ([(p - cut, d, pi, v) for p, d, pi, v in notes[i:]],
+                    in_force + [(p - cut, us) for p, us in tempos if p > cut])
+
+        def fits(i: int) -> bool:
+            return len(self.tok.encode(self._grid_text(*suffix(i)))) + 1 <= room
+
+        if not notes or fits(0):
+            return notes, tempos, False
+        onsets = [i for i in range(len(notes)) if i == 0 or notes[i][0] != notes[i - 1][0]]
+        i = _first_fitting([*onsets, len(notes)], fits)
+        if i == len(notes):  # one chord longer than the room: keep its top notes (notes rise in pitch)
+            i = _first_fitting(list(range(onsets[-1], len(notes) + 1)), fits)
+        return *suffix(i), True
 
     def _grid_text(self, notes, tempos) -> str:
         k = self.codec.ticks_per_beat // self.codec.grid
@@ -274,6 +296,22 @@ class Roller:
                                                 title=f"variation {v.index + 1} (seed {s.seed})")
             if render.get("wav", True):
                 v.files["wav"] = render_wav(v.piece, stem.with_suffix(".wav"), soundfont=render.get("soundfont"))
+
+
+def _first_fitting(cuts: list[int], fits) -> int:
+    """The earliest cut in ``cuts`` (rising, ``fits(cuts[-1])`` true, ``fits(cuts[0])`` false) that fits:
+    gallop back from the end (steps 1, 2, 4, ...), then bisect the last gap."""
+    lo, hi, step = 0, len(cuts) - 1, 1
+    while hi - step > lo:
+        if not fits(cuts[hi - step]):
+            lo = hi - step
+            break
+        hi -= step
+        step *= 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(cuts[mid]) else (mid, hi)
+    return cuts[hi]
 
 
 def _prompt_end_tick(codec: MidiChar, prompt_text: str) -> int:
