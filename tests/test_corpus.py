@@ -18,6 +18,7 @@ from theremin.corpus import (
     MANIFEST_FILE,
     TRAIN_FILE,
     VAL_FILE,
+    CorpusError,
     build_corpus,
     find_midi_files,
     hash_fraction,
@@ -174,8 +175,11 @@ def test_parallel_equals_serial(mixed, tmp_path):
     src, out, _, _ = mixed
     par = build(src, tmp_path / "par", workers=2)
     assert not par.reused
-    for name in (TRAIN_FILE, VAL_FILE, MANIFEST_FILE):
+    for name in (TRAIN_FILE, VAL_FILE):
         assert (tmp_path / "par" / name).read_bytes() == (out / name).read_bytes(), name
+    par_m, m = manifest(tmp_path / "par"), manifest(out)
+    assert par_m.pop("input_dir_relative") != m.pop("input_dir_relative")  # the one field that names out_dir
+    assert par_m == m
 
 
 def test_shared_fixtures_write_what_they_say(make_midi, write_smf, midi_dir):
@@ -320,12 +324,12 @@ def test_rerun_is_a_noop_and_changes_rebuild(tmp_path, codec):
 
 
 class _Interrupting(MidiChar):
-    """Stops the build at a file's encoding, as Ctrl-C would."""
+    """Stops the build at the encoding of a piece marked by a note of pitch 3, as Ctrl-C would."""
 
-    def encode_file(self, path, min_notes=1):
-        if Path(path).name == "piece003.mid":
+    def encode(self, piece):
+        if any(n.pitch == 3 for n in piece.notes):
             raise KeyboardInterrupt
-        return super().encode_file(path, min_notes)
+        return super().encode(piece)
 
 
 def test_interrupted_build_leaves_previous_outputs(tmp_path, codec):
@@ -333,28 +337,31 @@ def test_interrupted_build_leaves_previous_outputs(tmp_path, codec):
     distinct_files(src, range(6))
     build(src, out, codec)
     before = outputs_state(out)
-    mf.make_midi(src / "piece999.mid", mf.random_notes(999))
+    mf.make_midi(src / "piece999.mid", [*mf.random_notes(999), (0, 480, 3, 80)])
     with pytest.raises(KeyboardInterrupt):
         build(src, out, _Interrupting())
     assert outputs_state(out) == before
 
 
 class _Buggy(MidiChar):
-    """A codec that crashes on one file (an exception) and kills its process on another."""
+    """A codec that crashes on a piece marked by a note of pitch 1 (an exception) and kills its process on one
+    marked by pitch 2."""
 
-    def encode_file(self, path, min_notes=1):
-        name = Path(path).name
-        if name == "piece001.mid":
+    def encode(self, piece):
+        pitches = {n.pitch for n in piece.notes}
+        if 1 in pitches:
             raise RuntimeError("boom")
-        if name == "piece004.mid":
+        if 2 in pitches:
             os._exit(3)  # a hard crash: the worker process dies
-        return super().encode_file(path, min_notes)
+        return super().encode(piece)
 
 
 @pytest.mark.parametrize("n_files", [8, 40])  # one file per call, and several (a crash amid a chunk)
 def test_any_exception_or_worker_death_is_reported_per_file(tmp_path, n_files, codec):
     src = tmp_path / "in"
     distinct_files(src, range(n_files))
+    mf.make_midi(src / "piece001.mid", [*mf.random_notes(1, 24), (0, 480, 1, 80)])
+    mf.make_midi(src / "piece004.mid", [*mf.random_notes(4, 24), (0, 480, 2, 80)])
     report = build(src, tmp_path / "out", _Buggy(), workers=2)
     assert report.failed.keys() == {"piece001.mid", "piece004.mid"}
     assert report.failed["piece001.mid"] == "unexpected RuntimeError: boom"
@@ -432,27 +439,29 @@ def test_nothing_usable_raises_and_clears_an_old_corpus(tmp_path, codec):
 
 
 def test_missing_input_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match="input folder not found"):
+    with pytest.raises(CorpusError, match=r"data.input_dir: .*nope is not a folder"):
         build(tmp_path / "nope", tmp_path / "out")
 
 
 # ------------------------------------------------------------------------------------ theremin-prep
 
 
-def compose_prep(overrides: list[str]):
+def compose_prep(overrides: list[str], app: str = "prep"):
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
+    GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="prep", overrides=overrides)
+        return compose(config_name=app, overrides=overrides)
 
 
 def test_prep_builds_from_config(midi_dir, tmp_path):
     from theremin.prep import prep
 
-    cfg = compose_prep([f"input_dir={midi_dir}", f"paths.data_dir={tmp_path / 'data'}", "workers=1",
-                        "progress=false", "transpose=[-1,1]", "val_fraction=0.0"])
+    cfg = compose_prep(["data=folder", f"data.input_dir={midi_dir}", f"paths.data_dir={tmp_path / 'data'}",
+                        "workers=1", "progress=false", "data.transpose=[-1,1]", "data.val_fraction=0.0"])
     report = prep(cfg)
-    assert report.out_dir == (tmp_path / "data" / "corpus" / "midi").resolve()  # name: the input folder's
+    assert report.out_dir == (tmp_path / "data" / "corpus" / "mine").resolve()
     assert report.ok == 4 and report.train_lines == 12
     assert manifest(report.out_dir)["codec"]["config"]["grid"] == 12
 
@@ -472,19 +481,54 @@ def test_prep_builds_the_demo_folder_only_when_missing(tmp_path, monkeypatch):
     cfg = compose_prep([f"paths.data_dir={tmp_path}", "workers=1", "progress=false"])
     assert prep(cfg).out_dir == (tmp_path / "corpus" / "bach").resolve()
     assert prep(cfg).reused and calls == ["bach"]
-    other = compose_prep([f"paths.data_dir={tmp_path}", f"input_dir={tmp_path / 'missing'}"])
-    with pytest.raises(FileNotFoundError):
-        prep(other)
+    for other in ([f"data.input_dir={tmp_path / 'missing'}"], ["data=folder", f"data.input_dir={tmp_path / 'gone'}"]):
+        with pytest.raises(CorpusError, match="is not a folder"):
+            prep(compose_prep([f"paths.data_dir={tmp_path}", "data.name=other", *other]))
     assert calls == ["bach"]
+
+
+def test_one_corpus_definition_for_prep_tokenize_and_train(midi_dir, tmp_path):
+    """Issue 13: the three apps compose the same corpus (folder, settings, codec, tokenizer) from the same
+    overrides, and a corpus prep built is what training reuses (nothing rebuilt)."""
+    from theremin.data import MidiDataModule
+    from theremin.prep import prep
+    from theremin.resolvers import plain
+
+    base = ["data=folder", f"data.input_dir={midi_dir}", f"paths.data_dir={tmp_path}"]
+    cfgs = {app: compose_prep(base, app) for app in ("prep", "tokenize", "train")}
+    keys = ("name", "input_dir", "corpus_dir", "tokenizer_cache", "val_fraction", "transpose", "min_notes",
+            "max_notes", "demo")
+    want = {k: plain(cfgs["train"].data[k]) for k in keys}
+    assert want["transpose"] == [-5, 6]
+    for app, cfg in cfgs.items():
+        assert {k: plain(cfg.data[k]) for k in keys} == want, app
+        assert plain(cfg.tokenizer) == plain(cfgs["train"].tokenizer), app
+        assert plain(cfg.codec) == plain(cfgs["train"].codec), app
+    assert cfgs["tokenize"].tokenizer.vocab_size == 4096
+
+    built = prep(compose_prep([*base, "workers=1", "progress=false"]))
+    assert not built.reused and built.train_lines > built.train_pieces  # augmented, as training wants
+    before = outputs_state(built.out_dir)
+    dm_cfg = {k: v for k, v in plain(cfgs["train"].data).items() if k not in ("_target_", "seed")}
+    dm = MidiDataModule(**dm_cfg, tokenizer=plain(cfgs["train"].tokenizer), codec=plain(cfgs["train"].codec))
+    dm._build_corpus(MidiChar(**{k: v for k, v in plain(cfgs["train"].codec).items() if k != "_target_"}))
+    assert outputs_state(built.out_dir) == before  # reused, not rebuilt
 
 
 def test_prep_command_line(midi_dir, tmp_path):
     exe = Path(sys.executable).parent / "theremin-prep"  # the console script, as installed
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "theremin.prep"]
-    base = [*cmd, f"paths.log_dir={tmp_path / 'logs'}", f"out_dir={tmp_path / 'corpus'}", "workers=1"]
-    ok = subprocess.run([*base, f"input_dir={midi_dir}"], capture_output=True, text=True, timeout=120)
+    base = [*cmd, f"paths.log_dir={tmp_path / 'logs'}", f"data.corpus_dir={tmp_path / 'corpus'}", "workers=1",
+            "data=folder"]
+    ok = subprocess.run([*base, f"data.input_dir={midi_dir}"], capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert "4 files used" in ok.stdout and (tmp_path / "corpus" / TRAIN_FILE).exists()
     assert list((tmp_path / "logs" / "prep" / "runs").iterdir())  # Hydra's run folder, under paths.log_dir
-    bad = subprocess.run([*base, f"input_dir={tmp_path / 'nope'}"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode != 0 and "theremin-prep:" in bad.stderr and "not found" in bad.stderr
+    bad = subprocess.run([*base, f"data.input_dir={tmp_path / 'nope'}"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines() == [f"theremin-prep: error: data.input_dir: {tmp_path / 'nope'} is not "
+                                               "a folder (not found)"]
+    unset = subprocess.run(base, capture_output=True, text=True, timeout=120)  # data=folder needs data.input_dir
+    assert unset.returncode == 2 and "Traceback" not in unset.stderr
+    assert "data.input_dir is required" in unset.stderr

@@ -284,7 +284,7 @@ def test_tokenize_app_trains_then_reuses(corpus, tmp_path, capsys):
     cdir.mkdir()
     (cdir / "train.txt").write_bytes(corpus.read_bytes())
     (cdir / "val.txt").write_text("".join(t + "\n" for t in heldout()), encoding="utf-8")
-    overrides = [f"corpus_dir={cdir}", "tokenizer.vocab_size=900", "tokenizer.char_budget=1.0"]
+    overrides = [f"data.corpus_dir={cdir}", "tokenizer.vocab_size=900", "tokenizer.char_budget=1.0"]
     out = tokenize(_compose(*overrides))
     assert out["lossless"] and out["vocab_size"] == 900 and not out["from_cache"]
     assert Path(out["dir"]).parent == cdir / "tokenizers"
@@ -297,5 +297,5 @@ def test_tokenize_app_trains_then_reuses(corpus, tmp_path, capsys):
 def test_tokenize_app_without_corpus(tmp_path):
     from theremin.tokenize_app import tokenize
 
-    with pytest.raises(FileNotFoundError, match="theremin-prep"):
-        tokenize(_compose(f"corpus_dir={tmp_path}"))
+    with pytest.raises(ValueError, match="theremin-prep"):
+        tokenize(_compose(f"data.corpus_dir={tmp_path}"))

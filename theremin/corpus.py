@@ -1,9 +1,13 @@
 """A folder of MIDI files → a text corpus: ``train.txt`` and ``val.txt`` (one piece per line) + ``manifest.json``.
 
-:func:`build_corpus` walks the folder (all subfolders; .mid .midi .kar in any case), encodes every file with
-the codec on all cores, and writes the corpus. What it guarantees:
+:func:`build_corpus` reads straight down: discover the files → encode them on all cores → de-duplicate →
+split → write. What it guarantees:
 
-- one bad file never stops a build: every failure is in the report and the manifest, path → reason;
+- every MIDI-named entry (.mid .midi .kar in any case, all subfolders) is accounted for: used, a duplicate,
+  or failed with its reason (unreadable folders, dangling or looping links, FIFOs and devices too); one bad
+  file never stops a build, and reading never blocks (only regular files are opened);
+- names are kept losslessly: a file name that is not UTF-8 is recorded surrogate-escaped (as Python's
+  ``os.fsdecode`` gives it; JSON ``\\udcXX`` escapes in the manifest) and printed with ``\\xNN`` escapes;
 - identical files (same bytes) count once: the first path in sorted order is kept, the others are listed
   as duplicates of it;
 - the split is by file and by content: a file goes to val when the first 32 bits of its SHA-256, as a
@@ -12,31 +16,104 @@ the codec on all cores, and writes the corpus. What it guarantees:
   moves to val (and with none in train, the val file of largest hash moves to train); the manifest says so;
 - optional transposition augmentation of train only: each train piece also appears moved by every k in
   ``transpose=(lo, hi)`` (inclusive, k != 0) that keeps its notes within MIDI's 0..127;
-- outputs are written atomically (the manifest last), and a re-run over unchanged input with the same codec
-  and settings reuses them without encoding anything (``report.reused``).
+- outputs are written to temp files and moved into place together once all are complete (a full disk or a
+  kill leaves the previous corpus as it was; the next build removes the temp files a killed one left); a
+  re-run over unchanged input with the same codec and settings reuses them without encoding (``reused``);
+- a corpus folder is never overwritten by a corpus of another input folder: that build is refused.
 
 Memory stays at a few files' worth: results stream in path order into the output files.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import os
-import tempfile
+import re
+import signal
+import stat
+import sys
+import threading
+import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from theremin.midi import MidiError, atomic_write, is_midi_path
+from theremin.cli import ThereminError
+from theremin.midi import (
+    MAX_NOTES,
+    MidiError,
+    file_kind,
+    is_midi_path,
+    parse_midi,
+    read_regular_file,
+    stale_temps,
+    temp_beside,
+)
 
 MANIFEST_VERSION = 1
 TRAIN_FILE, VAL_FILE, MANIFEST_FILE = "train.txt", "val.txt", "manifest.json"
 FIRST_CHAR = "\U00010000"  # midichar never goes below this: no whitespace, no line break
+
+
+class CorpusError(ThereminError):
+    """A corpus that cannot be built; the message names the folder or setting and the reason."""
+
+
+def printable(name: str) -> str:
+    """A file name as a terminal can show it: bytes that are not UTF-8 (surrogate-escaped) as ``\\xNN``."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file system gives: show its code point
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# ------------------------------------------------------------------------------------------------ settings
+
+
+@dataclass(frozen=True)
+class CorpusSettings:
+    """What decides a corpus's content besides its files and the codec (conf/data/*.yaml sets them)."""
+
+    val_fraction: float = 0.05
+    transpose: tuple[int, int] | None = None  # (lo, hi) semitones, inclusive; 0 excluded
+    min_notes: int = 8
+    max_notes: int = MAX_NOTES
+
+    def __post_init__(self):
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise CorpusError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.min_notes < 1:
+            raise CorpusError(f"data.min_notes must be >= 1, got {self.min_notes}")
+        if self.max_notes < self.min_notes:
+            raise CorpusError(f"data.max_notes must be >= data.min_notes ({self.min_notes}), got {self.max_notes}")
+        if self.transpose is not None:
+            if len(self.transpose) != 2 or int(self.transpose[0]) > int(self.transpose[1]):
+                raise CorpusError(f"data.transpose must be [lo, hi] semitones with lo <= hi, got {self.transpose!r}")
+            object.__setattr__(self, "transpose", (int(self.transpose[0]), int(self.transpose[1])))
+
+    @property
+    def shifts(self) -> list[int]:
+        if self.transpose is None:
+            return []
+        lo, hi = self.transpose
+        return [k for k in range(lo, hi + 1) if k != 0]
+
+    def as_dict(self) -> dict:
+        """What the manifest records (and the fingerprint hashes); max_notes only when changed, so corpora built
+        before it existed are still reused."""
+        d = {"val_fraction": float(self.val_fraction), "transpose": None if self.transpose is None else
+             list(self.transpose), "min_notes": int(self.min_notes)}
+        if self.max_notes != MAX_NOTES:
+            d["max_notes"] = int(self.max_notes)
+        return d
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -81,17 +158,19 @@ class CorpusReport:
         extra = self.train_lines - self.train_pieces
         aug = f" (+{extra:,} transposed lines)" if extra else ""
         lines = [
-            f"corpus {self.out_dir}: {self.ok:,} files used → {self.train_pieces:,} train{aug} + "
+            f"corpus {printable(str(self.out_dir))}: {self.ok:,} files used → {self.train_pieces:,} train{aug} + "
             f"{self.val_pieces:,} val pieces; {self.notes:,} notes, {self.chars:,} chars "
             f"({self.distinct_chars:,} distinct)",
-            f"  from {self.input_dir}: {len(self.failed):,} failed, {len(self.duplicates):,} duplicates",
+            f"  from {printable(str(self.input_dir))}: {len(self.failed):,} failed, "
+            f"{len(self.duplicates):,} duplicates",
         ]
         for path, reason in list(self.failed.items())[:max_failures]:
-            lines.append(f"    failed {path}: {reason}")
+            lines.append(f"    failed {printable(path)}: {reason}")
         if len(self.failed) > max_failures:
-            lines.append(f"    ... and {len(self.failed) - max_failures:,} more failures in {self.manifest_path}")
+            lines.append(f"    ... and {len(self.failed) - max_failures:,} more failures in "
+                         f"{printable(str(self.manifest_path))}")
         for move in self.split_moves:
-            lines.append(f"  moved {move['path']} to {move['to']}: {move['why']}")
+            lines.append(f"  moved {printable(move['path'])} to {move['to']}: {move['why']}")
         if self.transpose_skipped:
             lines.append(f"  {self.transpose_skipped:,} transpositions skipped (a note would leave 0..127)")
         if self.reused:
@@ -112,7 +191,7 @@ class CorpusReport:
         )
 
 
-# ------------------------------------------------------------------------------------------------ walking
+# ------------------------------------------------------------------------------------------------ 1. discover
 
 
 class _Entry(NamedTuple):
@@ -122,14 +201,31 @@ class _Entry(NamedTuple):
     mtime_ns: int
 
 
-def find_midi_files(input_dir: str | os.PathLike) -> tuple[list[_Entry], dict[str, str]]:
-    """MIDI files under ``input_dir`` (recursive, sorted by relative path) and unreadable folders → reason.
+class Discovery(NamedTuple):
+    entries: list[_Entry]  # regular MIDI files, sorted by relative path
+    failed: dict[str, str]  # MIDI-named entries that are no regular file, and unreadable folders → reason
 
-    Symlinked files are followed, symlinked folders are not (a link loop would never end).
-    """
+
+def _unreachable(path: str, err: OSError) -> str:
+    """Why a MIDI-named entry whose target cannot be reached is not used."""
+    try:
+        is_link = stat.S_ISLNK(os.lstat(path).st_mode)
+    except OSError:
+        is_link = False
+    if is_link and isinstance(err, FileNotFoundError):
+        return "dangling symbolic link (its target does not exist)"
+    if is_link and err.errno == errno.ELOOP:
+        return "symbolic link loop (the link leads back to itself)"
+    return f"unreadable: {err.strerror or err}"
+
+
+def find_midi_files(input_dir: str | os.PathLike) -> Discovery:
+    """MIDI-named entries under ``input_dir`` (recursive): regular files to encode, and the others with the
+    reason they are not read. Links to files are followed, links to folders are not (a loop would never end).
+    Only ``stat`` is called here: nothing is opened, so a FIFO or a device cannot block the walk."""
     root = Path(input_dir)
     found: list[_Entry] = []
-    unreadable: dict[str, str] = {}
+    failed: dict[str, str] = {}
     stack = [root]
     while stack:
         folder = stack.pop()
@@ -137,23 +233,36 @@ def find_midi_files(input_dir: str | os.PathLike) -> tuple[list[_Entry], dict[st
             with os.scandir(folder) as it:
                 entries = list(it)
         except OSError as e:
-            unreadable[f"{folder.relative_to(root).as_posix()}/"] = f"unreadable folder: {e.strerror or e}"
+            failed[f"{folder.relative_to(root).as_posix()}/"] = f"unreadable folder: {e.strerror or e}"
             continue
         for entry in entries:
+            rel = Path(entry.path).relative_to(root).as_posix()
             try:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(Path(entry.path))
-                elif is_midi_path(entry.name) and entry.is_file():
-                    st = entry.stat()
-                    rel = Path(entry.path).relative_to(root).as_posix()
-                    found.append(_Entry(rel, entry.path, st.st_size, st.st_mtime_ns))
-            except OSError as e:  # a dangling link or a file gone mid-walk
-                unreadable[Path(entry.path).relative_to(root).as_posix()] = f"unreadable: {e.strerror or e}"
+                    continue
+            except OSError as e:  # gone mid-walk
+                if is_midi_path(entry.name):
+                    failed[rel] = f"unreadable: {e.strerror or e}"
+                continue
+            if not is_midi_path(entry.name):
+                continue
+            try:
+                st = os.stat(entry.path)  # follows a link to its target
+            except OSError as e:
+                failed[rel] = _unreachable(entry.path, e)
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found.append(_Entry(rel, entry.path, st.st_size, st.st_mtime_ns))
+            elif stat.S_ISDIR(st.st_mode):
+                failed[rel] = "a link to a folder (links to folders are not followed)"
+            else:
+                failed[rel] = f"not a regular file ({file_kind(st.st_mode)}): not read"
     found.sort()
-    return found, unreadable
+    return Discovery(found, dict(sorted(failed.items())))
 
 
-# ------------------------------------------------------------------------------------------------ workers
+# ------------------------------------------------------------------------------------------------ 2. encode
 
 
 class _Encoded(NamedTuple):
@@ -170,51 +279,78 @@ def hash_fraction(sha256: str) -> float:
     return int(sha256[:8], 16) / 2**32
 
 
+def split_of(sha256: str, val_fraction: float) -> str:
+    return "val" if hash_fraction(sha256) < val_fraction else "train"
+
+
 def _transpositions(codec, text: str, ks: Sequence[int]) -> tuple[list[str], int]:
     out = [t for t in (codec.transpose(text, k) for k in ks) if t is not None]
     return out, len(ks) - len(out)
 
 
-def _encode_one(codec, path: str, min_notes: int, val_fraction: float, ks: Sequence[int]) -> _Encoded:
+def _encode_one(codec, path: str, settings: CorpusSettings) -> _Encoded:
+    """Read (never blocking), hash, parse, encode and transpose one file; every failure becomes its reason."""
     try:
-        sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError as e:
-        return _Encoded(None, None, 0, f"unreadable: {e.strerror or e}", None, 0)
+        data = read_regular_file(path)
+    except MidiError as e:
+        return _Encoded(None, None, 0, e.reason, None, 0)
+    sha = hashlib.sha256(data).hexdigest()
     try:
-        text = codec.encode_file(path, min_notes=min_notes)
+        piece = parse_midi(data, path, min_notes=settings.min_notes, max_notes=settings.max_notes)
+        text = codec.encode(piece)
         if not text or min(text) < FIRST_CHAR:  # one piece per line needs a non-empty line without breaks
             raise ValueError("the codec returned an empty text or characters below U+10000")
         notes = codec.count_notes(text)
         augmented, skipped = None, 0
-        if ks and hash_fraction(sha) >= val_fraction:
-            augmented, skipped = _transpositions(codec, text, ks)
-    except MidiError as e:
-        return _Encoded(sha, None, 0, e.reason, None, 0)
+        if settings.shifts and split_of(sha, settings.val_fraction) == "train":
+            augmented, skipped = _transpositions(codec, text, settings.shifts)
+    except ThereminError as e:  # MidiError, CodecError: the file's reason
+        return _Encoded(sha, None, 0, getattr(e, "reason", None) or str(e), None, 0)
     except Exception as e:  # anything else is a reader/codec bug on this file: report it, go on
         return _Encoded(sha, None, 0, f"unexpected {type(e).__name__}: {e}"[:300], None, 0)
     return _Encoded(sha, text, notes, None, augmented, skipped)
 
 
+def die_with_parent(parent: int) -> None:
+    """End this worker when the process that started it ends (SIGKILL, SIGTERM, a crash): it would otherwise
+    wait on its pipe forever. Linux: the kernel's parent-death signal; elsewhere a watchdog thread."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            if ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) == 0:  # 1: PR_SET_PDEATHSIG
+                if os.getppid() != parent:  # the parent died before the signal was armed
+                    os._exit(1)
+                return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="theremin-parent-watch", daemon=True).start()
+
+
 _worker_codec = None
 
 
-def _init_worker(codec_cls, config: dict) -> None:
+def _init_worker(codec_cls, config: dict, parent: int) -> None:
     global _worker_codec
+    die_with_parent(parent)
     _worker_codec = codec_cls(**config)
 
 
-def _encode_chunk(paths: list[str], min_notes: int, val_fraction: float, ks: Sequence[int]) -> list[_Encoded]:
-    return [_encode_one(_worker_codec, p, min_notes, val_fraction, ks) for p in paths]
+def _encode_chunk(paths: list[str], settings: CorpusSettings) -> list[_Encoded]:
+    return [_encode_one(_worker_codec, p, settings) for p in paths]
 
 
-def _encode_all(paths: list[str], codec, workers: int, args: tuple, bar) -> Iterator[_Encoded]:
+def encode_all(entries: list[_Entry], codec, workers: int, settings: CorpusSettings, bar) -> Iterator[_Encoded]:
     """Encode files, yielding results in input order; ``workers == 1`` stays in this process."""
+    paths = [e.path for e in entries]
     if workers == 1:
         for p in paths:
-            yield _encode_one(codec, p, *args)
+            yield _encode_one(codec, p, settings)
             bar.update()
         return
-    init = (type(codec), codec.config)
+    init = (type(codec), codec.config, os.getpid())
     # chunks amortise the inter-process calls; ~8 per worker keep the load even at the end
     size = max(1, min(64, len(paths) // (workers * 8)))
     todo = deque(paths[i: i + size] for i in range(0, len(paths), size))
@@ -226,7 +362,7 @@ def _encode_all(paths: list[str], codec, workers: int, args: tuple, bar) -> Iter
                 if pool is None:
                     pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=init)
                 while todo and len(pending) < 4 * workers:
-                    pending.append((todo[0], pool.submit(_encode_chunk, todo[0], *args)))
+                    pending.append((todo[0], pool.submit(_encode_chunk, todo[0], settings)))
                     todo.popleft()
                 results = pending[0][1].result()
                 pending.popleft()
@@ -245,7 +381,7 @@ def _encode_all(paths: list[str], codec, workers: int, args: tuple, bar) -> Iter
                     todo.extendleft(reversed(retry))
                     continue
                 todo.extendleft(reversed(retry[1:]))
-                results = [_encode_isolated(retry[0][0], init, args)]
+                results = [_encode_isolated(retry[0][0], init, settings)]
             for r in results:
                 yield r
                 bar.update()
@@ -254,20 +390,156 @@ def _encode_all(paths: list[str], codec, workers: int, args: tuple, bar) -> Iter
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _encode_isolated(path: str, init: tuple, args: tuple) -> _Encoded:
+def _encode_isolated(path: str, init: tuple, settings: CorpusSettings) -> _Encoded:
     with ProcessPoolExecutor(max_workers=1, initializer=_init_worker, initargs=init) as solo:
         try:
-            return solo.submit(_encode_chunk, [path], *args).result()[0]
+            return solo.submit(_encode_chunk, [path], settings).result()[0]
         except BrokenProcessPool:
             return _Encoded(None, None, 0, "the worker process died on this file (a crash, or out of memory)",
                             None, 0)
 
 
-# ------------------------------------------------------------------------------------------------ build
+# ------------------------------------------------------------------------------------------------ 3. de-duplicate
 
 
-class _NothingUsable(Exception):
-    """Aborts the output writes (their temp files are removed) when no file is usable."""
+class _Outcome(NamedTuple):
+    rel: str
+    result: _Encoded
+    duplicate_of: str | None  # the first path with the same bytes, if another came before
+
+
+def deduplicate(entries: Iterable[_Entry], results: Iterable[_Encoded]) -> Iterator[_Outcome]:
+    """Each file's result, marked as a duplicate when a file with the same bytes came earlier (path order)."""
+    first: dict[str, str] = {}
+    for entry, r in zip(entries, results):
+        kept = first.setdefault(r.sha256, entry.rel) if r.sha256 is not None else entry.rel
+        yield _Outcome(entry.rel, r, kept if kept != entry.rel else None)
+
+
+# ------------------------------------------------------------------------------------------------ 4-5. split, write
+
+
+class _Sink:
+    """A text file being written: an OSError (a full disk) becomes a :class:`CorpusError` naming it."""
+
+    def __init__(self, path: Path, mode: str = "w"):
+        self.path = path
+        self.f = self._do(open, path, mode, encoding="utf-8", newline="\n")
+
+    def _do(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except OSError as e:
+            raise CorpusError(f"{printable(str(self.path))}: cannot write the corpus: {e.strerror or e}; "
+                              "nothing was replaced, the previous corpus (if any) is as it was") from e
+
+    def write(self, lines: Sequence[str]) -> None:
+        if lines:
+            self._do(self.f.write, "\n".join(lines) + "\n")
+
+    def write_text(self, text: str) -> None:
+        self._do(self.f.write, text)
+
+    def close(self) -> None:
+        self._do(self.f.close)
+
+
+@dataclass
+class _Tally:
+    """What the write step learnt: a row per file used (in path order), failures, duplicates, chars."""
+
+    rows: list[dict] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    duplicates: dict[str, str] = field(default_factory=dict)
+    chars: set[str] = field(default_factory=set)
+    split_chars: dict[str, set[str]] = field(default_factory=lambda: {"train": set(), "val": set()})
+    moves: list[dict] = field(default_factory=list)
+
+
+def write_splits(outcomes: Iterable[_Outcome], staged: dict[str, Path], val_fraction: float) -> _Tally:
+    """Stream each used file's lines into its split's staged file; tally everything else."""
+    tally = _Tally()
+    sinks = {"train": _Sink(staged[TRAIN_FILE]), "val": _Sink(staged[VAL_FILE])}
+    try:
+        for rel, r, duplicate_of in outcomes:
+            if duplicate_of is not None:
+                tally.duplicates[rel] = duplicate_of
+                continue
+            if r.text is None:
+                tally.failed[rel] = r.reason or "unknown failure"
+                continue
+            split = split_of(r.sha256, val_fraction)
+            block = [r.text, *(r.augmented or [])] if split == "train" else [r.text]
+            sinks[split].write(block)
+            tally.chars.update(r.text)
+            for line in block:
+                tally.split_chars[split].update(line)
+            tally.rows.append({"path": rel, "sha256": r.sha256, "split": split, "notes": r.notes,
+                               "chars": len(r.text), "lines": len(block),
+                               "transpose_skipped": r.skipped if split == "train" else 0})
+    finally:
+        for sink in sinks.values():
+            sink.close()
+    return tally
+
+
+def _move_lines(src: Path, start: int, count: int) -> tuple[list[str], set[str]]:
+    """Cut lines [start, start + count) out of a staged file; return them and the distinct chars of what stays."""
+    tmp = temp_beside(src)
+    removed: list[str] = []
+    kept_chars: set[str] = set()
+    try:
+        out = _Sink(tmp)
+        with open(src, encoding="utf-8", newline="\n") as f:
+            for i, line in enumerate(f):
+                line = line.rstrip("\n")
+                if start <= i < start + count:
+                    removed.append(line)
+                else:
+                    out.write([line])
+                    kept_chars.update(line)
+        out.close()
+        os.replace(tmp, src)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return removed, kept_chars
+
+
+def _start_line(rows: list[dict], row: dict) -> int:
+    """Line of ``row`` in its split's file: rows are written in order, each taking ``lines`` lines."""
+    return sum(r["lines"] for r in rows[: rows.index(row)] if r["split"] == row["split"])
+
+
+def balance_splits(tally: _Tally, staged: dict[str, Path], codec, settings: CorpusSettings) -> _Tally:
+    """Keep both splits usable: move one file when all of 2+ files hashed into one split (rare, said so)."""
+    rows = tally.rows
+    in_val = [r for r in rows if r["split"] == "val"]
+    in_train = [r for r in rows if r["split"] == "train"]
+    if settings.val_fraction > 0 and len(rows) >= 2 and not in_val:
+        row = min(in_train, key=lambda r: (hash_fraction(r["sha256"]), r["sha256"]))
+        block, tally.split_chars["train"] = _move_lines(staged[TRAIN_FILE], _start_line(rows, row), row["lines"])
+        sink = _Sink(staged[VAL_FILE])
+        sink.write(block[:1])
+        sink.close()
+        tally.split_chars["val"] = set(block[0])
+        row.update(split="val", lines=1, transpose_skipped=0)
+        tally.moves.append({"path": row["path"], "to": "val",
+                            "why": "no file hashed into val: the file of smallest hash moved there"})
+    elif rows and not in_train:
+        row = max(in_val, key=lambda r: (hash_fraction(r["sha256"]), r["sha256"]))
+        (text,), tally.split_chars["val"] = _move_lines(staged[VAL_FILE], _start_line(rows, row), 1)
+        augmented, skipped = _transpositions(codec, text, settings.shifts)
+        sink = _Sink(staged[TRAIN_FILE])
+        sink.write([text, *augmented])
+        sink.close()
+        tally.split_chars["train"] = set(text).union(*augmented)
+        row.update(split="train", lines=1 + len(augmented), transpose_skipped=skipped)
+        tally.moves.append({"path": row["path"], "to": "train",
+                            "why": "no file hashed into train: the val file of largest hash moved there"})
+    return tally
+
+
+# ------------------------------------------------------------------------------------------------ manifest
 
 
 def _codec_id(codec) -> str:
@@ -279,26 +551,31 @@ def _fingerprint(input_dir: Path, entries: list[_Entry], codec, settings: dict) 
     head = {"version": MANIFEST_VERSION, "input_dir": str(input_dir),
             "codec": [_codec_id(codec), codec.config], "settings": settings}
     h.update(json.dumps(head, sort_keys=True).encode())
-    for e in entries:
-        h.update(f"{e.rel}\0{e.size}\0{e.mtime_ns}\n".encode())
+    for e in entries:  # surrogatepass: a name that is not UTF-8 hashes as what it is
+        h.update(f"{e.rel}\0{e.size}\0{e.mtime_ns}\n".encode("utf-8", "surrogatepass"))
     return h.hexdigest()
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _dumps(x) -> str:
+    """JSON with UTF-8 left readable; a lone surrogate (a name that is not UTF-8) as its \\uXXXX escape, which
+    loads back to the same string."""
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(x, ensure_ascii=False))
 
 
 def _manifest_text(m: dict) -> str:
     """JSON with one file (or failure, or total) per line: readable, and diffable between builds."""
-
-    def dumps(x) -> str:
-        return json.dumps(x, ensure_ascii=False)
-
     out = []
     for k, v in m.items():
         if isinstance(v, list) and v:
-            body = "[\n" + ",\n".join(f"  {dumps(r)}" for r in v) + "\n ]"
+            body = "[\n" + ",\n".join(f"  {_dumps(r)}" for r in v) + "\n ]"
         elif isinstance(v, dict) and v and k != "codec":
-            body = "{\n" + ",\n".join(f"  {dumps(a)}: {dumps(b)}" for a, b in v.items()) + "\n }"
+            body = "{\n" + ",\n".join(f"  {_dumps(a)}: {_dumps(b)}" for a, b in v.items()) + "\n }"
         else:
-            body = dumps(v)
-        out.append(f" {dumps(k)}: {body}")
+            body = _dumps(v)
+        out.append(f" {_dumps(k)}: {body}")
     return "{\n" + ",\n".join(out) + "\n}\n"
 
 
@@ -308,6 +585,101 @@ def load_manifest(out_dir: str | os.PathLike) -> dict | None:
         return json.loads((Path(out_dir) / MANIFEST_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def _relative_input(input_dir: Path, out_dir: Path) -> str | None:
+    try:
+        return Path(os.path.relpath(input_dir, out_dir)).as_posix()
+    except ValueError:  # another drive
+        return None
+
+
+def _manifest(input_dir: Path, out_dir: Path, codec, settings: CorpusSettings, fingerprint: str,
+              discovery: Discovery, tally: _Tally, outputs: dict | None) -> dict:
+    rows = tally.rows
+
+    def split_totals(name: str) -> dict:
+        rs = [r for r in rows if r["split"] == name]
+        return {"pieces": len(rs), "lines": sum(r["lines"] for r in rs),
+                "notes": sum(r["notes"] * r["lines"] for r in rs),
+                "chars": sum(r["chars"] * r["lines"] for r in rs),
+                "distinct_chars": len(tally.split_chars[name]),
+                "augmented_lines": sum(r["lines"] - 1 for r in rs),
+                "transpose_skipped": sum(r["transpose_skipped"] for r in rs)}
+
+    failed = {**discovery.failed, **tally.failed}
+    return {
+        "version": MANIFEST_VERSION,
+        "input_dir": str(input_dir),
+        "input_dir_relative": _relative_input(input_dir, out_dir),  # still the same folder if both move
+        "codec": {"class": _codec_id(codec), "config": codec.config},
+        "settings": settings.as_dict(),
+        "fingerprint": fingerprint,
+        "outputs": outputs,
+        "files": rows,
+        "failed": dict(sorted(failed.items())),
+        "duplicates": tally.duplicates,
+        "split_moves": tally.moves,
+        "totals": {
+            "files": {"found": len(discovery.entries) + len(discovery.failed), "ok": len(rows),
+                      "failed": len(failed), "duplicates": len(tally.duplicates)},
+            "notes": sum(r["notes"] for r in rows),
+            "chars": sum(r["chars"] for r in rows),
+            "distinct_chars": len(tally.chars),
+            "train": split_totals("train"),
+            "val": split_totals("val"),
+        },
+    }
+
+
+# ------------------------------------------------------------------------------------------------ the folder
+
+
+@contextlib.contextmanager
+def _locked(out_dir: Path) -> Iterator[None]:
+    """One build of a corpus folder at a time (a lock on the folder itself; released if the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): builds are not serialised
+        yield
+        return
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another build of {printable(str(out_dir))} to finish", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_stale_temps(out_dir: Path) -> None:
+    """Temp files of a build that was killed (no build holds the lock, so none is in use)."""
+    for name in (TRAIN_FILE, VAL_FILE, MANIFEST_FILE):
+        for tmp in stale_temps(out_dir / name):
+            tmp.unlink(missing_ok=True)
+
+
+def _check_same_input(out_dir: Path, input_dir: Path) -> None:
+    """Refuse to overwrite a corpus built from another input folder (or one theremin did not build)."""
+    if not (out_dir / MANIFEST_FILE).exists():
+        if (out_dir / TRAIN_FILE).exists() or (out_dir / VAL_FILE).exists():
+            raise CorpusError(f"{printable(str(out_dir))} holds a corpus without {MANIFEST_FILE} (not built by "
+                              f"theremin?): it is not overwritten. Choose another name (data.name=...) for the "
+                              f"corpus of {printable(str(input_dir))}, or remove that folder")
+        return
+    m = load_manifest(out_dir) or {}
+    old = m.get("input_dir")
+    if old is None or old == str(input_dir):
+        return
+    if m.get("input_dir_relative") is not None and m["input_dir_relative"] == _relative_input(input_dir, out_dir):
+        return  # the data folder moved as a whole
+    raise CorpusError(
+        f"{printable(str(out_dir))} holds the corpus of {printable(old)}, not of {printable(str(input_dir))}: it is "
+        f"not overwritten. Give this corpus another name (data.name=<new name>), or remove {printable(str(out_dir))} "
+        f"to rebuild it from {printable(str(input_dir))}")
 
 
 def _reusable(manifest: dict | None, out_dir: Path, fingerprint: str) -> bool:
@@ -323,32 +695,36 @@ def _reusable(manifest: dict | None, out_dir: Path, fingerprint: str) -> bool:
     return True
 
 
-def _remove_lines(path: Path, start: int, count: int) -> tuple[list[str], set[str]]:
-    """Cut lines [start, start + count) out of a file; return them and the distinct chars of what stays."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    removed: list[str] = []
-    kept_chars: set[str] = set()
-    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out, \
-            open(path, encoding="utf-8", newline="\n") as src:
-        for i, line in enumerate(src):
-            if start <= i < start + count:
-                removed.append(line.rstrip("\n"))
-            else:
-                out.write(line)
-                kept_chars.update(line.rstrip("\n"))
-    os.replace(tmp, path)
-    return removed, kept_chars
+@contextlib.contextmanager
+def _staged(out_dir: Path) -> Iterator[dict[str, Path]]:
+    """Temp files beside the outputs; the caller moves them into place; whatever is left is removed."""
+    staged = {name: temp_beside(out_dir / name) for name in (TRAIN_FILE, VAL_FILE, MANIFEST_FILE)}
+    try:
+        yield staged
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
 
 
-def _start_line(rows: list[dict], row: dict) -> int:
-    """Line of ``row`` in its split's file: rows are written in order, each taking ``lines`` lines."""
-    n = 0
-    for r in rows:
-        if r is row:
-            return n
-        if r["split"] == row["split"]:
-            n += r["lines"]
-    raise ValueError("row not found")
+def _write_manifest(path: Path, m: dict) -> None:
+    sink = _Sink(path)
+    sink.write_text(_manifest_text(m))
+    sink.close()
+
+
+def _nothing_usable(input_dir: Path, out_dir: Path, discovery: Discovery, tally: _Tally) -> CorpusError:
+    found = len(discovery.entries) + len(discovery.failed)
+    if not found:
+        why = "no MIDI files found (.mid, .midi, .kar in any case, in all subfolders)"
+    else:
+        failed = {**discovery.failed, **tally.failed}
+        first = "; ".join(f"{printable(p)}: {r}" for p, r in list(failed.items())[:3])
+        why = (f"none of the {found} MIDI files is usable ({len(failed)} failed, "
+               f"{len(tally.duplicates)} duplicates; e.g. {first}); all reasons are in {out_dir / MANIFEST_FILE}")
+    return CorpusError(f"{printable(str(input_dir))}: {why}")
+
+
+# ------------------------------------------------------------------------------------------------ build
 
 
 def build_corpus(
@@ -360,14 +736,15 @@ def build_corpus(
     val_fraction: float = 0.05,
     transpose: Sequence[int] | None = None,
     min_notes: int = 8,
+    max_notes: int = MAX_NOTES,
     progress: bool = True,
 ) -> CorpusReport:
     """Encode every MIDI file under ``input_dir`` into ``out_dir``/{train,val}.txt + manifest.json.
 
     ``codec``: a MidiChar (default: ``MidiChar()``); workers re-create it from ``codec.config``.
     ``workers``: processes (None: all cores; 1: this process). ``transpose=(lo, hi)``: augment train with
-    every transposition lo..hi semitones (inclusive, 0 excluded). ``min_notes``: fewer notes → failed.
-    Raises ValueError (after writing the manifest) when no file is usable.
+    every transposition lo..hi semitones (inclusive, 0 excluded). ``min_notes``/``max_notes``: a file with
+    fewer/more notes fails. Raises :class:`CorpusError` (after writing the manifest) when no file is usable.
     """
     from tqdm import tqdm
 
@@ -375,149 +752,71 @@ def build_corpus(
         from theremin.midichar import MidiChar
 
         codec = MidiChar()
+    settings = CorpusSettings(val_fraction=float(val_fraction), min_notes=int(min_notes), max_notes=int(max_notes),
+                              transpose=None if transpose is None else tuple(transpose))
     input_dir = Path(input_dir).resolve()
     out_dir = Path(out_dir).resolve()
     if not input_dir.is_dir():
-        raise FileNotFoundError(f"{input_dir}: input folder not found (or not a folder)")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if min_notes < 1:
-        raise ValueError(f"min_notes must be >= 1, got {min_notes}")
-    ks: list[int] = []
-    if transpose is not None:
-        if len(transpose) != 2:
-            raise ValueError(f"transpose must be (lo, hi) semitones, got {transpose!r}")
-        lo, hi = (int(k) for k in transpose)
-        if lo > hi:
-            raise ValueError(f"transpose must be (lo, hi) with lo <= hi, got {tuple(transpose)}")
-        ks = [k for k in range(lo, hi + 1) if k != 0]
-        transpose = [lo, hi]
+        raise CorpusError(f"data.input_dir: {printable(str(input_dir))} is not a folder (not found)")
     if workers is not None and workers < 1:
-        raise ValueError(f"workers must be >= 1 (or None for all cores), got {workers}")
+        raise CorpusError(f"workers must be >= 1 (or None for all cores), got {workers}")
     if type(codec)(**codec.config).config != codec.config:  # workers rebuild it this way: it must be faithful
-        raise ValueError(f"{type(codec).__name__}(**codec.config) does not rebuild the same codec")
-
-    settings = {"val_fraction": float(val_fraction), "transpose": transpose, "min_notes": int(min_notes)}
-    entries, unreadable = find_midi_files(input_dir)
-    fingerprint = _fingerprint(input_dir, entries, codec, settings)
-    manifest = load_manifest(out_dir)
-    if _reusable(manifest, out_dir, fingerprint):
-        try:
-            return CorpusReport.from_manifest(manifest, out_dir, reused=True)
-        except (KeyError, TypeError, ValueError):  # a manifest edited by hand: build afresh
-            pass
-
-    workers = max(1, min(workers or os.cpu_count() or 1, len(entries)))
-    failed: dict[str, str] = dict(unreadable)
-    duplicates: dict[str, str] = {}
-    rows: list[dict] = []  # one per file used, in path order
-    moves: list[dict] = []
-    seen: dict[str, str] = {}  # sha256 → path kept
-    corpus_chars: set[str] = set()
-    split_chars = {"train": set(), "val": set()}
-
-    def fill(train_tmp: Path, val_tmp: Path) -> None:
-        with open(train_tmp, "w", encoding="utf-8", newline="\n") as train, \
-                open(val_tmp, "w", encoding="utf-8", newline="\n") as val, \
-                tqdm(total=len(entries), unit="file", desc=f"prep {input_dir.name}", disable=not progress) as bar:
-            results = _encode_all([e.path for e in entries], codec, workers, (min_notes, val_fraction, ks), bar)
-            for entry, r in zip(entries, results):
-                if r.sha256 is not None:
-                    if r.sha256 in seen:
-                        duplicates[entry.rel] = seen[r.sha256]
-                        continue
-                    seen[r.sha256] = entry.rel
-                if r.text is None:
-                    failed[entry.rel] = r.reason or "unknown failure"
-                    continue
-                corpus_chars.update(r.text)
-                split = "val" if hash_fraction(r.sha256) < val_fraction else "train"
-                block = [r.text, *(r.augmented or [])] if split == "train" else [r.text]
-                (train if split == "train" else val).write("\n".join(block) + "\n")
-                for line in block:
-                    split_chars[split].update(line)
-                rows.append({"path": entry.rel, "sha256": r.sha256, "split": split, "notes": r.notes,
-                             "chars": len(r.text), "lines": len(block),
-                             "transpose_skipped": r.skipped if split == "train" else 0})
-        if not rows:
-            raise _NothingUsable
-        _balance_splits(train_tmp, val_tmp)
-
-    def _balance_splits(train_tmp: Path, val_tmp: Path) -> None:
-        in_val = [r for r in rows if r["split"] == "val"]
-        in_train = [r for r in rows if r["split"] == "train"]
-        if val_fraction > 0 and len(rows) >= 2 and not in_val:
-            row = min(in_train, key=lambda r: (hash_fraction(r["sha256"]), r["sha256"]))
-            block, split_chars["train"] = _remove_lines(train_tmp, _start_line(rows, row), row["lines"])
-            with open(val_tmp, "w", encoding="utf-8", newline="\n") as val:
-                val.write(block[0] + "\n")
-            split_chars["val"] = set(block[0])
-            row.update(split="val", lines=1, transpose_skipped=0)
-            moves.append({"path": row["path"], "to": "val",
-                          "why": "no file hashed into val: the file of smallest hash moved there"})
-        elif not in_train:
-            row = max(in_val, key=lambda r: (hash_fraction(r["sha256"]), r["sha256"]))
-            (text,), split_chars["val"] = _remove_lines(val_tmp, _start_line(rows, row), 1)
-            augmented, skipped = _transpositions(codec, text, ks)
-            with open(train_tmp, "w", encoding="utf-8", newline="\n") as train:
-                train.write("\n".join([text, *augmented]) + "\n")
-            split_chars["train"] = set(text).union(*augmented)
-            row.update(split="train", lines=1 + len(augmented), transpose_skipped=skipped)
-            moves.append({"path": row["path"], "to": "train",
-                          "why": "no file hashed into train: the val file of largest hash moved there"})
-
-    def manifest_dict(outputs: dict | None) -> dict:
-        def split_totals(name: str) -> dict:
-            rs = [r for r in rows if r["split"] == name]
-            return {"pieces": len(rs), "lines": sum(r["lines"] for r in rs),
-                    "notes": sum(r["notes"] * r["lines"] for r in rs),
-                    "chars": sum(r["chars"] * r["lines"] for r in rs),
-                    "distinct_chars": len(split_chars[name]),
-                    "augmented_lines": sum(r["lines"] - 1 for r in rs),
-                    "transpose_skipped": sum(r["transpose_skipped"] for r in rs)}
-
-        return {
-            "version": MANIFEST_VERSION,
-            "input_dir": str(input_dir),
-            "codec": {"class": _codec_id(codec), "config": codec.config},
-            "settings": settings,
-            "fingerprint": fingerprint,
-            "outputs": outputs,
-            "files": rows,
-            "failed": failed,
-            "duplicates": duplicates,
-            "split_moves": moves,
-            "totals": {
-                "files": {"found": len(entries), "ok": len(rows), "failed": len(failed),
-                          "duplicates": len(duplicates)},
-                "notes": sum(r["notes"] for r in rows),
-                "chars": sum(r["chars"] for r in rows),
-                "distinct_chars": len(corpus_chars),
-                "train": split_totals("train"),
-                "val": split_totals("val"),
-            },
-        }
-
-    def write_manifest(m: dict) -> None:
-        text = _manifest_text(m)
-        atomic_write(out_dir / MANIFEST_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        raise CorpusError(f"{type(codec).__name__}(**codec.config) does not rebuild the same codec")
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        # val is replaced first, then train; the manifest, written last, is what marks the build complete
-        atomic_write(out_dir / TRAIN_FILE, lambda t: atomic_write(out_dir / VAL_FILE, lambda v: fill(t, v)))
-    except _NothingUsable:
-        for name in (TRAIN_FILE, VAL_FILE):  # a corpus from an earlier build would contradict the manifest
-            (out_dir / name).unlink(missing_ok=True)
-        write_manifest(manifest_dict(None))
-        if not entries:
-            why = "no MIDI files found (.mid, .midi, .kar in any case, in all subfolders)"
-        else:
-            first = "; ".join(f"{p}: {r}" for p, r in list(failed.items())[:3])
-            why = (f"none of the {len(entries)} MIDI files is usable ({len(failed)} failed, "
-                   f"{len(duplicates)} duplicates; e.g. {first}); all reasons are in {out_dir / MANIFEST_FILE}")
-        raise ValueError(f"{input_dir}: {why}") from None
-    outputs = {name: {"bytes": (out_dir / name).stat().st_size} for name in (TRAIN_FILE, VAL_FILE)}
-    m = manifest_dict(outputs)
-    write_manifest(m)
+    with _locked(out_dir):
+        _remove_stale_temps(out_dir)
+        discovery = find_midi_files(input_dir)
+        fingerprint = _fingerprint(input_dir, discovery.entries, codec, settings.as_dict())
+        manifest = load_manifest(out_dir)
+        if _reusable(manifest, out_dir, fingerprint):
+            with contextlib.suppress(KeyError, TypeError, ValueError):  # a manifest edited by hand: build afresh
+                return CorpusReport.from_manifest(manifest, out_dir, reused=True)
+        _check_same_input(out_dir, input_dir)
+
+        entries = discovery.entries
+        workers = max(1, min(workers or os.cpu_count() or 1, len(entries)))
+        with _staged(out_dir) as staged, tqdm(total=len(entries), unit="file", disable=not progress,
+                                              desc=f"prep {printable(input_dir.name)}") as bar:
+            results = encode_all(entries, codec, workers, settings, bar)
+            outcomes = deduplicate(entries, results)
+            tally = write_splits(outcomes, staged, settings.val_fraction)
+            tally = balance_splits(tally, staged, codec, settings)
+            usable = bool(tally.rows)
+            outputs = {n: {"bytes": staged[n].stat().st_size} for n in (TRAIN_FILE, VAL_FILE)} if usable else None
+            m = _manifest(input_dir, out_dir, codec, settings, fingerprint, discovery, tally, outputs)
+            _write_manifest(staged[MANIFEST_FILE], m)
+            # every file is complete: move them into place, the manifest (what marks a build done) last
+            for name in (VAL_FILE, TRAIN_FILE):
+                if usable:
+                    os.replace(staged[name], out_dir / name)
+                else:  # a corpus from an earlier build would contradict the manifest
+                    (out_dir / name).unlink(missing_ok=True)
+            os.replace(staged[MANIFEST_FILE], out_dir / MANIFEST_FILE)
+    if not usable:
+        raise _nothing_usable(input_dir, out_dir, discovery, tally)
     return CorpusReport.from_manifest(m, out_dir)
+
+
+def build_configured(
+    input_dir: str | os.PathLike,
+    corpus_dir: str | os.PathLike,
+    codec=None,
+    *,
+    demo: dict | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+    **settings,
+) -> CorpusReport:
+    """:func:`build_corpus` for a data config (conf/data/*.yaml: the one corpus definition theremin-prep,
+    theremin-tokenize and theremin-train share). ``demo`` ({composer, dir}): when ``input_dir`` is that folder
+    and holds no MIDI yet, it is generated from music21's corpus; no other folder is ever generated."""
+    input_dir = Path(os.path.expanduser(str(input_dir)))
+    if demo and input_dir.resolve() == Path(os.path.expanduser(str(demo["dir"]))).resolve() \
+            and not find_midi_files(input_dir).entries:
+        from theremin.demo_data import build_demo_midi
+
+        print(f"building the demo MIDI folder {input_dir} from music21's corpus ({demo['composer']})")
+        build_demo_midi(input_dir, composer=demo["composer"], workers=workers, progress=progress)
+    return build_corpus(input_dir, Path(os.path.expanduser(str(corpus_dir))), codec, workers, progress=progress,
+                        **settings)

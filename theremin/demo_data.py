@@ -12,6 +12,7 @@ import re
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from theremin.cli import ThereminError, run_cli
 from theremin.midi import atomic_write
 from theremin.paths import data_dir
 
@@ -29,7 +30,7 @@ def corpus_paths(composer: str = "bach") -> list[Path]:
 
     paths = sorted({Path(p) for p in corpus.getComposer(composer) if Path(p).suffix.lower() in SCORE_SUFFIXES})
     if not paths:
-        raise ValueError(f"music21's corpus has no works for composer {composer!r}")
+        raise ThereminError(f"music21's corpus has no works for composer {composer!r}")
     return paths
 
 
@@ -79,8 +80,10 @@ def build_demo_midi(
     if jobs:
         from tqdm import tqdm
 
+        from theremin.corpus import die_with_parent
+
         workers = workers or os.cpu_count() or 1
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             results = pool.map(_convert, jobs, chunksize=4)
             errors = [r for r in tqdm(results, total=len(jobs), desc=f"demo MIDI ({composer})",
                                       disable=not progress) if r]
@@ -89,7 +92,7 @@ def build_demo_midi(
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def _main(argv: list[str] | None) -> None:
     ap = argparse.ArgumentParser(description="Build demo MIDI files from music21's corpus (cached).")
     ap.add_argument("--composer", default="bach", help="music21 corpus composer (bach, palestrina, ...)")
     ap.add_argument("--limit", type=int, default=None, help="keep the first N works")
@@ -99,6 +102,10 @@ def main(argv: list[str] | None = None) -> None:
     out = build_demo_midi(args.out, args.composer, args.limit, args.workers)
     n = sum(1 for _ in out.glob("*.mid"))
     print(f"{n} MIDI files in {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli("theremin-demo-data", _main, argv)
 
 
 if __name__ == "__main__":

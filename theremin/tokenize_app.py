@@ -1,8 +1,11 @@
 """theremin-tokenize: train (or reuse) the tokenizer of a corpus and measure it on the val split.
 
-A thin Hydra app (conf/tokenize.yaml) over :func:`tokenize`, the plain function for code and tests.
+A thin Hydra app (conf/tokenize.yaml) over :func:`tokenize`, the plain function for code and tests. The corpus
+and the tokenizer settings are theremin-train's (conf/corpus/default.yaml): the tokenizer made here is the one
+training reuses.
 
-    theremin-tokenize                                   # the Bach corpus at vocab 8k
+    theremin-tokenize                                   # the Bach corpus at training's vocab (4k)
+    theremin-tokenize data=folder data.input_dir=~/midi data.name=mine tokenizer=8k
     theremin-tokenize tokenizer=4k tokenizer.fallback=bytes
     theremin-tokenize -m tokenizer=1k,4k,8k,16k         # a vocab sweep (each model cached once)
 """
@@ -15,7 +18,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from theremin.paths import conf_dir
+from theremin import resolvers  # noqa: F401  (the resolvers conf/ uses)
+from theremin.cli import ThereminError, hydra_app
 from theremin.tokenizer import compression, get_or_train
 
 
@@ -24,17 +28,17 @@ def _lines(path: Path) -> list[str]:
 
 
 def tokenize(cfg: DictConfig) -> dict:
-    """Get the tokenizer of ``cfg.corpus_dir``/train.txt, print where it is, its vocab size, notes per token
-    on val.txt and whether decode(encode(piece)) == piece for every val piece; returns those numbers."""
+    """Get the tokenizer of ``cfg.data.corpus_dir``/train.txt, print where it is, its vocab size, notes per
+    token on val.txt and whether decode(encode(piece)) == piece for every val piece; returns those numbers."""
     codec = hydra.utils.instantiate(cfg.codec)
-    corpus = Path(os.path.expanduser(str(cfg.corpus_dir)))
+    corpus = Path(os.path.expanduser(str(cfg.data.corpus_dir)))
     train_txt, val_txt = corpus / "train.txt", corpus / "val.txt"
     if not train_txt.is_file() or train_txt.stat().st_size == 0:
-        raise FileNotFoundError(f"{train_txt} is missing or empty: build the corpus first (theremin-prep) "
-                                "or point corpus_dir at a folder with train.txt / val.txt")
+        raise ThereminError(f"{train_txt} is missing or empty: build the corpus first (theremin-prep with the same "
+                            "data overrides) or point data.corpus_dir at a folder with train.txt / val.txt")
     opts = OmegaConf.to_container(cfg.tokenizer, resolve=True)
     vocab_size = int(opts.pop("vocab_size"))
-    cache = Path(os.path.expanduser(str(cfg.tokenizer_cache)))
+    cache = Path(os.path.expanduser(str(cfg.data.tokenizer_cache)))
     tok = get_or_train(train_txt, vocab_size, cache, codec, **opts)
     stats = tok.meta.get("stats", {})
     how = "reused (cached)" if tok.from_cache else f"trained in {stats.get('train_seconds', '?')} s"
@@ -55,16 +59,9 @@ def tokenize(cfg: DictConfig) -> dict:
     return out
 
 
-# an absolute config path: a relative one ("../conf") is taken as a Python package path when the app runs
-# as a console script, and conf/ is not a package (same as theremin/prep.py)
-@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="tokenize")
+@hydra_app("tokenize")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        return tokenize(cfg).get("notes_per_token")  # what a sweeper optimises
-    except (ValueError, FileNotFoundError) as e:  # bad input or settings: a message, not a traceback
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        raise SystemExit(f"theremin-tokenize: {e}") from None
+    return tokenize(cfg).get("notes_per_token")  # what a sweeper optimises
 
 
 if __name__ == "__main__":
