@@ -23,8 +23,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from theremin.cli import ThereminError
-from theremin.corpus import build_corpus
-from theremin.midi import atomic_write
+from theremin.corpus import build_configured
+from theremin.midi import MAX_NOTES, atomic_write
 from theremin.midichar import MidiChar
 from theremin.resolvers import plain
 from theremin.tokenizer import MidiTokenizer, get_or_train
@@ -106,6 +106,8 @@ class MidiDataModule(pl.LightningDataModule):
         val_fraction: float = 0.05,
         transpose: list[int] | None = None,
         min_notes: int = 8,
+        max_notes: int = MAX_NOTES,
+        demo: dict | None = None,
     ):
         super().__init__()
         self.name = name or Path(corpus_dir).name
@@ -116,7 +118,8 @@ class MidiDataModule(pl.LightningDataModule):
         self.transpose = plain(transpose)
         self.tokenizer_cache = Path(tokenizer_cache) if tokenizer_cache else self.corpus_dir / "tokenizers"
         self.block_size, self.batch_size, self.num_workers = block_size, batch_size, num_workers
-        self.seed, self.val_fraction, self.min_notes = seed, val_fraction, min_notes
+        self.seed, self.val_fraction, self.min_notes, self.max_notes = seed, val_fraction, min_notes, max_notes
+        self.demo = plain(demo)
         self.tokenizer: MidiTokenizer | None = None
         self.token_dir: Path | None = None
 
@@ -141,16 +144,9 @@ class MidiDataModule(pl.LightningDataModule):
             self._tokenize(codec)
 
     def _build_corpus(self, codec: MidiChar) -> None:
-        if not Path(self.input_dir).is_dir():
-            demo = Path(self.input_dir)
-            from theremin.demo_data import build_demo_midi, default_demo_dir
-
-            if demo.resolve() != default_demo_dir(demo.name).resolve():
-                raise DataConfigError(f"data.input_dir: {self.input_dir} is not a folder of MIDI files")
-            build_demo_midi(demo, composer=demo.name)
-        transpose = tuple(self.transpose) if self.transpose else None
-        build_corpus(self.input_dir, self.corpus_dir, codec=codec, val_fraction=self.val_fraction,
-                     transpose=transpose, min_notes=self.min_notes)
+        # the same call as theremin-prep's: one corpus definition (conf/data), so each reuses the other's build
+        build_configured(self.input_dir, self.corpus_dir, codec, demo=self.demo, val_fraction=self.val_fraction,
+                         transpose=self.transpose, min_notes=self.min_notes, max_notes=self.max_notes)
 
     def _tokenize(self, codec: MidiChar) -> None:
         meta_path = self.token_dir / "tokens.json"
