@@ -27,7 +27,8 @@ from theremin.corpus import build_configured
 from theremin.midi import MAX_NOTES, atomic_write
 from theremin.midichar import MidiChar
 from theremin.resolvers import plain
-from theremin.tokenizer import MidiTokenizer, get_or_train
+from theremin.tokenizer import MidiTokenizer
+from theremin.tokenizer_kinds import get_or_train_configured
 
 TOKENS_FORMAT = 1
 
@@ -137,9 +138,8 @@ class MidiDataModule(pl.LightningDataModule):
             if not train_txt.exists() or train_txt.stat().st_size == 0:
                 raise DataConfigError(f"data.corpus_dir: {self.corpus_dir} has no corpus (train.txt missing or "
                                       "empty); set data.input_dir to a folder of MIDI files or run theremin-prep")
-            cfg = dict(self.tokenizer_cfg)
-            vocab_size = int(cfg.pop("vocab_size"))
-            self.tokenizer = get_or_train(train_txt, vocab_size, self.tokenizer_cache, codec=codec, **cfg)
+            # tokenizer.kind picks the implementation (midichar by default, remi: the baseline)
+            self.tokenizer = get_or_train_configured(train_txt, self.tokenizer_cfg, self.tokenizer_cache, codec=codec)
             self.token_dir = Path(self.tokenizer.dir) / "tokens"
             self._tokenize(codec)
 
