@@ -28,7 +28,7 @@ from theremin.midi import MAX_NOTES, atomic_write
 from theremin.midichar import MidiChar
 from theremin.resolvers import plain
 from theremin.tokenizer import MidiTokenizer
-from theremin.tokenizer_kinds import get_or_train_configured
+from theremin.tokenizer_kinds import get_or_train_configured, load_configured
 
 TOKENS_FORMAT = 1
 
@@ -109,6 +109,7 @@ class MidiDataModule(pl.LightningDataModule):
         min_notes: int = 8,
         max_notes: int = MAX_NOTES,
         demo: dict | None = None,
+        tokenizer_dir: str | None = None,
     ):
         super().__init__()
         self.name = name or Path(corpus_dir).name
@@ -121,6 +122,8 @@ class MidiDataModule(pl.LightningDataModule):
         self.block_size, self.batch_size, self.num_workers = block_size, batch_size, num_workers
         self.seed, self.val_fraction, self.min_notes, self.max_notes = seed, val_fraction, min_notes, max_notes
         self.demo = plain(demo)
+        # a trained tokenizer to use as it is (fine-tuning: the base model's) instead of one trained on this corpus
+        self.tokenizer_dir = tokenizer_dir
         self.tokenizer: MidiTokenizer | None = None
         self.token_dir: Path | None = None
 
@@ -139,7 +142,11 @@ class MidiDataModule(pl.LightningDataModule):
                 raise DataConfigError(f"data.corpus_dir: {self.corpus_dir} has no corpus (train.txt missing or "
                                       "empty); set data.input_dir to a folder of MIDI files or run theremin-prep")
             # tokenizer.kind picks the implementation (midichar by default, remi: the baseline)
-            self.tokenizer = get_or_train_configured(train_txt, self.tokenizer_cfg, self.tokenizer_cache, codec=codec)
+            if self.tokenizer_dir is not None:
+                self.tokenizer = load_configured(self.tokenizer_dir, codec)
+            else:
+                self.tokenizer = get_or_train_configured(train_txt, self.tokenizer_cfg, self.tokenizer_cache,
+                                                         codec=codec)
             self.token_dir = Path(self.tokenizer.dir) / "tokens"
             self._tokenize(codec)
 
