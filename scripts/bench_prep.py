@@ -2,8 +2,8 @@
 
     .venv/bin/python scripts/bench_prep.py [FOLDER] [--workers N] [--repeat R]
 
-theremin: build_corpus into a fresh temp folder each run (no reuse, no augmentation): walk, hash, read +
-clean (miditoolkit), encode, write train/val/manifest. REMI: MidiTok's REMI with its default config,
+theremin: build_corpus into a fresh temp folder each run (no reuse, no augmentation): walk, read, hash, parse +
+clean (symusic), encode, write train/val/manifest. REMI: MidiTok's REMI with its default config,
 each worker building the tokenizer once, then loading each file with symusic ``Score(path)`` and calling
 ``tokenizer(score)``. Both use a process pool of N workers (created inside the timed region) and the same
 file list; both libraries are imported before timing; the best of R runs is kept (the first run also

@@ -201,3 +201,147 @@ def truncate(path: str | os.PathLike, keep: float = 0.5) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
     return path
+
+
+# ---------------------------------------------------------------------------------------- a hostile folder
+
+BIG_DELTA = (1 << 28) - 1  # the largest MIDI variable-length quantity
+KEPT, ANY = "kept", "any"  # expectations: must be used / must only be accounted for; else a reason's phrase
+
+
+def _smf(tracks_bodies: Sequence[bytes], *, tpb: int = 480, fmt: int = 1, ntracks: int | None = None) -> bytes:
+    """An SMF from raw track bodies (no end-of-track added): for files a writer would never make."""
+    head = b"MThd" + (6).to_bytes(4, "big") + fmt.to_bytes(2, "big") + \
+        (len(tracks_bodies) if ntracks is None else ntracks).to_bytes(2, "big") + tpb.to_bytes(2, "big", signed=tpb < 0)
+    return head + b"".join(b"MTrk" + len(b).to_bytes(4, "big") + b for b in tracks_bodies)
+
+
+def many_notes_bytes(n: int, *, tpb: int = 480) -> bytes:
+    """A type 0 file of ``n`` notes (12-note chromatic runs repeated: built by byte repetition, instantly)."""
+    run = b"".join(varlen(0) + note_on(48 + k) + varlen(120) + note_off(48 + k) for k in range(12))
+    body = run * (n // 12) + b"".join(varlen(0) + note_on(60) + varlen(120) + note_off(60) for _ in range(n % 12))
+    return _smf([body + b"\x00" + END_OF_TRACK], tpb=tpb, fmt=0)
+
+
+def many_tracks_bytes(n_tracks: int = 65535, every: int = 100) -> bytes:
+    """``n_tracks`` tracks (the most a header can declare); one in ``every`` holds a note, the others are empty."""
+    empty = b"\x00" + END_OF_TRACK
+    bodies = [b"".join(varlen(d) + ev for d, ev in notes_to_events([(i * 60, i * 60 + 60, 40 + i % 48, 80)]))
+              if i % every == 0 else empty for i in range(n_tracks)]
+    return _smf(bodies)
+
+
+def note_bomb_bytes(notes: int = 40, *, tpb: int = 1) -> bytes:
+    """Issue 8's expansion bomb: ``notes`` notes held together for 2**28 - 1 ticks, at 1 tick per beat (~300 bytes;
+    encoded without a cap: ~10**8 characters)."""
+    ons = [(0, note_on(40 + i)) for i in range(notes)]
+    offs = [(BIG_DELTA if i == 0 else 0, note_off(40 + i)) for i in range(notes)]
+    return smf_bytes([ons + offs], tpb=tpb)
+
+
+def _flip(data: bytes, rng: random.Random, n: int) -> bytes:
+    b = bytearray(data)
+    for _ in range(n):
+        i = rng.randrange(len(b))
+        b[i] ^= 1 << rng.randrange(8)
+    return bytes(b)
+
+
+def _lie(data: bytes, rng: random.Random) -> bytes:
+    """One chunk length (the header's, or a track's) replaced by a wrong one."""
+    b = bytearray(data)
+    starts = [i for i in range(len(b) - 8) if b[i: i + 4] in (b"MThd", b"MTrk")]
+    at = rng.choice(starts) + 4
+    wrong = rng.choice([0, 1, 5, 0x7FFFFFFF, 0xFFFFFFFF, int.from_bytes(b[at: at + 4], "big") + rng.randint(1, 40)])
+    b[at: at + 4] = wrong.to_bytes(4, "big")
+    return bytes(b)
+
+
+def build_hostile_corpus(folder: str | os.PathLike, seed: int = 8, n_mutants: int = 240) -> dict[str, str]:
+    """A seeded folder of hostile MIDI-named entries next to good files; returns relative path → what a build
+    must do with it: :data:`KEPT` (used), :data:`ANY` (used or refused, but accounted for), or a phrase the
+    refusal's reason must contain. Names that are not UTF-8 appear as ``os.fsdecode`` gives them.
+
+    Good files (kept, some under non-UTF-8 and non-ASCII names), byte flips, truncations, chunk-length lies, huge
+    deltas, 65,535 tracks, 10^6 notes, expansion bombs, a FIFO, dangling and looping links, a link to a device,
+    a link to a folder, duplicates, and the usual broken files."""
+    root = Path(folder)
+    rng = random.Random(seed)
+    expect: dict[str, str] = {}
+
+    def put(rel: str | bytes, data: bytes, want: str) -> None:
+        path = root / os.fsdecode(rel)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        expect[Path(os.fsdecode(rel)).as_posix()] = want
+
+    good: list[bytes] = []
+    for i in range(40):
+        notes = random_notes(seed * 1000 + i, rng.randint(16, 60))
+        data = smf_bytes([notes_to_events(notes)], tpb=rng.choice((96, 480)))
+        good.append(data)
+        put(f"good/piece{i:02d}.mid", data, KEPT)
+    names = [b"latin1/caf\xe9.mid", b"latin1/\xff\xfe.MID", b"mixed/\xc3\xa9t\xe9.midi", "unicode/Für Elise.mid",
+             "unicode/\u6625\u6c5f.kar", "unicode/🎹 song.mid"]
+    for i, name in enumerate(names):
+        put(name, smf_bytes([notes_to_events(random_notes(seed * 2000 + i, 30))]), KEPT)
+    put(b"latin1/bad\xe9.mid", b"not MIDI at all", "not a MIDI file")
+    put("zz_dupes/copy_of_piece00.mid", good[0], ANY)  # duplicates (sorted after good/): listed as such
+    put("zz_dupes/copy_of_piece01.MID", good[1], ANY)
+
+    for i in range(n_mutants):  # byte flips, truncations, chunk-length lies of the good files
+        src = good[rng.randrange(len(good))]
+        kind = ("flip", "cut", "lie")[i % 3]
+        if kind == "flip":
+            data = _flip(src, rng, rng.choice((1, 2, 4, 16)))
+        elif kind == "cut":
+            data = src[: rng.randrange(len(src))]
+        else:
+            data = _lie(src, rng)
+        put(f"mutants/{kind}{i:03d}.mid", data, ANY)
+
+    # time: a delta-time overflow past 2**31 ticks, an absurd silence, a huge delta on the end-of-track only
+    overflow = [ev for k in range(12) for ev in ((BIG_DELTA, note_on(50 + k)), (10, note_off(50 + k)))]
+    put("time/overflow.mid", smf_bytes([overflow], tpb=96), "2**31 ticks")
+    scale96 = notes_to_events(scale(step=96))[:-1]
+    put("time/absurd_gap.mid", smf_bytes([[*scale96, (BIG_DELTA, note_on(60)), (96, note_off(60))]], tpb=96),
+        "absurd silence")
+    put("time/huge_tail.mid", smf_bytes([[*scale96, (BIG_DELTA, END_OF_TRACK)]], tpb=96), KEPT)
+    put("time/smpte.mid", smf_bytes([notes_to_events(scale())], tpb=-(25 << 8 | 40) & 0xFFFF), ANY)
+
+    # size: the most tracks a header can declare; 10^6 notes; expansion bombs
+    put("size/65535_tracks.mid", many_tracks_bytes(), KEPT)
+    put("size/million_notes.mid", many_notes_bytes(10**6), "too many notes")
+    put("size/note_bomb.mid", note_bomb_bytes(), "absurd note")
+    put("size/note_bomb_480.mid", note_bomb_bytes(tpb=480), "absurd note")  # 559,241 beats
+    # just inside the caps: notes held 4000 beats, 4000 beats apart (the most a file may expand)
+    put("size/near_limits.mid", smf_bytes([notes_to_events([(i * 4000, i * 4000 + 4000, 60 + i, 80)
+                                                            for i in range(16)])], tpb=1), KEPT)
+
+    # the usual broken files
+    put("broken/empty.mid", b"", "empty file")
+    put("broken/text.mid", b"MIDI? no, a shopping list\n", "not a MIDI file")
+    put("broken/type2.mid", smf_bytes([notes_to_events(scale())], fmt=2), "MIDI type 2")
+    put("broken/header_only.mid", _smf([]), "no notes")
+    put("broken/tracks_lie.mid", _smf([b"".join(varlen(d) + e for d, e in notes_to_events(scale()))], ntracks=9), ANY)
+
+    # entries that are no regular file: must be refused without ever being opened
+    special = root / "special"
+    special.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(special / "fifo.mid")
+    expect["special/fifo.mid"] = "FIFO"
+    os.symlink(special / "missing-target.mid", special / "dangling.mid")
+    expect["special/dangling.mid"] = "dangling"
+    os.symlink("loop_b.mid", special / "loop_a.mid")
+    os.symlink("loop_a.mid", special / "loop_b.mid")
+    os.symlink("self.mid", special / "self.mid")
+    expect.update({"special/loop_a.mid": "loop", "special/loop_b.mid": "loop", "special/self.mid": "loop"})
+    os.symlink("/dev/zero", special / "zero.mid")  # read, it would never end
+    expect["special/zero.mid"] = "character device"
+    (root / "a_folder").mkdir(exist_ok=True)
+    os.symlink(root / "a_folder", special / "folder_link.mid")
+    expect["special/folder_link.mid"] = "link to a folder"
+    os.symlink(root / "good" / "piece02.mid", special / "link_to_piece02.mid")  # a good link: a duplicate
+    expect["special/link_to_piece02.mid"] = ANY
+    put("zz_dir.mid/inside.mid", good[3], ANY)  # a folder named like a MIDI file is walked; a duplicate inside
+    return expect

@@ -532,3 +532,202 @@ def test_prep_command_line(midi_dir, tmp_path):
     unset = subprocess.run(base, capture_output=True, text=True, timeout=120)  # data=folder needs data.input_dir
     assert unset.returncode == 2 and "Traceback" not in unset.stderr
     assert "data.input_dir is required" in unset.stderr
+
+
+# ------------------------------------------------------------------------------------ hostile input (issue 8)
+
+
+@pytest.mark.timeout(60)  # a read that blocks would hang here: fail instead
+def test_reading_never_blocks_on_a_fifo_or_a_device(tmp_path):
+    from theremin.midi import MidiError, read_midi
+
+    os.mkfifo(tmp_path / "fifo.mid")  # nobody writes to it: an open() for reading would wait forever
+    os.symlink("/dev/zero", tmp_path / "zero.mid")  # a read would never end
+    for name, kind in (("fifo.mid", "FIFO"), ("zero.mid", "character device")):
+        with pytest.raises(MidiError, match=f"not a regular file \\({kind}"):
+            read_midi(tmp_path / name)
+    mf.make_midi(tmp_path / "ok.mid", mf.scale())
+    report = build(tmp_path, tmp_path / "out", workers=1)  # in this process, as well as in workers (hostile)
+    assert report.ok == 1 and set(report.failed) == {"fifo.mid", "zero.mid"}
+
+
+KILLED_BUILD = """
+import os, sys, time
+from pathlib import Path
+from theremin.corpus import build_corpus
+from theremin.midichar import MidiChar
+
+class Slow(MidiChar):  # each worker says it is busy, then takes its time
+    def encode(self, piece):
+        Path(sys.argv[3], str(os.getpid())).touch()
+        time.sleep(60)
+        return super().encode(piece)
+
+build_corpus(sys.argv[1], sys.argv[2], Slow(), workers=2, progress=False)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """A process that runs (a zombie waiting for a reaper has ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _wait(predicate, seconds: float) -> bool:
+    import time
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_a_killed_build_takes_its_workers_along_and_the_next_cleans_up(tmp_path, sig, codec):
+    import signal
+
+    src, out, busy = tmp_path / "in", tmp_path / "out", tmp_path / "busy"
+    busy.mkdir()
+    distinct_files(src, range(8))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_BUILD, str(src), str(out), str(busy)], env=env)
+    try:
+        assert _wait(lambda: len(list(busy.iterdir())) == 2, 60), "the workers never started"
+        workers = [int(p.name) for p in busy.iterdir()]
+        proc.send_signal(getattr(signal, sig))
+        proc.wait(timeout=30)
+        assert _wait(lambda: not any(map(_alive, workers)), 10), f"orphan workers after {sig}: {workers}"
+    finally:
+        proc.kill()
+        proc.wait()
+    left = [p.name for p in out.iterdir()]
+    assert left and all(n.startswith(".") and n.endswith(".tmp") for n in left)  # the killed build's temp files
+    report = build(src, out, codec)
+    assert report.ok == 8
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST_FILE, TRAIN_FILE, VAL_FILE]
+
+
+def test_a_full_disk_is_one_clear_message_and_changes_nothing(tmp_path, codec, monkeypatch):
+    import errno
+
+    import theremin.corpus
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    distinct_files(src, range(12))
+    build(src, out, codec)
+    before = outputs_state(out)
+    mf.make_midi(src / "new.mid", mf.random_notes(99))
+
+    class FillsUp:  # a file on a disk that fills after 1000 characters
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def write(self, text):
+            self.n += len(text)
+            if self.n > 1000:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.f.write(text)
+
+        def close(self):
+            self.f.close()
+
+    monkeypatch.setattr(theremin.corpus, "open", lambda *a, **k: FillsUp(open(*a, **k)), raising=False)  # noqa: SIM115
+    with pytest.raises(CorpusError) as e:
+        build(src, out, codec, transpose=(-5, 6))
+    assert "No space left on device" in str(e.value) and "is as it was" in str(e.value)
+    assert str(out) in str(e.value)
+    assert outputs_state(out) == before  # the old corpus whole, no temp file left
+
+
+def test_prep_command_line_on_a_full_disk(tmp_path):
+    """The console script, when a write fails for real (a file-size limit: EFBIG, as ENOSPC would): one line, exit 2,
+    no traceback, no temp files, the previous corpus kept."""
+    import resource
+    import signal
+
+    src, out = tmp_path / "in", tmp_path / "corpus"
+    distinct_files(src, range(30))
+    base = [sys.executable, "-m", "theremin.prep", "data=folder", f"data.input_dir={src}", f"data.corpus_dir={out}",
+            "workers=1", "progress=false", "hydra.output_subdir=null", f"paths.log_dir={tmp_path / 'logs'}"]
+    first = subprocess.run([*base, "data.transpose=null"], capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    before = outputs_state(out)
+
+    def limit():  # child only: files may not grow past 16 kB; the signal becomes an EFBIG error
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16_000, 16_000))
+
+    full = subprocess.run(base, capture_output=True, text=True, timeout=120, preexec_fn=limit)  # with transpositions
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
+    (line,) = full.stderr.strip().splitlines()
+    assert line.startswith(f"theremin-prep: error: {out}") and "File too large" in line, line
+    assert outputs_state(out) == before
+
+
+def test_outputs_follow_the_umask(tmp_path, codec):
+    src = tmp_path / "in"
+    distinct_files(src, range(2))
+    old = os.umask(0o027)
+    try:  # val_fraction ~0 moves a file into val: the rewritten train.txt too
+        report = build(src, tmp_path / "out", codec, val_fraction=1e-12)
+    finally:
+        os.umask(old)
+    assert report.split_moves
+    for name in (TRAIN_FILE, VAL_FILE, MANIFEST_FILE):
+        assert (tmp_path / "out" / name).stat().st_mode & 0o777 == 0o640, name
+
+
+# ------------------------------------------------------------------------------------ nothing a user built is lost
+
+
+def test_a_corpus_of_another_input_folder_is_never_overwritten(tmp_path, codec):
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "corpus" / "mine"
+    distinct_files(a, range(4))
+    distinct_files(b, range(10, 13))
+    build(a, out, codec)
+    before = outputs_state(out)
+    with pytest.raises(CorpusError) as e:
+        build(b, out, codec)
+    msg = str(e.value)
+    assert str(out) in msg and str(a) in msg and str(b) in msg and "data.name=" in msg
+    assert outputs_state(out) == before
+    # the same folder with a file changed is the same corpus, rebuilt
+    mf.make_midi(a / "piece000.mid", mf.random_notes(77))
+    assert build(a, out, codec).ok == 4
+    # the data folder moved as a whole (input and corpus together): still the same input
+    moved = tmp_path.parent / f"{tmp_path.name}-moved"
+    shutil.move(tmp_path, moved)
+    try:
+        assert build(moved / "a", moved / "corpus" / "mine", codec).ok == 4
+    finally:
+        shutil.move(moved, tmp_path)
+
+
+def test_a_corpus_theremin_did_not_build_is_never_overwritten(tmp_path, codec):
+    src, out = tmp_path / "in", tmp_path / "hand_made"
+    distinct_files(src, range(3))
+    out.mkdir()
+    (out / TRAIN_FILE).write_text("my own corpus\n")
+    with pytest.raises(CorpusError, match=r"without manifest\.json"):
+        build(src, out, codec)
+    assert (out / TRAIN_FILE).read_text() == "my own corpus\n"
+
+
+def test_train_with_data_folder_requires_data_input_dir(tmp_path):
+    """Issue 11: `theremin-train data=folder` without data.input_dir trained on Bach and replaced the user's corpus."""
+    from hydra.utils import instantiate
+    from omegaconf.errors import MissingMandatoryValue
+
+    from theremin.cli import user_error
+
+    cfg = compose_prep(["data=folder", f"paths.data_dir={tmp_path}"], "train")
+    with pytest.raises(MissingMandatoryValue) as e:
+        instantiate(cfg.data, tokenizer={}, codec={}, _recursive_=False)
+    assert str(user_error(e.value)).startswith("data.input_dir is required")
+    assert not list(tmp_path.iterdir())  # nothing built, nothing generated
