@@ -731,3 +731,24 @@ def test_train_with_data_folder_requires_data_input_dir(tmp_path):
         instantiate(cfg.data, tokenizer={}, codec={}, _recursive_=False)
     assert str(user_error(e.value)).startswith("data.input_dir is required")
     assert not list(tmp_path.iterdir())  # nothing built, nothing generated
+
+
+def test_one_build_of_a_corpus_folder_at_a_time(tmp_path, codec, capfd):
+    """The build that removes stale temp files holds the folder's lock: a second build waits for the first."""
+    import fcntl
+    import threading
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    distinct_files(src, range(3))
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another build, running
+    done = []
+    t = threading.Thread(target=lambda: done.append(build(src, out, codec)))
+    t.start()
+    t.join(timeout=2)
+    assert t.is_alive() and not (out / MANIFEST_FILE).exists()
+    os.close(fd)  # the other build ends
+    t.join(timeout=60)
+    assert done and done[0].ok == 3
+    assert "waiting for another build of" in capfd.readouterr().err
