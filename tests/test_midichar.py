@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import re
 import unicodedata
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from theremin.midi import DEFAULT_TEMPO_US, Note, Piece, clean_tempos, read_midi, write_midi
-from theremin.midichar import BASE, CodecError, MidiChar
+from theremin.cli import ThereminError
+from theremin.midi import DEFAULT_TEMPO_US, MidiError, Note, Piece, clean_tempos, read_midi, write_midi
+from theremin.midichar import BASE, CodecConfig, CodecError, MidiChar
 
 CODEC = MidiChar()
 K = CODEC.ticks_per_beat // CODEC.grid  # ticks per grid step in decoded files
@@ -61,9 +65,62 @@ def test_layout_that_does_not_fit_is_refused():
         MidiChar(velocities=list(range(1, 128, 4)))
 
 
-def test_unknown_setting_is_refused():
-    with pytest.raises(TypeError, match="unknown codec settings"):
+# ---- settings: defaults in code, conf/codec/default.yaml only overrides them ---------------------------------
+# the codec config that every corpus, tokenizer and checkpoint made so far recorded: it must rebuild as it is
+RECORDED = {
+    "grid": 12, "velocities": [32, 64, 96, 124], "steps": [*range(31), 36, 42, 48, 72, 96],
+    "durations": [*range(1, 41), 42, 45, 48, 54, 60, 72, 84, 96, 120, 144, 192, 240, 288, 384, 576, 768],
+    "max_rest": 2048, "max_dur_ext": 2048, "ticks_per_beat": 480, "max_gap_beats": 4096,
+}
+
+
+def test_defaults_live_in_code_not_in_a_config_file(monkeypatch, tmp_path):
+    import theremin.paths
+
+    monkeypatch.setattr(theremin.paths, "conf_dir", lambda: tmp_path / "no-conf-here")  # e.g. a bare install
+    assert MidiChar().config == RECORDED
+
+
+def test_a_recorded_config_rebuilds_the_same_codec_and_keys():
+    codec = MidiChar(**RECORDED)
+    assert json.dumps(codec.config, sort_keys=True) == json.dumps(RECORDED, sort_keys=True)  # cache keys hold
+    assert MidiChar(**codec.config).config == codec.config
+    # a setting added later is recorded only when changed, so older configs keep their keys
+    assert MidiChar(max_note_beats=4096).config == RECORDED
+    assert MidiChar(max_note_beats=100).config == {**RECORDED, "max_note_beats": 100}
+
+
+def test_the_yaml_only_overrides_the_defaults_in_code():
+    import hydra
+    from omegaconf import OmegaConf
+
+    from theremin.paths import conf_dir
+
+    yaml = OmegaConf.load(conf_dir() / "codec" / "default.yaml")
+    defaults = {f.name: f.default for f in dataclasses.fields(CodecConfig)}
+    spelled = {k: tuple(v) if isinstance(v, list) else v for k, v in OmegaConf.to_container(yaml).items()}
+    assert spelled.pop("_target_") == "theremin.midichar.MidiChar"
+    assert spelled == defaults  # the file spells the defaults out for the command line; it must not drift
+    for convert in ("none", "all"):  # Hydra hands over ListConfig unless told to convert
+        assert hydra.utils.instantiate(yaml, _convert_=convert).config == RECORDED
+    assert hydra.utils.instantiate(yaml, grid=24).config["grid"] == 24
+
+
+def test_unknown_setting_is_refused_by_name():
+    with pytest.raises(ThereminError, match=r"unknown codec setting codec\.gird \(known: grid, velocities, .*"
+                                            r"max_gap_beats, max_note_beats\)"):
         MidiChar(gird=12)
+
+
+@pytest.mark.parametrize("bad, setting", [
+    ({"grid": "twelve"}, "codec.grid"), ({"grid": 0}, "codec.grid"), ({"velocities": 64}, "codec.velocities"),
+    ({"steps": [0, 1.5]}, "codec.steps"), ({"durations": [2, 3]}, "codec.durations"),
+    ({"max_rest": 4}, "codec.max_rest"), ({"ticks_per_beat": 100}, "codec.ticks_per_beat"),
+    ({"max_gap_beats": "long"}, "codec.max_gap_beats"), ({"max_note_beats": 0}, "codec.max_note_beats"),
+])
+def test_bad_setting_is_named(bad, setting):
+    with pytest.raises(ThereminError, match=re.escape(setting)):
+        MidiChar(**bad)
 
 
 # ---- exact on the grid ------------------------------------------------------------------------------------
@@ -165,6 +222,33 @@ def test_orphans_are_errors():
         c.decode(chr(BASE + c.tempo_hi_lo + 5))
     with pytest.raises(CodecError, match="not a midichar"):
         c.decode("x")
+    with pytest.raises(CodecError, match="tempo of 0 microseconds"):
+        c.decode(chr(BASE + c.tempo_hi_lo) + chr(BASE + c.tempo_lo_lo))
+
+
+# the grammar written independently, as a regular expression over one letter per char: N note, E DUR_EXT,
+# R REST, H/h TEMPO_HI (h: value 0), L/l TEMPO_LO (l: value 0), x anything else
+WORDS = re.compile(r"(?:NE*|R|H[Ll]|hL)*")
+LETTER_CODES = {"N": [0, 127, 128 * 5 + 60, CODEC.n_notes - 1], "R": [CODEC.rest_lo, CODEC.ext_lo - 1],
+                "E": [CODEC.ext_lo, CODEC.tempo_hi_lo - 1], "H": [CODEC.tempo_hi_lo + 1, CODEC.tempo_lo_lo - 1],
+                "h": [CODEC.tempo_hi_lo], "L": [CODEC.tempo_lo_lo + 1, CODEC.n_codes - 1],
+                "l": [CODEC.tempo_lo_lo], "x": [CODEC.n_codes, -BASE + ord("x")]}
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(sorted(LETTER_CODES)), max_size=12), st.randoms())
+def test_decode_and_repair_follow_the_grammar(letters, rnd):
+    text = "".join(chr(BASE + rnd.choice(LETTER_CODES[x])) for x in letters)
+    try:
+        CODEC.decode(text)
+        ok = True
+    except CodecError:
+        ok = False
+    assert ok == bool(WORDS.fullmatch("".join(letters)))
+    fixed = CODEC.repair(text)
+    assert WORDS.fullmatch("".join(next(k for k, v in LETTER_CODES.items() if ord(c) - BASE in v) for c in fixed))
+    if ok:
+        assert fixed == text
 
 
 # ---- nothing clamped or dropped ---------------------------------------------------------------------------
@@ -203,6 +287,21 @@ def test_absurd_silence_is_refused_with_a_reason():
     piece = grid_piece([(0, 1, 60, 80), (12 * 100_000, 1, 60, 80)])
     with pytest.raises(ValueError, match="absurd silence"):
         CODEC.encode(piece)
+
+
+def test_absurd_note_length_is_refused_with_a_reason(tmp_path):
+    # an expansion bomb: notes held 2^28 beats at 1 tick per beat, ~1.6 M DUR_EXT chars each, from a tiny file
+    bomb = Piece([Note(0, 1 << 28, 60 + i, 80) for i in range(4)], ticks_per_beat=1)
+    with pytest.raises(MidiError, match=r"absurd note of 268435456 beats at beat 0 \(codec.max_note_beats=4096\)"):
+        CODEC.encode(bomb)
+    path = write_midi(Piece([Note(0, 1 << 27, 60, 80)], ticks_per_beat=1), tmp_path / "bomb.mid")
+    with pytest.raises(MidiError, match=r"bomb\.mid: absurd note of 134217728 beats"):
+        CODEC.encode_file(path)
+    # the longest note allowed still encodes, in a few chars; the limit is a setting
+    text = CODEC.encode(grid_piece([(0, 12 * 4096, 60, 80)]))
+    assert len(text) < 30 and as_grid(CODEC.decode(text)) == canonical([(0, 12 * 4096, 60, 80)])
+    with pytest.raises(MidiError, match="absurd note of 3 beats"):
+        MidiChar(max_note_beats=2).encode(grid_piece([(0, 36, 60, 80)]))
 
 
 def test_transpose():

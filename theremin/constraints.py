@@ -1,11 +1,12 @@
 """Sampling constraints at the token level: every sampled sequence decodes to valid MIDI.
 
 A token is a sentencepiece piece of "spm text": midichar characters, plus the tokenizer's factor characters
-(a note outside the vocabulary spelled as one char per group of its fields). The grammar of midichar
-(DUR_EXT only after a note, TEMPO_HI then TEMPO_LO, complete factor groups) is a small automaton over
-character kinds; each token moves it from one state to another or is rejected. For every state the set of
-allowed tokens is computed once (lazily) as a boolean mask over the vocabulary, and only states from which
-a complete text can still be reached count, so sampling can never paint itself into a corner.
+(a note outside the vocabulary spelled as one char per group of its fields). The automaton is midichar's
+:data:`~theremin.midichar.GRAMMAR` (DUR_EXT only after a note, TEMPO_HI then TEMPO_LO), with one state per
+unfinished factor group on top (a complete group reads as a NOTE); each token moves it from one state to
+another or is rejected. For every state the set of allowed tokens is computed once (lazily) as a boolean
+mask over the vocabulary, and only states from which a complete text can still be reached count, so
+sampling can never paint itself into a corner.
 
 Musical constraints:
 - pitch range and key/scale are static per token (absolute pitches): folded into the same masks;
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from theremin.cli import ThereminError
-from theremin.midichar import BASE
+from theremin.midichar import ACCEPTING, BASE, DUR_EXT, GRAMMAR, NOTE, REST, START, TEMPO_HI0
 from theremin.model import filter_logits
 
 NOTE_NAMES = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
@@ -37,9 +38,9 @@ SCALES = {
     "chromatic": tuple(range(12)),
 }
 
-# automaton states: the kind of the last char; F1.. = inside a factor group after that many chars
-START, NOTE, REST, EXT, THI, TLO = range(6)
-COMPLETE = {START, NOTE, REST, EXT, TLO}
+# automaton states: midichar's, then FACTOR + j = inside a factor group after j + 1 of its chars
+FACTOR = max(GRAMMAR) + 1
+COMPLETE = ACCEPTING
 
 
 class ConstraintError(ThereminError):
@@ -138,37 +139,29 @@ class Constraints:
 
     def step_char(self, state: int, ch: str, check_pitch: bool = True) -> int | None:
         """The automaton: next state after ``ch``, or None when ``ch`` cannot come here."""
-        c = self.codec
         ok_pitch = self.allowed_pitches if check_pitch else range(128)
-        if state == THI:
-            k = c.kind(ch)
-            return TLO if k == "tempo_lo" else None
         fg = self._factor_group(ch)
-        if state >= 6:  # inside a factor group: only its next group may follow
-            want = state - 6 + 1
+        if state >= FACTOR:  # inside a factor group: only its next group may follow
+            want = state - FACTOR + 1
             if fg is None or fg[0] != want:
                 return None
             pitch = self._factor_pitch(*fg)
             if pitch is not None and pitch not in ok_pitch:
                 return None
             return NOTE if want == self.n_groups - 1 else state + 1
-        if fg is not None:
-            if fg[0] != 0:
+        if fg is not None:  # a factor group spells a note: it opens where a NOTE char may come
+            if fg[0] != 0 or NOTE not in GRAMMAR[state]:
                 return None
             pitch = self._factor_pitch(*fg)
             if pitch is not None and pitch not in ok_pitch:
                 return None
-            return NOTE if self.n_groups == 1 else 6
-        k = c.kind(ch)
-        if k == "note":
-            return NOTE if (ord(ch) - BASE) % 128 in ok_pitch else None
-        if k == "rest":
-            return REST
-        if k == "dur_ext":
-            return EXT if state in (NOTE, EXT) else None
-        if k == "tempo_hi":
-            return THI if ord(ch) - BASE - c.tempo_hi_lo > 0 else None  # no absurd sub-4096-us tempos
-        return None
+            return NOTE if self.n_groups == 1 else FACTOR
+        nxt = GRAMMAR[state].get(self.codec.char_class(ch))
+        if nxt == NOTE and (ord(ch) - BASE) % 128 not in ok_pitch:
+            return None
+        if nxt == TEMPO_HI0:  # sampling writes no absurd sub-4096-us tempo
+            return None
+        return nxt
 
     def step_token(self, state: int, token: int) -> int | None:
         piece = self.pieces[token]
@@ -181,7 +174,8 @@ class Constraints:
         return state
 
     def _states(self) -> list[int]:
-        return [START, NOTE, REST, EXT, THI, TLO, *range(6, 6 + max(0, self.n_groups - 1))]
+        # TEMPO_HI0 is never entered (step_char refuses it)
+        return [*(s for s in GRAMMAR if s != TEMPO_HI0), *range(FACTOR, FACTOR + max(0, self.n_groups - 1))]
 
     def _live_states(self) -> set[int]:
         """States from which a complete text is reachable with the allowed tokens."""
@@ -208,7 +202,7 @@ class Constraints:
             if not piece:
                 continue
             ch = piece[0]
-            if self.codec.kind(ch) == "note":
+            if self.codec.char_class(ch) == NOTE:
                 step_i, _, _, pitch = self.codec.split_note(ch)
                 if self.codec.steps[step_i] == 0:
                     lead[t] = pitch
@@ -222,9 +216,9 @@ class Constraints:
         if not row.chord or row.cursor != row.chord_pos:
             return None
         chord = torch.tensor(sorted(row.chord))
-        if row.state < 6:
+        if row.state < FACTOR:
             return torch.isin(self._lead_pitch, chord)
-        if row.state == 6 + self.n_groups - 2 and self._partial_step(row) == 0:
+        if row.state == FACTOR + self.n_groups - 2 and self._partial_step(row) == 0:
             return torch.isin(self._lead_factor_pitch, chord)
         return None
 
@@ -260,12 +254,12 @@ class Constraints:
         for ch in self.pieces[token] or "":
             nxt = self.step_char(state, ch, check_pitch=False)  # the prompt may use any pitch
             note = None
-            k = c.kind(ch)
-            if k == "note":
+            cls = c.char_class(ch)
+            if cls == NOTE:
                 note = ch
-            elif k == "rest":
+            elif cls == REST:
                 cursor += ord(ch) - BASE - c.rest_lo + 1
-            elif k == "dur_ext" and ends:
+            elif cls == DUR_EXT and ends:
                 ends[-1] += ord(ch) - BASE - c.ext_lo + 1
             elif (fg := self._factor_group(ch)) is not None:
                 partial.append(ch)

@@ -28,18 +28,24 @@ Multi-character forms (nothing is ever clamped or dropped):
 - a tempo change: TEMPO_HI TEMPO_LO at its grid position (reached by REST chars), before the notes there.
   Tempo starts at 120 bpm (MIDI's default); a tempo equal to the current one is not written.
 
+Which character may follow which is :data:`GRAMMAR`, a small automaton over character classes; decoding,
+:meth:`MidiChar.repair` and the sampling constraints (theremin.constraints) all walk it.
+
 Canonical order: events by grid position; at one position the tempo first, then notes by rising pitch.
 Quantisation: positions round to the nearest grid step; a note keeps at least one step of duration; notes
 of one pitch at one position sound as one (the longest is kept); velocity becomes the nearest level.
 ``encode(decode(t)) == t`` holds for every canonical text, and ``decode(encode(p))`` is ``p`` on the grid.
+
+Every setting and its default is :class:`CodecConfig`; conf/codec/default.yaml only overrides it.
 """
 
 from __future__ import annotations
 
 import bisect
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 
 from theremin.cli import ThereminError
 from theremin.midi import DEFAULT_TEMPO_US, MidiError, Note, Piece, read_midi, write_midi
@@ -51,52 +57,162 @@ TEMPO_FIELD = 4096  # 12 bits per tempo half
 
 
 class CodecError(ThereminError):
-    """A text that is not valid midichar; the message gives the character position and the reason."""
+    """A text that is not valid midichar (the message gives the character position and the reason), or codec
+    settings that make no alphabet (the message names the setting)."""
+
+
+# ---- settings -------------------------------------------------------------------------------------------
+# Settings added after corpora, tokenizers and checkpoints already recorded a codec config: left out of
+# MidiChar.config while at their default, so the config (and every cache key made from it) stays the same.
+_LATER = {"recorded": "when changed"}
 
 
 @dataclass(frozen=True)
-class Event:
-    """One decoded character group, for tools that walk a text (samplers, analysis)."""
+class CodecConfig:
+    """Every midichar setting with its default. Each value shapes the alphabet or what is refused, so a corpus,
+    tokenizer or checkpoint made with one config does not fit another: the config is part of their keys."""
 
-    kind: str  # "note" | "rest" | "dur_ext" | "tempo_hi" | "tempo_lo"
-    value: int  # step / rest length / extension / tempo half
+    # grid steps per quarter-note beat: 12 holds 16ths (3 steps) and 8th-note triplets (4 steps)
+    grid: int = 12
+    # velocity levels: a note's velocity becomes the nearest level (4 levels keep the alphabet small)
+    velocities: tuple[int, ...] = (32, 64, 96, 124)
+    # onset steps (grid units since the previous event) a note char holds; any other gap is the largest step
+    # below it plus REST chars. 0..30 cover most score and performance gaps, the rest are common long ones.
+    steps: tuple[int, ...] = (*range(31), 36, 42, 48, 72, 96)
+    # durations (grid units) a note char holds; any other is the largest below it plus DUR_EXT chars
+    durations: tuple[int, ...] = (*range(1, 41), 42, 45, 48, 54, 60, 72, 84, 96, 120, 144, 192, 240, 288, 384,
+                                  576, 768)
+    # escape chars: REST(n) advances time by n grid steps, DUR_EXT(n) lengthens the previous note by n (1..max)
+    max_rest: int = 2048
+    max_dur_ext: int = 2048
+    # resolution of decoded MIDI files (a multiple of grid)
+    ticks_per_beat: int = 480
+    # a silence or a note longer than this (in beats) is refused as absurd rather than encoded as a wall of
+    # escape chars: no file expands far beyond its size (at most ~24 chars per note with the defaults)
+    max_gap_beats: float = 4096
+    max_note_beats: float = field(default=4096, metadata=_LATER)
+
+    def __post_init__(self):
+        for f in fields(self):  # lists (YAML, JSON) become tuples: a frozen config holds no mutable value
+            v = getattr(self, f.name)
+            if isinstance(v, list):
+                object.__setattr__(self, f.name, tuple(v))
+        self._check()
+
+    @classmethod
+    def with_overrides(cls, **overrides) -> CodecConfig:
+        """The defaults with ``overrides`` (None keeps a default; Hydra's ListConfig becomes a plain list)."""
+        known = [f.name for f in fields(cls)]
+        unknown = [k for k in overrides if k not in known]
+        if unknown:
+            raise CodecError(f"unknown codec setting{'s' if len(unknown) > 1 else ''} "
+                             f"{', '.join(f'codec.{k}' for k in unknown)} (known: {', '.join(known)})")
+        return cls(**{k: plain(v) for k, v in overrides.items() if v is not None})
+
+    def as_dict(self) -> dict:
+        """Plain values (lists, numbers) as given: what manifests, cache keys and checkpoints record, and what
+        ``MidiChar(**d)`` rebuilds the same codec from."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.metadata.get("recorded") == "when changed" and v == f.default:
+                continue
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    def _check(self) -> None:
+        def whole(name, v, lo):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or v < lo:
+                raise CodecError(f"codec.{name} must be a whole number >= {lo}, got {v!r}")
+            return int(v)
+
+        def rising(name, xs, lo, hi):
+            if not isinstance(xs, tuple) or not xs:
+                raise CodecError(f"codec.{name} must be a list of numbers, got {xs!r}")
+            xs = [whole(name, x, lo) for x in xs]
+            if xs != sorted(set(xs)) or xs[-1] > hi:
+                raise CodecError(f"codec.{name} must be strictly rising values in [{lo}, {hi}], got {xs}")
+            return xs
+
+        velocities = rising("velocities", self.velocities, 1, 127)
+        steps = rising("steps", self.steps, 0, 1 << 20)
+        durations = rising("durations", self.durations, 1, 1 << 20)
+        if steps[0] != 0:
+            raise CodecError("codec.steps must start at 0 (notes of a chord share one onset)")
+        if durations[0] != 1:
+            raise CodecError("codec.durations must start at 1 (the shortest note lasts one grid step)")
+        grid, tpb = whole("grid", self.grid, 1), whole("ticks_per_beat", self.ticks_per_beat, 1)
+        if tpb % grid:
+            raise CodecError(f"codec.ticks_per_beat ({tpb}) must be a multiple of grid ({grid})")
+        max_rest, max_dur_ext = whole("max_rest", self.max_rest, 1), whole("max_dur_ext", self.max_dur_ext, 1)
+        if max_rest < steps[-1]:
+            raise CodecError(f"codec.max_rest ({max_rest}) must be >= the largest step ({steps[-1]})")
+        for name in ("max_gap_beats", "max_note_beats"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise CodecError(f"codec.{name} must be a number of beats > 0, got {v!r}")
+        size = len(steps) * len(durations) * len(velocities) * 128 + max_rest + max_dur_ext + 2 * TEMPO_FIELD
+        if size > PLANE_SPAN:
+            raise CodecError(
+                f"codec layout needs {size} code points but only {PLANE_SPAN} exist in U+10000..U+10FFFF: "
+                "shorten codec.steps, codec.durations, codec.velocities or the escape ranges")
 
 
-def _default_config() -> dict:
-    from omegaconf import OmegaConf
+# ---- the grammar ----------------------------------------------------------------------------------------
+# Character classes (MidiChar.char_class). A tempo half of value 0 is a class of its own, so that a tempo of
+# 0 microseconds (TEMPO_HI 0 then TEMPO_LO 0) is no word of the grammar.
+INVALID, NOTE, REST, DUR_EXT, TEMPO_HI, TEMPO_HI0, TEMPO_LO, TEMPO_LO0 = range(8)
+KIND = ("invalid", "note", "rest", "dur_ext", "tempo_hi", "tempo_hi", "tempo_lo", "tempo_lo")  # per class
+# States: START before the first char, then the class of the last char (after TEMPO_LO0 the state is TEMPO_LO).
+START = 8
+_EVENT = {NOTE: NOTE, REST: REST, TEMPO_HI: TEMPO_HI, TEMPO_HI0: TEMPO_HI0}  # the chars that open an event
+GRAMMAR: MappingProxyType[int, MappingProxyType[int, int]] = MappingProxyType({
+    state: MappingProxyType(follow) for state, follow in {
+        START: _EVENT,
+        NOTE: {**_EVENT, DUR_EXT: DUR_EXT},  # DUR_EXT only lengthens the note right before it
+        DUR_EXT: {**_EVENT, DUR_EXT: DUR_EXT},
+        REST: _EVENT,
+        TEMPO_HI: {TEMPO_LO: TEMPO_LO, TEMPO_LO0: TEMPO_LO},  # a TEMPO_HI always has its TEMPO_LO right after
+        TEMPO_HI0: {TEMPO_LO: TEMPO_LO},
+        TEMPO_LO: _EVENT,
+    }.items()})
+"""state → {class of the next char: next state}; a class missing there cannot come in that state."""
+ACCEPTING = frozenset({START, NOTE, DUR_EXT, REST, TEMPO_LO})  # a text may end in these (not inside a tempo)
+_STATE_AFTER = {cls: nxt for follow in GRAMMAR.values() for cls, nxt in follow.items()}  # one per class
+# GRAMMAR as a table, _NEXT[state][class] (None: refused), for the loops that read every char
+_NEXT = tuple(tuple(GRAMMAR.get(state, {}).get(cls) for cls in range(len(KIND))) for state in range(START + 1))
 
-    from theremin.paths import conf_dir
 
-    path = conf_dir() / "codec" / "default.yaml"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: codec defaults not found (theremin runs from a source checkout)")
-    cfg = OmegaConf.to_container(OmegaConf.load(path))
-    cfg.pop("_target_", None)
-    return cfg
+def refusal(state: int, cls: int, ch: str) -> str:
+    """Why the grammar refuses ``ch`` (of class ``cls``) in ``state``: the reason for a message."""
+    if state in (TEMPO_HI, TEMPO_HI0):
+        return ("tempo of 0 microseconds per quarter" if cls == TEMPO_LO0
+                else f"TEMPO_HI must be followed by TEMPO_LO, got {KIND[cls]}")
+    if cls == DUR_EXT:
+        return f"DUR_EXT must follow a note, it follows {KIND[state] if state != START else 'nothing'}"
+    if cls in (TEMPO_LO, TEMPO_LO0):
+        return "TEMPO_LO without a TEMPO_HI before it"
+    return f"U+{ord(ch):04X} is not a midichar of this codec"
 
 
 class MidiChar:
-    """The midichar codec. ``MidiChar()`` uses conf/codec/default.yaml; keyword arguments override it."""
+    """The midichar codec. ``MidiChar()`` uses the defaults of :class:`CodecConfig`; keyword arguments override
+    them (``MidiChar(**codec.config)`` rebuilds ``codec``)."""
 
     def __init__(self, **overrides):
-        cfg = _default_config()
-        unknown = set(overrides) - set(cfg)
-        if unknown:
-            raise TypeError(f"unknown codec settings: {sorted(unknown)} (known: {sorted(cfg)})")
-        # plain values (Hydra passes ListConfig): the config goes into JSON manifests and cache keys as it is
-        cfg.update({k: plain(v) for k, v in overrides.items() if v is not None})
-        self.config = cfg
-        self.grid = int(cfg["grid"])
-        self.velocities = [int(v) for v in cfg["velocities"]]
-        self.steps = [int(s) for s in cfg["steps"]]
-        self.durations = [int(d) for d in cfg["durations"]]
-        self.max_rest = int(cfg["max_rest"])
-        self.max_dur_ext = int(cfg["max_dur_ext"])
-        self.ticks_per_beat = int(cfg["ticks_per_beat"])
-        self.max_gap_beats = float(cfg["max_gap_beats"])
-        self._check()
-        self._step_index = {s: i for i, s in enumerate(self.steps)}
-        self._dur_index = {d: i for i, d in enumerate(self.durations)}
+        self.settings = CodecConfig.with_overrides(**overrides)
+        # plain values: the config goes into JSON manifests, cache keys and checkpoints as it is
+        self.config = self.settings.as_dict()
+        s = self.settings
+        self.grid = int(s.grid)
+        self.velocities = [int(v) for v in s.velocities]
+        self.steps = [int(x) for x in s.steps]
+        self.durations = [int(d) for d in s.durations]
+        self.max_rest = int(s.max_rest)
+        self.max_dur_ext = int(s.max_dur_ext)
+        self.ticks_per_beat = int(s.ticks_per_beat)
+        self.max_gap_beats = float(s.max_gap_beats)
+        self.max_note_beats = float(s.max_note_beats)
         self._vel_bounds = [(a + b) / 2 for a, b in zip(self.velocities, self.velocities[1:])]
         nv = len(self.velocities)
         self.n_notes = len(self.steps) * len(self.durations) * nv * 128
@@ -105,29 +221,11 @@ class MidiChar:
         self.tempo_hi_lo = self.ext_lo + self.max_dur_ext
         self.tempo_lo_lo = self.tempo_hi_lo + TEMPO_FIELD
         self.n_codes = self.tempo_lo_lo + TEMPO_FIELD
-
-    def _check(self) -> None:
-        def rising(name, xs, lo, hi):
-            if not xs or xs != sorted(set(xs)) or xs[0] < lo or xs[-1] > hi:
-                raise ValueError(f"codec.{name} must be strictly rising values in [{lo}, {hi}], got {xs}")
-
-        rising("velocities", self.velocities, 1, 127)
-        rising("steps", self.steps, 0, 1 << 20)
-        rising("durations", self.durations, 1, 1 << 20)
-        if self.steps[0] != 0:
-            raise ValueError("codec.steps must start at 0 (notes of a chord share one onset)")
-        if self.durations[0] != 1:
-            raise ValueError("codec.durations must start at 1 (the shortest note lasts one grid step)")
-        if self.grid < 1 or self.ticks_per_beat % self.grid:
-            raise ValueError(f"codec.ticks_per_beat ({self.ticks_per_beat}) must be a multiple of grid ({self.grid})")
-        if self.max_rest < self.steps[-1] or self.max_dur_ext < 1:
-            raise ValueError("codec.max_rest must be >= the largest step, codec.max_dur_ext >= 1")
-        size = (len(self.steps) * len(self.durations) * len(self.velocities) * 128 + self.max_rest
-                + self.max_dur_ext + 2 * TEMPO_FIELD)
-        if size > PLANE_SPAN:
-            raise ValueError(
-                f"codec layout needs {size} code points but only {PLANE_SPAN} exist in U+10000..U+10FFFF: "
-                "shorten codec.steps, codec.durations, codec.velocities or the escape ranges")
+        # the layout as (first code point, class) ranges, for char_class
+        self._class_starts = [BASE + i for i in (0, self.rest_lo, self.ext_lo, self.tempo_hi_lo,
+                                                 self.tempo_hi_lo + 1, self.tempo_lo_lo, self.tempo_lo_lo + 1,
+                                                 self.n_codes)]
+        self._classes = (INVALID, NOTE, REST, DUR_EXT, TEMPO_HI0, TEMPO_HI, TEMPO_LO0, TEMPO_LO, INVALID)
 
     # ---- characters -------------------------------------------------------------------------------------
     def note_char(self, step_i: int, dur_i: int, vel_i: int, pitch: int) -> str:
@@ -142,22 +240,13 @@ class MidiChar:
         step_i, dur_i = divmod(i, len(self.durations))
         return step_i, dur_i, vel_i, pitch
 
+    def char_class(self, ch: str) -> int:
+        """The grammar's class of a char: NOTE, REST, DUR_EXT, TEMPO_HI(0), TEMPO_LO(0) or INVALID."""
+        return self._classes[bisect.bisect_right(self._class_starts, ord(ch))]
+
     def kind(self, ch: str) -> str:
         """'note', 'rest', 'dur_ext', 'tempo_hi', 'tempo_lo' or 'invalid'."""
-        i = ord(ch) - BASE
-        if i < 0:
-            return "invalid"
-        if i < self.rest_lo:
-            return "note"
-        if i < self.ext_lo:
-            return "rest"
-        if i < self.tempo_hi_lo:
-            return "dur_ext"
-        if i < self.tempo_lo_lo:
-            return "tempo_hi"
-        if i < self.n_codes:
-            return "tempo_lo"
-        return "invalid"
+        return KIND[self.char_class(ch)]
 
     def is_note(self, ch: str) -> bool:
         return 0 <= ord(ch) - BASE < self.n_notes
@@ -231,8 +320,13 @@ class MidiChar:
         return notes, tempos
 
     def encode(self, piece: Piece) -> str:
-        """Piece → text (canonical). Raises :class:`MidiError` for an absurd silence."""
+        """Piece → text (canonical). Raises :class:`MidiError` for an absurd silence or note length."""
         notes, tempos = self.quantize(piece)
+        max_dur = self.max_note_beats * self.grid
+        for pos, dur, _, _ in notes:
+            if dur > max_dur:
+                raise MidiError(None, f"absurd note of {dur / self.grid:.0f} beats at beat {pos / self.grid:.0f} "
+                                      f"(codec.max_note_beats={self.max_note_beats:g})")
         events = sorted([(pos, 0, us, 0, 0) for pos, us in tempos]
                         + [(pos, 1, pitch, dur, vel) for pos, dur, pitch, vel in notes])
         max_gap = self.max_gap_beats * self.grid
@@ -277,64 +371,57 @@ class MidiChar:
             text = self.repair(text)
         notes: list[list[int]] = []
         tempos: list[tuple[int, int]] = []
-        cursor = 0
-        pending_hi = None
-        prev = None  # kind of the previous char
+        cursor = hi = 0
+        state = START
         nd, nv = len(self.durations), len(self.velocities)
+        starts, classes, find = self._class_starts, self._classes, bisect.bisect_right  # char_class, inlined
         for i, ch in enumerate(text):
-            code = ord(ch) - BASE
-            k = self.kind(ch)
-            if pending_hi is not None and k != "tempo_lo":
-                raise CodecError(f"char {i}: TEMPO_HI must be followed by TEMPO_LO, got {k}")
-            if k == "note":
+            code = ord(ch)
+            cls = classes[find(starts, code)]
+            nxt = _NEXT[state][cls]
+            if nxt is None:
+                raise CodecError(f"char {i}: {refusal(state, cls, ch)}")
+            code -= BASE
+            if cls == NOTE:
                 rest, pitch = divmod(code, 128)
                 rest, vel_i = divmod(rest, nv)
                 step_i, dur_i = divmod(rest, nd)
                 cursor += self.steps[step_i]
                 notes.append([cursor, self.durations[dur_i], pitch, vel_i])
-            elif k == "rest":
+            elif cls == REST:
                 cursor += code - self.rest_lo + 1
-            elif k == "dur_ext":
-                if prev not in ("note", "dur_ext"):
-                    raise CodecError(f"char {i}: DUR_EXT must follow a note, it follows {prev or 'nothing'}")
+            elif cls == DUR_EXT:
                 notes[-1][1] += code - self.ext_lo + 1
-            elif k == "tempo_hi":
-                pending_hi = code - self.tempo_hi_lo
-            elif k == "tempo_lo":
-                if pending_hi is None:
-                    raise CodecError(f"char {i}: TEMPO_LO without a TEMPO_HI before it")
-                us = pending_hi * TEMPO_FIELD + code - self.tempo_lo_lo
-                if us == 0:
-                    raise CodecError(f"char {i}: tempo of 0 microseconds per quarter")
-                tempos.append((cursor, us))
-                pending_hi = None
-            else:
-                raise CodecError(f"char {i}: U+{ord(ch):04X} is not a midichar of this codec")
-            prev = k
-        if pending_hi is not None:
+            elif nxt == TEMPO_LO:
+                tempos.append((cursor, hi * TEMPO_FIELD + code - self.tempo_lo_lo))
+            else:  # a TEMPO_HI: its TEMPO_LO comes next
+                hi = code - self.tempo_hi_lo
+            state = nxt
+        if state not in ACCEPTING:
             raise CodecError(f"char {len(text) - 1}: text ends inside a tempo (TEMPO_HI without TEMPO_LO)")
         return [tuple(n) for n in notes], tempos
 
     def repair(self, text: str) -> str:
-        """The text without the characters that make it invalid (foreign chars, orphan escapes)."""
+        """The text without the characters the grammar refuses: foreign chars, orphan escapes, a TEMPO_HI
+        without its TEMPO_LO, a tempo of 0. Notes are never dropped."""
         out: list[str] = []
-        prev = None
+        state = START
+        starts, classes, find = self._class_starts, self._classes, bisect.bisect_right  # char_class, inlined
         for ch in text:
-            k = self.kind(ch)
-            if prev == "tempo_hi" and k != "tempo_lo":
-                out.pop()
-                prev = "dropped"  # what followed the dropped TEMPO_HI cannot attach to the char before it
-            if k == "invalid" or (k == "dur_ext" and prev not in ("note", "dur_ext")) or (
-                k == "tempo_lo" and prev != "tempo_hi"
-            ):
-                continue
-            if k == "tempo_lo" and (ord(out[-1]) - BASE - self.tempo_hi_lo) == 0 and ord(ch) - BASE == self.tempo_lo_lo:
-                out.pop()  # a tempo of 0 microseconds
-                prev = self.kind(out[-1]) if out else None
-                continue
-            out.append(ch)
-            prev = k
-        if prev == "tempo_hi":
+            cls = classes[find(starts, ord(ch))]
+            nxt = _NEXT[state][cls]
+            if nxt is None and state in (TEMPO_HI, TEMPO_HI0):
+                out.pop()  # the unfinished tempo goes
+                if cls == TEMPO_LO0:  # a tempo of 0: its TEMPO_LO goes too, back to the state before the tempo
+                    state = _STATE_AFTER[self.char_class(out[-1])] if out else START
+                    continue
+                # what followed the dropped TEMPO_HI cannot attach to the char before it (a DUR_EXT goes)
+                state = START
+                nxt = _NEXT[state][cls]
+            if nxt is not None:
+                out.append(ch)
+                state = nxt
+        if state not in ACCEPTING:
             out.pop()
         return "".join(out)
 
