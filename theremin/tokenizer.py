@@ -43,6 +43,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from theremin.cli import ThereminError
 from theremin.midi import atomic_write
 from theremin.midichar import BASE, MidiChar
 
@@ -396,6 +397,9 @@ class MidiTokenizer:
         """Load a trained tokenizer; ``codec`` (optional) must have the config it was trained with."""
         d = Path(model_dir)
         meta = json.loads((d / META_FILE).read_text())
+        if meta.get("kind", "midichar") != "midichar":  # another implementation (theremin.tokenizer_kinds)
+            raise ThereminError(f"{d} is a {meta['kind']} tokenizer, not midichar: load it with "
+                                "theremin.tokenizer_kinds.load_configured (sampling and its constraints need midichar)")
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{d}: tokenizer format {meta.get('format_version')}, this code reads "
                              f"{FORMAT_VERSION}: train it again")

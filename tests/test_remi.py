@@ -1,0 +1,165 @@
+"""The REMI baseline tokenizer (theremin/remi.py): same notes on the grid, exact note counts, caching, settings
+that cannot work, and the whole training pipeline with tokenizer=remi_bpe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from midi_factory import chords, random_notes, scale
+
+from theremin.cli import ThereminError
+from theremin.midi import Note, Piece
+from theremin.midichar import MidiChar
+from theremin.remi import RemiTokenizer, get_or_train, grid_mismatches
+from theremin.tokenizer_kinds import get_or_train_configured, kind_of, load_configured
+
+SMALL = {"max_duration_beats": 4, "use_tempos": True}  # a small base vocabulary keeps training quick
+
+
+def _piece(notes, tempos=()) -> Piece:
+    return Piece(notes=sorted(Note(*n) for n in notes), ticks_per_beat=480, tempos=list(tempos))
+
+
+@pytest.fixture(scope="module")
+def codec() -> MidiChar:
+    return MidiChar()
+
+
+@pytest.fixture(scope="module")
+def texts(codec) -> list[str]:
+    """Pieces as midichar lines: random melodies with chords, a scale in triplets, block chords, tempo changes."""
+    pieces = [_piece(random_notes(seed, n=48)) for seed in range(12)]
+    pieces.append(_piece(scale(step=160, length=160)))  # 8th-note triplets: 4 grid steps each
+    pieces.append(_piece(chords(), tempos=[(0, 600_000), (960, 400_000)]))
+    return [codec.encode(p) for p in pieces]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, texts, codec) -> Path:
+    d = tmp_path_factory.mktemp("remi_corpus")
+    lines = [t for text in texts for k in range(-3, 4) if (t := codec.transpose(text, k))]
+    (d / "train.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return d
+
+
+@pytest.fixture(scope="module")
+def tok(corpus, codec) -> RemiTokenizer:
+    return get_or_train(corpus / "train.txt", 400, corpus / "tokenizers", codec, **SMALL)
+
+
+def test_decode_encode_gives_the_same_notes_on_the_grid(tok, texts, codec):
+    for text in texts:
+        ids = tok.encode(text)
+        assert tok.bos_id not in ids and tok.eos_id not in ids
+        back = tok.decode(ids)
+        assert codec.decode_grid(back)[0] == codec.decode_grid(text)[0]
+        assert grid_mismatches(tok, text) | {"tempos_changed": 0} == {
+            "notes": codec.count_notes(text), "missing": 0, "added": 0, "clipped": 0,
+            "tempos": len(codec.decode_grid(text)[1]), "tempos_changed": 0}
+
+
+def test_note_counts_sum_to_the_codec_count(tok, texts, codec):
+    for text in texts:
+        ids = tok.encode(text)
+        counts = tok.note_counts(ids)
+        assert len(counts) == len(ids)
+        assert sum(counts) == codec.count_notes(text)
+    assert tok.note_counts([tok.bos_id, tok.eos_id, tok.pad_id]) == [0, 0, 0]
+
+
+def test_bpe_merges_tokens(tok, texts):
+    ids = tok.encode(texts[0])
+    assert len(ids) < len(tok.tokens(ids))  # BPE tokens stand for several REMI tokens
+    assert tok.vocab_size == 400
+
+
+def test_a_note_longer_than_the_duration_range_is_clipped_and_reported(tok, codec):
+    text = codec.encode(_piece([(0, 480 * 6, 60, 80), (480, 960, 64, 80)]))  # 6 beats > max_duration_beats=4
+    report = grid_mismatches(tok, text)
+    assert report["clipped"] == 1 and report["missing"] == 0 and report["added"] == 0
+    back = codec.decode_grid(tok.decode(tok.encode(text)))[0]
+    assert [n[1] for n in back] == [4 * codec.grid, codec.grid]
+
+
+def test_cache_reuses_the_model_and_keys_every_setting(tok, corpus, codec):
+    again = get_or_train(corpus / "train.txt", 400, corpus / "tokenizers", codec, **SMALL)
+    assert again.from_cache and again.dir == tok.dir
+    other = get_or_train(corpus / "train.txt", 400, corpus / "tokenizers", codec, **{**SMALL, "use_tempos": False})
+    assert other.dir != tok.dir and not other.from_cache
+
+
+def test_kind_picks_the_implementation(tok, corpus, codec):
+    cfg = {"kind": "remi", "vocab_size": 400, **SMALL}
+    got = get_or_train_configured(corpus / "train.txt", cfg, corpus / "tokenizers", codec)
+    assert isinstance(got, RemiTokenizer) and got.dir == tok.dir
+    assert kind_of(tok.dir) == "remi"
+    assert isinstance(load_configured(tok.dir), RemiTokenizer)
+    with pytest.raises(ThereminError, match=r"tokenizer\.kind='wordpiece'"):
+        get_or_train_configured(corpus / "train.txt", {"kind": "wordpiece", "vocab_size": 400}, corpus, codec)
+
+
+def test_a_midichar_loader_refuses_a_remi_tokenizer(tok):
+    from theremin.tokenizer import MidiTokenizer
+
+    with pytest.raises(ThereminError, match="is a remi tokenizer, not midichar"):
+        MidiTokenizer.load(tok.dir)
+
+
+@pytest.mark.parametrize("vocab_size, words", [(100, "too small for REMI"), (100_000, "too large")])
+def test_a_vocab_the_corpus_cannot_support_names_the_setting(corpus, codec, tmp_path, vocab_size, words):
+    with pytest.raises(ThereminError, match=rf"tokenizer\.vocab_size={vocab_size} is {words}"):
+        get_or_train(corpus / "train.txt", vocab_size, tmp_path, codec, **SMALL)
+    assert not any(p.is_dir() for p in tmp_path.iterdir())  # nothing half-trained left in the cache
+
+
+def test_midichar_settings_are_refused_by_name(corpus, codec, tmp_path):
+    with pytest.raises(ThereminError, match="fallback"):
+        get_or_train(corpus / "train.txt", 400, tmp_path, codec, fallback="bytes")
+
+
+def test_decoding_sampled_ids(tok, texts):
+    ids = tok.encode(texts[0])
+    broken = [*ids[:5], tok.bos_id, *ids[5:]]  # specials are skipped
+    assert tok.decode(broken) == tok.decode(ids)
+    pitch_only = [i for i in range(tok.vocab_size) if tok.tokens([i]) == ["Pitch_60"]]
+    garbage = [*ids[:10], *pitch_only * 3, *ids[10:]]  # pitches with no velocity or duration: not REMI
+    with pytest.raises(ThereminError, match="grammar"):
+        tok.decode(garbage)
+    assert tok.decode(garbage, errors="ignore")  # the valid notes survive
+    with pytest.raises(ThereminError, match="outside"):
+        tok.decode([tok.vocab_size + 3])
+
+
+def test_training_on_remi_reports_bits_per_note_over_the_same_notes(bach_midi, tmp_path):
+    """theremin-train's own pipeline with tokenizer=remi_bpe: the val notes are the corpus's, counted exactly."""
+    import json
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    from theremin import resolvers  # noqa: F401
+    from theremin.paths import conf_dir
+    from theremin.train import train
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "model=nano", "tokenizer=remi_bpe", "tokenizer.vocab_size=1000", "data.block_size=64",
+            "data.batch_size=8", "data.transpose=[-1,1]", "logger=csv", "trainer.max_steps=2",
+            "trainer.val_check_interval=2", "trainer.enable_progress_bar=false", "callbacks.sample_midi=null",
+            f"paths.data_dir={tmp_path / 'data'}", f"data.input_dir={bach_midi}"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.run_name = "remi"
+        del cfg["hydra"]
+    metrics = train(cfg)
+    assert 0 < metrics["val/bits_per_note"] < 20
+    corpus = tmp_path / "data" / "corpus" / "bach"
+    (tok_dir,) = [p for p in (corpus / "tokenizers").iterdir() if p.is_dir()]
+    assert kind_of(tok_dir) == "remi"
+    meta = json.loads((tok_dir / "tokens" / "tokens.json").read_text())
+    val = [ln for ln in (corpus / "val.txt").read_text(encoding="utf-8").split("\n") if ln]
+    assert meta["val"]["notes"] == sum(MidiChar().count_notes(t) for t in val)
+    assert metrics["val/notes_per_token"] == pytest.approx(meta["val"]["notes"] / (meta["val"]["tokens"] - 1), rel=1e-4)
