@@ -1,0 +1,120 @@
+"""Base corpus sources, fine-tuning rules, init_from checks, small-corpus guidance, and the CI path
+base → fine-tune → score on tiny models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from theremin import base_data, finetune
+from theremin.finetune import FinetuneError, FinetuneRules, corpus_advice, plan
+
+TUNE_BOOK = """X:1
+T: Pickup in four-two
+M: 4/2
+L: 1/4
+K: G
+G2 | G2B2d2B2 | c4A4z2
+A2 | B2G2A2F2 | G4G4z2
+
+X:2
+T: A plain reel
+M: 4/4
+L: 1/8
+K: D
+|: DFAF dFAF | GBdB AFED | DFAF dfed | cABc d4 :|
+"""
+
+
+@pytest.fixture
+def book(tmp_path) -> Path:
+    p = tmp_path / "books" / "mybook.abc"
+    p.parent.mkdir()
+    p.write_text(TUNE_BOOK)
+    return p
+
+
+# ---- base corpus sources ----------------------------------------------------------------------------------
+def test_mixed_meter_tune_converts(book, tmp_path):
+    """music21 shares one TimeSignature object between measures of a tune like the first one (a pickup bar in
+    4/2, as ~20 % of Essen's) and then refuses to write MIDI; the base corpus must not lose those tunes."""
+    from music21 import converter
+
+    score = converter.parse(str(book), format="abc").scores[0]
+    with pytest.raises(Exception, match="already found"):
+        score.write("midi", fp=str(tmp_path / "raw.mid"))
+    r = base_data.convert_book(str(book), str(tmp_path / "out"))
+    assert (r["tunes"], r["written"], r["failed"]) == (2, 2, [])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["mybook-0001.mid", "mybook-0002.mid"]
+
+
+def test_books_are_converted_once(book, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    first = base_data.build_books([book], out, workers=1, progress=False)
+    assert (first["books"], first["tunes"], first["written"]) == (1, 2, 2)
+
+    def boom(*a, **k):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(base_data, "convert_book", boom)  # a second build only reads the markers
+    assert base_data.build_books([book], out, workers=1, progress=False) == first
+
+
+def test_book_selection_and_errors(tmp_path):
+    essen = [p.name for p in base_data.book_paths("essenFolksong", exclude=["han*.abc", "test*.abc"])]
+    assert essen and not any(n.startswith(("han", "test")) for n in essen)
+    assert [p.name for p in base_data.book_paths("essenFolksong", include=["han*.abc"])] == ["han1.abc", "han2.abc"]
+    with pytest.raises(base_data.BaseDataError, match="no folder 'nope'"):
+        base_data.book_paths("nope")
+    with pytest.raises(base_data.BaseDataError, match=r"data\.sources\.x"):
+        base_data.build_base_midi(tmp_path / "b", {"x": {"what": 1}})
+    with pytest.raises(base_data.BaseDataError, match=r"data\.extra_dirs: .*missing"):
+        base_data.build_base_midi(tmp_path / "b", {}, [str(tmp_path / "missing")])
+
+
+def test_extra_dirs_are_linked_and_relinked(midi_dir, tmp_path):
+    root = tmp_path / "base"
+    r = base_data.build_base_midi(root, {}, [str(midi_dir)], progress=False)
+    n = len(list(midi_dir.rglob("*.mid")))
+    assert r["extra"]["written"] == n > 0
+    links = list((root / "extra").rglob("*.mid"))
+    assert len(links) == n and all(p.is_symlink() for p in links)
+    assert base_data.build_base_midi(root, {}, [], progress=False)["extra"]["written"] == 0
+    assert not list((root / "extra").rglob("*.mid"))  # a folder taken out of extra_dirs leaves no stale link
+
+
+# ---- rules ------------------------------------------------------------------------------------------------
+def test_plan_from_corpus_size():
+    r = FinetuneRules()
+    tiny, mid, big = plan(5_000, 4096, r), plan(200_000, 4096, r), plan(50_000_000, 4096, r)
+    assert tiny.steps == r.min_steps and big.steps == r.max_steps
+    assert mid.steps == -(-int(r.epochs * 200_000) // 4096)
+    assert tiny.lr == r.min_lr and big.lr == r.lr and r.min_lr < mid.lr < r.lr
+    assert tiny.lr <= mid.lr <= big.lr  # a smaller corpus takes smaller steps away from the base
+    assert 1 <= mid.warmup_steps < mid.steps and mid.val_check_interval == mid.steps // r.validations
+    fixed = plan(200_000, 4096, FinetuneRules(steps=77, fixed_lr=1e-5))
+    assert (fixed.steps, fixed.lr) == (77, 1e-5)
+    with pytest.raises(FinetuneError, match=r"finetune\.epoch "):
+        FinetuneRules.from_config({"epoch": 3})
+
+
+def test_small_corpus_advice():
+    assert corpus_advice(finetune.SMALL_CORPUS_NOTES) is None
+    msg = corpus_advice(3_000, input_dir="/m")
+    assert "small corpus (/m): 3,000 notes" in msg and "experiment=finetune init_from=" in msg
+    assert "early stopping" in corpus_advice(3_000, fine_tuning=True)
+
+
+# ---- init_from --------------------------------------------------------------------------------------------
+def test_init_from_missing_or_corrupt(tmp_path):
+    with pytest.raises(FinetuneError, match=r"init_from: checkpoint .*nope.ckpt does not exist"):
+        finetune.open_init(tmp_path / "nope.ckpt")
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(FinetuneError, match=r"init_from: checkpoint .*bad.ckpt is cut off or damaged"):
+        finetune.open_init(bad)
+    txt = tmp_path / "notes.ckpt"
+    txt.write_text("hello")
+    with pytest.raises(FinetuneError, match=r"init_from: .*notes.ckpt is not a checkpoint"):
+        finetune.open_init(txt)
