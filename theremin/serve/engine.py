@@ -92,7 +92,7 @@ class BatchEngine:
     block_size, head_dim) per layer, allocated once. A call whose rows do not fit waits for rows to free up.
     """
 
-    def __init__(self, model: GPT, max_rows: int = 64):
+    def __init__(self, model: GPT, max_rows: int = 64, start: bool = True):
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         self.model, self.max_rows = model.eval(), max_rows
@@ -105,6 +105,11 @@ class BatchEngine:
         self.steps = 0  # shared forward passes run
         self.rows_stepped = 0  # rows they covered (rows_stepped / steps = mean batch)
         self._thread = threading.Thread(target=self._run, name="theremin-batch-engine", daemon=True)
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start stepping (``start=False`` lets a caller queue requests first, e.g. to batch them all at once)."""
         self._thread.start()
 
     # ---- the caller's side (any thread) -----------------------------------------------------------------
@@ -135,7 +140,11 @@ class BatchEngine:
         with self._cv:
             self._closed = True
             self._cv.notify()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def stats(self) -> dict:
         return {"steps": self.steps, "mean_rows_per_step": self.rows_stepped / self.steps if self.steps else 0.0,

@@ -1,0 +1,52 @@
+"""Per-variation style and memorisation figures against the model's training corpus (theremin.evaluate).
+
+The corpus side (histograms, the copy index) is built once when the server starts, so a roll pays only for its
+own notes: milliseconds. The same definitions as ``theremin-evaluate``, on each variation's generated notes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from theremin.evaluate import (
+    CopyIndex,
+    _generated,
+    decode_notes,
+    histogram_overlap,
+    interval_histogram,
+    load_corpus,
+    pitch_class_histogram,
+)
+from theremin.midichar import MidiChar
+
+log = logging.getLogger("theremin.serve")
+
+
+class Figures:
+    """style/pitch_class_overlap, style/interval_oa and memo/longest_copied_notes(_any_key) of one sample."""
+
+    def __init__(self, corpus: list[str], codec: MidiChar):
+        self.codec = codec
+        ref = [decode_notes(t, codec) for t in corpus]
+        self.pieces, self.notes = len(ref), int(sum(len(n) for n in ref))
+        self._pc, self._iv = pitch_class_histogram(ref), interval_histogram(ref)
+        self._index = CopyIndex.from_notes(ref, codec, any_key=True)
+
+    @classmethod
+    def for_corpus(cls, corpus_dir: Path | None, codec: MidiChar) -> Figures | None:
+        """None (figures left out, said once in the log) when the checkpoint's corpus is not on this disk."""
+        if corpus_dir is None or not (Path(corpus_dir) / "train.txt").is_file():
+            log.warning("the checkpoint's corpus %s is not here: rolls come without style/memorisation figures",
+                        corpus_dir)
+            return None
+        return cls(load_corpus(corpus_dir), codec)
+
+    def of(self, text: str, prompt_notes: int) -> dict[str, float]:
+        notes = decode_notes(text, self.codec)
+        gen = _generated(notes, prompt_notes)
+        out = {"style/pitch_class_overlap": histogram_overlap(pitch_class_histogram([gen]), self._pc),
+               "style/interval_oa": histogram_overlap(interval_histogram([gen]), self._iv)}
+        out["memo/longest_copied_notes"] = float(self._index.find(notes, prompt_notes).length)
+        out["memo/longest_copied_notes_any_key"] = float(self._index.find(notes, prompt_notes, any_key=True).length)
+        return {k: round(v, 4) for k, v in out.items()}

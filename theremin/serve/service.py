@@ -1,0 +1,270 @@
+"""A loaded model serving rolls: the work behind the routes, in plain (thread-safe) Python.
+
+Every roll runs in a worker thread (never on the event loop): prompt → ``Roller.roll`` (whose model is the
+shared :class:`~theremin.serve.engine.BatchEngine`) → MIDI files and figures in the roll's folder. At most
+``queue_size`` requests are in the server at once (running or waiting for a worker); one more is refused at
+once with :class:`Busy` (HTTP 429 + Retry-After), so a burst never makes requests hang or memory grow.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import re
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from theremin.cli import ThereminError
+from theremin.midi import MidiError, Piece, read_midi, write_midi
+from theremin.sample import Roller, SamplingSettings
+from theremin.serve.engine import BatchedModel, BatchEngine, RollTimeout, set_deadline
+from theremin.serve.figures import Figures
+from theremin.serve.forms import FieldError, Limits, load_presets, parse_settings
+from theremin.serve.prompts import from_corpus, made_in_code
+from theremin.serve.store import NotFound, RollStore, StoreLimits
+
+log = logging.getLogger("theremin.serve")
+
+
+class Busy(ThereminError):
+    """The server holds as many requests as it may; try again after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PromptError(FieldError):
+    """The prompt cannot be used (not MIDI, empty, drums only, longer than the context, ...)."""
+
+
+@dataclass
+class ServeSettings:
+    """conf/serve.yaml, minus the checkpoint, host and port (see there for what each means)."""
+
+    rolls_dir: str = "outputs/serve/rolls"
+    device: str = "cpu"
+    max_upload_bytes: int = 1 << 20
+    timeout_s: float = 60.0
+    retry_after_s: int = 2
+    queue_size: int = 64
+    workers: int = 16
+    max_batch_rows: int = 64
+    max_constraint_sets: int = 32
+    threads: int | None = None
+    limits: Limits | None = None
+    store: StoreLimits | None = None
+    render: dict | None = None
+
+
+class _LRU(collections.OrderedDict):
+    """A dict that forgets its least recently used entries beyond ``size`` (Roller's constraint cache would
+    otherwise keep one entry per pitch_range x key x polyphony ever asked for)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def __getitem__(self, key):
+        self.move_to_end(key)
+        return super().__getitem__(key)
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+class RollService:
+    def __init__(self, checkpoint: str | Path, cfg: ServeSettings):
+        self.cfg = cfg
+        self.limits = cfg.limits or Limits()
+        if cfg.threads:
+            torch.set_num_threads(int(cfg.threads))
+        self.checkpoint = Path(checkpoint)
+        self.roller = Roller.load(self.checkpoint, device=cfg.device)
+        self.model = self.roller.model
+        self.engine = BatchEngine(self.model, max_rows=max(cfg.max_batch_rows, self.limits.max_n))
+        self.roller.model = BatchedModel(self.model, self.engine)
+        self.roller._constraints = _LRU(cfg.max_constraint_sets)
+        self.presets = load_presets()
+        self.figures = Figures.for_corpus(self.roller.corpus_dir, self.roller.codec)
+        self.prompts: dict[str, Piece] = {**made_in_code(), **from_corpus(self.roller.corpus_dir, self.roller.codec)}
+        self.store = RollStore(cfg.rolls_dir, cfg.store or StoreLimits(), cfg.render)
+        self.pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="theremin-roll")
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self.info = self._model_info()
+
+    def close(self) -> None:
+        self.engine.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def healthy(self) -> bool:
+        return self.engine.alive()
+
+    # ---- admission --------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def admit(self):
+        with self._lock:
+            if self.in_flight >= self.cfg.queue_size:
+                raise Busy(f"the server is busy ({self.in_flight} rolls in progress, the queue holds "
+                           f"{self.cfg.queue_size}): try again in {self.cfg.retry_after_s} s", self.cfg.retry_after_s)
+            self.in_flight += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def settings(self, fields: dict[str, str], extra: tuple[str, ...] = ()) -> SamplingSettings:
+        return parse_settings(fields, self.presets, self.limits, self.roller.tok.vocab_size, extra)
+
+    # ---- prompts ----------------------------------------------------------------------------------------
+    def _read_prompt(self, path: Path, name: str) -> Piece:
+        try:
+            piece = read_midi(path)
+        except MidiError as e:
+            raise PromptError(f"prompt {name!r}: {e.reason}") from None
+        # cheap bound before any encoding: even at several notes per token this never fits the context
+        if len(piece.notes) > 4 * self.model.block_size:
+            raise PromptError(f"prompt {name!r}: {len(piece.notes)} notes, far longer than the model's context "
+                              f"({self.model.block_size} tokens); send a few bars, or set keep_bars")
+        return piece
+
+    def demo_prompt(self, name: str) -> Piece:
+        if name not in self.prompts:
+            raise FieldError(f"demo_prompt={name!r}: not a built-in prompt; use one of {', '.join(self.prompts)}")
+        return self.prompts[name]
+
+    def _check_context(self, piece: Piece | None, s: SamplingSettings, name: str) -> None:
+        if piece is None:
+            return
+        _, _, truncated = self.roller.prompt_text(piece, s.keep_bars)
+        if truncated:
+            room = self.model.block_size // 2
+            raise PromptError(f"prompt {name!r} is longer than the model's context (the prompt may use {room} of "
+                              f"its {self.model.block_size} tokens): send fewer bars, or set keep_bars")
+
+    # ---- rolls (worker threads) ---------------------------------------------------------------------------
+    def submit(self, fn, *args):
+        """Run fn(*args) on a worker thread with this request's deadline; an awaitable future."""
+        import asyncio
+
+        deadline = time.monotonic() + self.cfg.timeout_s
+
+        def call():
+            if time.monotonic() > deadline:
+                raise RollTimeout("the roll waited past its time limit")
+            set_deadline(deadline)
+            try:
+                return fn(*args)
+            finally:
+                set_deadline(None)
+
+        return asyncio.get_running_loop().run_in_executor(self.pool, call)
+
+    def roll(self, settings: SamplingSettings, prompt: bytes | None = None, prompt_name: str = "prompt.mid",
+             demo_prompt: str | None = None) -> dict:
+        """Roll, write the MIDI files and roll.json; the roll's metadata (see :meth:`present`)."""
+        roll_id, folder = self.store.new()
+        try:
+            piece = None
+            if prompt is not None:
+                (folder / "prompt.mid").write_bytes(prompt)
+                piece = self._read_prompt(folder / "prompt.mid", prompt_name)
+            elif demo_prompt is not None:
+                piece = self.demo_prompt(demo_prompt)
+                write_midi(piece, folder / "prompt.mid")
+                prompt_name = demo_prompt
+            self._check_context(piece, settings, prompt_name)
+            result = self.roller.roll(piece, settings)
+            self.roller.write(result, folder, settings, {"wav": False, "png": False})  # WAV/PNG on first GET
+            variations = []
+            for v in result.variations:
+                figures = self.figures.of(v.text, result.prompt_notes) if self.figures else {}
+                variations.append({"index": v.index + 1, "notes": v.generated_notes,
+                                   "prompt_end_tick": v.prompt_end_tick, "figures": figures})
+            meta = {"id": roll_id, "settings": _settings_dict(settings), "seed": settings.seed,
+                    "prompt": {"name": prompt_name if piece is not None else None, "notes": result.prompt_notes},
+                    "seconds": round(result.seconds, 3), "variations": variations}
+            self.store.save_meta(folder, meta)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        self.store.prune(keep=roll_id)
+        return meta
+
+    def continuation(self, settings: SamplingSettings, body: bytes) -> bytes:
+        """POST /api/continue: one continuation of a raw MIDI body, as MIDI bytes."""
+        with tempfile.TemporaryDirectory(prefix="theremin-continue-") as tmp:
+            path = Path(tmp) / "prompt.mid"
+            path.write_bytes(body)
+            piece = self._read_prompt(path, "body")
+            self._check_context(piece, settings, "body")
+            result = self.roller.roll(piece, settings)
+            self.roller.write(result, Path(tmp), settings, {"wav": False, "png": False})
+            return result.variations[0].files["mid"].read_bytes()
+
+    def file(self, roll_id: str, name: str) -> Path:
+        return self.store.file(roll_id, name)
+
+    def prompt_midi(self, name: str) -> bytes:
+        piece = self.demo_prompt(name.removesuffix(".mid"))
+        with tempfile.TemporaryDirectory(prefix="theremin-prompt-") as tmp:
+            return write_midi(piece, Path(tmp) / "p.mid").read_bytes()
+
+    def present(self, meta: dict) -> dict:
+        """The API's answer for a roll: its metadata with the URLs of its files."""
+        base = f"/api/rolls/{meta['id']}"
+        out = {k: meta[k] for k in ("id", "settings", "seed", "seconds")}
+        out["prompt"] = {**meta["prompt"], "midi": f"{base}/prompt.mid" if meta["prompt"]["name"] else None}
+        out["variations"] = [{"index": v["index"], "notes": v["notes"],
+                              **{ext: f"{base}/variation_{v['index']:02d}.{ext}" for ext in ("mid", "wav", "png")},
+                              "figures": v["figures"]} for v in meta["variations"]]
+        for v in out["variations"]:
+            v["midi"] = v.pop("mid")
+        return out
+
+    def roll_meta(self, roll_id: str) -> dict:
+        try:
+            return self.store.meta(roll_id)
+        except FileNotFoundError:
+            raise NotFound(f"roll {roll_id}: no such roll") from None
+
+    # ---- model ------------------------------------------------------------------------------------------
+    def _model_info(self) -> dict:
+        ckpt = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        val = None
+        for key, state in (ckpt.get("callbacks") or {}).items():
+            if "val/bits_per_note" in str(key) and isinstance(state, dict):
+                score = state.get("current_score") or state.get("best_model_score")
+                val = float(score) if score is not None else val
+        if val is None:  # last.ckpt can predate the run's last validation: the best checkpoint's name has it
+            named = sorted(self.checkpoint.parent.glob("best-*-bpn*.ckpt"))
+            m = re.search(r"bpn(\d+(?:\.\d+)?)\.ckpt$", named[-1].name) if named else None
+            val = float(m.group(1)) if m else None
+        c = self.model.config
+        corpus = {"dir": str(self.roller.corpus_dir) if self.roller.corpus_dir else None}
+        if self.figures is not None:
+            corpus.update(pieces=self.figures.pieces, notes=self.figures.notes)
+        return {"checkpoint": str(self.checkpoint), "step": ckpt.get("global_step"),
+                "params": self.model.num_params(), "vocab": self.roller.tok.vocab_size,
+                "block_size": c.block_size, "n_layer": c.n_layer, "n_embd": c.n_embd,
+                "val_bits_per_note": val, "corpus": corpus, "presets": self.presets,
+                "demo_prompts": list(self.prompts), "limits": asdict(self.limits),
+                "max_upload_bytes": self.cfg.max_upload_bytes}
+
+
+def _settings_dict(s: SamplingSettings) -> dict:
+    d = asdict(s)
+    d["pitch_range"] = list(s.pitch_range) if s.pitch_range else None
+    return d

@@ -1,0 +1,125 @@
+"""Rolls on disk: one folder per roll under the run's output dir, capped in count, bytes and age.
+
+A roll id is 32 random hex digits and a file name one of a fixed pattern; both are checked against those
+patterns before any path is built, so no request can name a file outside its roll's folder. WAV and PNG are
+rendered on the first GET and kept (a roll costs only its MIDI until someone listens or looks): rendering
+four variations takes seconds of CPU, sampling them a fraction of one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from theremin.cli import ThereminError
+from theremin.midi import atomic_write, read_midi
+
+log = logging.getLogger("theremin.serve")
+
+ROLL_ID = re.compile(r"[0-9a-f]{32}")
+FILE_NAME = re.compile(r"(variation_\d{2}\.(mid|wav|png)|prompt\.mid)")
+MEDIA_TYPES = {".mid": "audio/midi", ".wav": "audio/wav", ".png": "image/png"}
+
+
+class NotFound(ThereminError):
+    """No such roll or file; the message says which."""
+
+
+@dataclass
+class StoreLimits:
+    max_rolls: int = 500
+    max_mb: float = 1024
+    max_age_hours: float = 24
+
+
+class RollStore:
+    def __init__(self, root: str | Path, limits: StoreLimits, render: dict | None = None):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.limits, self.render = limits, {"soundfont": None, "sample_rate": 44100, **(render or {})}
+        self._lock = threading.Lock()
+        self._rendering: dict[Path, threading.Lock] = {}
+
+    def new(self) -> tuple[str, Path]:
+        roll_id = uuid.uuid4().hex
+        folder = self.root / roll_id
+        folder.mkdir()
+        return roll_id, folder
+
+    def folder(self, roll_id: str) -> Path:
+        if not ROLL_ID.fullmatch(roll_id):
+            raise NotFound(f"roll {roll_id!r}: not a roll id (32 hex digits)")
+        folder = self.root / roll_id
+        if not (folder / "roll.json").is_file():
+            raise NotFound(f"roll {roll_id}: no such roll (never made, or removed by the store's size/age cap)")
+        return folder
+
+    def meta(self, roll_id: str) -> dict:
+        return json.loads((self.folder(roll_id) / "roll.json").read_text())
+
+    def file(self, roll_id: str, name: str) -> Path:
+        """The path of one file of a roll, rendered first if it is a WAV or PNG not made yet."""
+        if not FILE_NAME.fullmatch(name):
+            raise NotFound(f"file {name!r}: a roll holds prompt.mid and variation_NN.mid/.wav/.png")
+        folder = self.folder(roll_id)
+        path = folder / name
+        if path.suffix in (".wav", ".png") and not path.is_file() and (folder / f"{path.stem}.mid").is_file():
+            with self._lock:
+                lock = self._rendering.setdefault(path, threading.Lock())
+            with lock:  # two GETs of one file render it once
+                if not path.is_file():
+                    self._render(folder, path)
+            with self._lock:
+                self._rendering.pop(path, None)
+        if not path.is_file():
+            raise NotFound(f"roll {roll_id} has no file {name}")
+        return path
+
+    def _render(self, folder: Path, path: Path) -> None:
+        from theremin.render import piano_roll_png, render_wav
+
+        piece = read_midi(folder / f"{path.stem}.mid")
+        if path.suffix == ".wav":
+            render_wav(piece, path, soundfont=self.render["soundfont"], sample_rate=self.render["sample_rate"])
+        else:
+            meta = json.loads((folder / "roll.json").read_text())
+            index = int(path.stem.rsplit("_", 1)[1]) - 1
+            v = meta["variations"][index]
+            piano_roll_png(piece, path, prompt_end_tick=v["prompt_end_tick"],
+                           title=f"variation {index + 1} (seed {meta['seed']})")
+
+    def save_meta(self, folder: Path, meta: dict) -> None:
+        atomic_write(folder / "roll.json", lambda tmp: tmp.write_text(json.dumps(meta)))
+
+    def prune(self, keep: str | None = None) -> int:
+        """Remove rolls past the age cap, then the oldest while over the count or size cap; returns how many."""
+        now = time.time()
+        rolls = []
+        for d in self.root.iterdir():
+            if d.is_dir() and ROLL_ID.fullmatch(d.name):
+                try:
+                    size = sum(f.stat().st_size for f in d.iterdir())
+                    rolls.append((d.stat().st_mtime, size, d))
+                except FileNotFoundError:  # removed meanwhile
+                    continue
+        rolls.sort()
+        total = sum(s for _, s, _ in rolls)
+        removed = 0
+        for mtime, size, d in rolls:
+            over = (len(rolls) - removed > self.limits.max_rolls or total > self.limits.max_mb * 2**20
+                    or now - mtime > self.limits.max_age_hours * 3600)
+            if not over:
+                break
+            if d.name == keep:
+                continue
+            shutil.rmtree(d, ignore_errors=True)
+            total -= size
+            removed += 1
+        return removed
