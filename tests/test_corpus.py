@@ -752,3 +752,10 @@ def test_one_build_of_a_corpus_folder_at_a_time(tmp_path, codec, capfd):
     t.join(timeout=60)
     assert done and done[0].ok == 3
     assert "waiting for another build of" in capfd.readouterr().err
+
+
+def test_demo_data_command_line_answers_a_bad_setting_in_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-c", "from theremin.demo_data import main; main()", "--composer", "nobody",
+                        "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "theremin-demo-data: error: music21's corpus has no works for composer 'nobody'"
