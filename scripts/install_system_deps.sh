@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# System libraries theremin needs: libfluidsynth (pyfluidsynth renders audio with it).
-# Installs with apt-get when missing (as root, or with sudo); otherwise says what to install.
+# System packages theremin needs, installed when missing (idempotent: a no-op once they are there):
+#   libfluidsynth  pyfluidsynth renders audio with it
+#   chromium       the real-browser test of the web page (tests/test_browser.py drives it with Playwright;
+#                  Playwright's own browser downloads are never used)
+# With apt-get (as root, or with sudo); with Homebrew, FluidSynth only (point THEREMIN_CHROMIUM at a Chrome or
+# Chromium binary for the browser test); otherwise says what to install.
 set -euo pipefail
-if ldconfig -p 2>/dev/null | grep -q 'libfluidsynth\.so'; then
+need=()
+ldconfig -p 2>/dev/null | grep -q 'libfluidsynth\.so' || need+=(libfluidsynth3)
+command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || need+=(chromium)
+if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
 if command -v apt-get >/dev/null 2>&1; then
@@ -10,9 +17,9 @@ if command -v apt-get >/dev/null 2>&1; then
   if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq libfluidsynth3 >/dev/null
+  $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 elif command -v brew >/dev/null 2>&1; then
-  brew install fluid-synth
+  if [[ " ${need[*]} " == *" libfluidsynth3 "* ]]; then brew install fluid-synth; fi
 else
-  echo "theremin: install the FluidSynth library (libfluidsynth) with your package manager for audio rendering" >&2
+  echo "theremin: install with your package manager: ${need[*]} (FluidSynth library, Chromium)" >&2
 fi

@@ -6,6 +6,10 @@ const $ = (id) => document.getElementById(id);
 const MODES = ["major", "minor", "dorian", "mixolydian", "lydian", "phrygian", "locrian", "harmonic_minor",
   "melodic_minor", "major_pentatonic", "minor_pentatonic", "blues"];
 const TONICS = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"];
+const FIGURES = {  // the style/memorisation figures of theremin.evaluate, in a musician's words
+  "style/pitch_class_overlap": "pitch classes like the corpus", "style/interval_oa": "intervals like the corpus",
+  "memo/longest_copied_notes": "longest copied run", "memo/longest_copied_notes_any_key": "… in any key",
+};
 const state = { prompt: null, presets: {}, history: [], busy: false };
 
 function showError(message) {
@@ -128,7 +132,7 @@ function card(body, v) {
   el.className = "card";
   el.dataset.index = v.index;
   const figures = Object.entries(v.figures || {})
-    .map(([k, x]) => `<span title="${k}">${k.split("/").pop().replaceAll("_", " ")}: ${x}</span>`).join("");
+    .map(([k, x]) => `<span title="${k}">${FIGURES[k] || k}: ${x}</span>`).join(" ");
   el.innerHTML = `
     <h3>Variation ${v.index} <small class="muted">${v.notes} new notes</small></h3>
     <img alt="piano roll of variation ${v.index}" src="${v.png}">
