@@ -131,8 +131,23 @@ def test_decoding_sampled_ids(tok, texts):
         tok.decode([tok.vocab_size + 3])
 
 
+def test_the_sampling_callback_skips_a_remi_run(tok, tmp_path):
+    """Rolling (theremin.sample.Roller) is midichar-only: the default callback must not break a REMI run."""
+    from types import SimpleNamespace
+
+    from theremin.callbacks import SampleMidi
+
+    cb = SampleMidi(out_dir=str(tmp_path / "samples"))
+    trainer = SimpleNamespace(sanity_checking=False, fast_dev_run=False, datamodule=SimpleNamespace(tokenizer=tok),
+                              global_step=1, loggers=[])
+    cb.on_validation_end(trainer, None)
+    assert not (tmp_path / "samples").exists()
+
+
+@pytest.mark.slow  # ~100 s on a busy 2-core machine (REMI BPE on 30 chorales x 3 transpositions)
 def test_training_on_remi_reports_bits_per_note_over_the_same_notes(bach_midi, tmp_path):
-    """theremin-train's own pipeline with tokenizer=remi_bpe: the val notes are the corpus's, counted exactly."""
+    """theremin-train's own pipeline with tokenizer=remi_bpe (default callbacks: sampling skips REMI): the val
+    notes are the corpus's, counted exactly."""
     import json
 
     from hydra import compose, initialize_config_dir
@@ -148,7 +163,7 @@ def test_training_on_remi_reports_bits_per_note_over_the_same_notes(bach_midi, t
         cfg = compose("train", overrides=[
             "model=nano", "tokenizer=remi_bpe", "tokenizer.vocab_size=1000", "data.block_size=64",
             "data.batch_size=8", "data.transpose=[-1,1]", "logger=csv", "trainer.max_steps=2",
-            "trainer.val_check_interval=2", "trainer.enable_progress_bar=false", "callbacks.sample_midi=null",
+            "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
             f"paths.data_dir={tmp_path / 'data'}", f"data.input_dir={bach_midi}"], return_hydra_config=True)
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "run")
