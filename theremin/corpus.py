@@ -706,6 +706,20 @@ def _staged(out_dir: Path) -> Iterator[dict[str, Path]]:
             tmp.unlink(missing_ok=True)
 
 
+def _sizes(staged: dict[str, Path]) -> dict:
+    return {name: {"bytes": staged[name].stat().st_size} for name in (TRAIN_FILE, VAL_FILE)}
+
+
+def _commit(staged: dict[str, Path], out_dir: Path, with_corpus: bool) -> None:
+    """Every staged file is complete: move them into place, the manifest (what marks a build done) last."""
+    for name in (VAL_FILE, TRAIN_FILE):
+        if with_corpus:
+            os.replace(staged[name], out_dir / name)
+        else:  # nothing usable: a corpus from an earlier build would contradict the manifest
+            (out_dir / name).unlink(missing_ok=True)
+    os.replace(staged[MANIFEST_FILE], out_dir / MANIFEST_FILE)
+
+
 def _write_manifest(path: Path, m: dict) -> None:
     sink = _Sink(path)
     sink.write_text(_manifest_text(m))
@@ -778,22 +792,15 @@ def build_corpus(
         workers = max(1, min(workers or os.cpu_count() or 1, len(entries)))
         with _staged(out_dir) as staged, tqdm(total=len(entries), unit="file", disable=not progress,
                                               desc=f"prep {printable(input_dir.name)}") as bar:
-            results = encode_all(entries, codec, workers, settings, bar)
+            results = encode_all(entries, codec, workers, settings, bar)  # in path order, on all cores
             outcomes = deduplicate(entries, results)
             tally = write_splits(outcomes, staged, settings.val_fraction)
             tally = balance_splits(tally, staged, codec, settings)
-            usable = bool(tally.rows)
-            outputs = {n: {"bytes": staged[n].stat().st_size} for n in (TRAIN_FILE, VAL_FILE)} if usable else None
-            m = _manifest(input_dir, out_dir, codec, settings, fingerprint, discovery, tally, outputs)
+            m = _manifest(input_dir, out_dir, codec, settings, fingerprint, discovery, tally,
+                          outputs=_sizes(staged) if tally.rows else None)
             _write_manifest(staged[MANIFEST_FILE], m)
-            # every file is complete: move them into place, the manifest (what marks a build done) last
-            for name in (VAL_FILE, TRAIN_FILE):
-                if usable:
-                    os.replace(staged[name], out_dir / name)
-                else:  # a corpus from an earlier build would contradict the manifest
-                    (out_dir / name).unlink(missing_ok=True)
-            os.replace(staged[MANIFEST_FILE], out_dir / MANIFEST_FILE)
-    if not usable:
+            _commit(staged, out_dir, with_corpus=bool(tally.rows))
+    if not tally.rows:
         raise _nothing_usable(input_dir, out_dir, discovery, tally)
     return CorpusReport.from_manifest(m, out_dir)
 
