@@ -754,6 +754,16 @@ def test_one_build_of_a_corpus_folder_at_a_time(tmp_path, codec, capfd):
     assert "waiting for another build of" in capfd.readouterr().err
 
 
+def test_tokenize_command_line_without_a_corpus(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "theremin.tokenize_app", f"data.corpus_dir={tmp_path}",
+                        "hydra.output_subdir=null", f"paths.log_dir={tmp_path / 'logs'}"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"theremin-tokenize: error: {tmp_path / 'train.txt'} is missing or empty") and \
+        "theremin-prep" in line
+
+
 def test_demo_data_command_line_answers_a_bad_setting_in_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-c", "from theremin.demo_data import main; main()", "--composer", "nobody",
                         "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
