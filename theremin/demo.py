@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from theremin import resolvers  # noqa: F401
+from theremin.cli import run_cli
 from theremin.paths import conf_dir, data_dir
 
 log = logging.getLogger("theremin.demo")
@@ -70,7 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("-n", type=int, default=4, help="variations to roll")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = run(args.overrides, n=args.n)
+    print(report(run_cli("theremin-demo", run, args.overrides, n=args.n)))
+
+
+def report(out: dict) -> str:
     r = out["result"]
     lines = [
         "",
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{out['train_seconds']:.0f} s)",
         f"  everything else   data in {data_dir().resolve()}, runs in {out['out_dir'].parent.parent.resolve()}",
     ]
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
 """LightningModule around the GPT: optimisation, LR schedule, and the metrics that compare runs.
 
 ``val/bits_per_note`` (total validation NLL in bits over the notes it covers) is the one figure comparable
-across vocab sizes and codecs; ``val/loss`` is nats per token. Everything a checkpoint needs to generate
-(model config, tokenizer location and identity, codec config) sits in plain-typed hyperparameters, so a
-checkpoint loads with ``torch.load(weights_only=True)``.
+across vocab sizes and codecs; ``val/loss`` is nats per token. The model config, tokenizer identity and codec
+config sit in plain-typed hyperparameters, so a checkpoint loads with ``torch.load(weights_only=True)``; the
+tokenizer's files and the last validation travel in ``checkpoint["theremin"]`` (see theremin.checkpoint).
+
+A run always ends with a validation of its final weights (``trainer.should_stop`` at ``max_steps`` makes the
+fit loop validate once more when the last scheduled validation was earlier): the figure a run reports is that
+of the weights it saves.
 """
 
 from __future__ import annotations
@@ -39,15 +43,17 @@ class LitGPT(pl.LightningModule):
         compile: bool = False,
         tokenizer: dict | None = None,
         codec: dict | None = None,
-        val_notes: int | None = None,
+        carry: dict | None = None,
     ):
+        """``carry``: what checkpoints carry besides the weights (``theremin.checkpoint.tokenizer_files``);
+        not a hyperparameter (bytes stay out of the loggers)."""
         super().__init__()
         from theremin.resolvers import plain
 
         # plain types only: hyperparameters must load with torch.load(weights_only=True)
-        model, tokenizer, codec, lr_schedule = (plain(x) for x in (model, tokenizer, codec, lr_schedule))
+        model, tokenizer, codec, lr_schedule, carry = (plain(x) for x in (model, tokenizer, codec, lr_schedule, carry))
         # optimizer is a partial (not a plain type): rebuilt from config on resume, never pickled
-        self.save_hyperparameters(ignore=["optimizer"])
+        self.save_hyperparameters(ignore=["optimizer", "carry"])
         self.optimizer_factory = optimizer
         self.lr_schedule = dict(lr_schedule or {"warmup_steps": 100, "max_steps": 10_000, "min_lr_ratio": 0.1})
         self.model = GPT(GPTConfig(**model))
@@ -58,6 +64,8 @@ class LitGPT(pl.LightningModule):
         self.val_note_sum = SumMetric()
         self._t0: float | None = None
         self._tokens = 0
+        self.carry = carry
+        self.last_val: dict | None = None  # {"step", "metrics"} of the latest validation (kept in checkpoints)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)[0]
@@ -78,6 +86,12 @@ class LitGPT(pl.LightningModule):
             self._t0, self._tokens = now, 0
         return loss
 
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        # at max_steps, stop through should_stop: Lightning then validates after this step even when it is no
+        # scheduled validation step, so the final weights are the ones measured
+        if 0 < self.trainer.max_steps <= self.global_step:
+            self.trainer.should_stop = True
+
     def on_train_batch_start(self, batch, batch_idx):
         if self._t0 is None:
             self._t0, self._tokens = time.perf_counter(), 0
@@ -94,13 +108,27 @@ class LitGPT(pl.LightningModule):
 
     def on_validation_epoch_end(self):
         nll, tokens, notes = self.val_nll.compute(), self.val_tokens.compute(), self.val_note_sum.compute()
-        # the sums are already global (SumMetric syncs); sync_dist only averages identical values
-        self.log("val/loss", (nll / tokens.clamp(min=1)).float(), sync_dist=True)
-        self.log("val/bits_per_note", (nll / math.log(2) / notes.clamp(min=1)).float(), prog_bar=True,
-                 sync_dist=True)
-        self.log("val/notes_per_token", (notes / tokens.clamp(min=1)).float(), sync_dist=True)
+        figures = {"val/loss": nll / tokens.clamp(min=1), "val/bits_per_note": nll / math.log(2) / notes.clamp(min=1),
+                   "val/notes_per_token": notes / tokens.clamp(min=1)}
+        for name, value in figures.items():
+            # the sums are already global (SumMetric syncs); sync_dist only averages identical values
+            self.log(name, value.float(), prog_bar=name == "val/bits_per_note", sync_dist=True)
         for m in (self.val_nll, self.val_tokens, self.val_note_sum):
             m.reset()
+        if not self.trainer.sanity_checking:
+            # the figures as logged (float32), so the number a run prints is the one in its metrics
+            metrics = {k: float(v.float()) for k, v in figures.items()}
+            self.last_val = {"step": int(self.global_step), "metrics": metrics}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        from theremin.checkpoint import FORMAT
+
+        checkpoint["theremin"] = {"format": FORMAT, "tokenizer": self.carry, "last_val": self.last_val}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        extra = checkpoint.get("theremin") or {}
+        self.last_val = extra.get("last_val")
+        self.carry = self.carry or extra.get("tokenizer")
 
     def configure_optimizers(self):
         if self.optimizer_factory is None:

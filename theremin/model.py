@@ -56,6 +56,13 @@ class GPTConfig:
         """Rows of the embedding table: ``vocab_size`` rounded up to a multiple of 64."""
         return -(-self.vocab_size // VOCAB_PAD_MULTIPLE) * VOCAB_PAD_MULTIPLE
 
+    def param_count(self) -> int:
+        """Parameters of :class:`GPT` with this config (tied head counted once), computed without building it:
+        a checkpoint's shape is checked against a size limit before anything is allocated."""
+        e, bias = self.n_embd, int(self.bias)
+        block = 12 * e * e + 2 * e + bias * 11 * e  # qkv 3e², proj e², mlp 8e²; 2 LayerNorm gains; biases
+        return (self.padded_vocab_size + self.block_size) * e + self.n_layer * block + e + bias * e
+
 
 def window_start(length: int, start: int, block_size: int) -> int:
     """Where the context window begins for predicting token ``length`` (the one after ``idx[:, :length]``).

@@ -16,13 +16,15 @@ def plain(x):
 
 
 def run_name(overrides: str = "") -> str:
-    """A folder name for a command line's overrides: 'default' for none, readable while short, else hashed."""
+    """A folder name for a command line's overrides that can be pasted back into any override: only letters,
+    digits, '.', '_' and '-' (no '=' or ','). 'default' for none; else the overrides made readable
+    (``model=mini,tokenizer=8k`` -> ``model-mini_tokenizer-8k``), at most 60 chars of them, then 8 hex chars of
+    their sha256: two command lines never share a folder, however alike their readable parts."""
     if not overrides:
         return "default"
-    name = re.sub(r"[^A-Za-z0-9=,._-]+", "_", overrides)
-    if len(name) <= 80:
-        return name
-    return f"{name[:60]}-{hashlib.sha256(overrides.encode()).hexdigest()[:10]}"
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", overrides.replace("=", "-"))[:60].strip("._-")
+    digest = hashlib.sha256(overrides.encode()).hexdigest()[:8]
+    return f"{readable}-{digest}" if readable else digest
 
 
 def wandb_mode() -> str:

@@ -119,9 +119,21 @@ class Roller:
         self._constraints: dict[tuple, Constraints] = {}
 
     @classmethod
-    def load(cls, checkpoint: str | os.PathLike, device: str = "cpu") -> Roller:
-        model, tok, codec, hp = load_checkpoint(checkpoint, device)
-        return cls(model, tok, codec, str(checkpoint), hp["tokenizer"].get("corpus_dir"))
+    def load(cls, checkpoint: str | os.PathLike, device: str = "cpu", max_params: int | None = None) -> Roller:
+        """A Roller from one checkpoint file, opened safely by :func:`theremin.checkpoint.open_checkpoint` (it
+        carries its tokenizer; a model over ``max_params`` parameters, default ``DEFAULT_MAX_PARAMS``, is refused
+        before allocation). Any problem is a GenerateError naming the file. The training corpus is used for the
+        memorisation figures when it is on this machine; its absence is said, not fatal."""
+        from theremin.checkpoint import DEFAULT_MAX_PARAMS, CheckpointError, open_checkpoint
+
+        try:
+            ck = open_checkpoint(checkpoint, max_params=DEFAULT_MAX_PARAMS if max_params is None else max_params)
+        except CheckpointError as e:
+            raise GenerateError(str(e)) from None
+        if ck.corpus_dir is None:
+            log.warning("the training corpus of %s is not on this machine (%s): rolling works, the memorisation "
+                        "figures are skipped", checkpoint, ck.hparams["tokenizer"].get("corpus_dir"))
+        return cls(ck.build_model(device), ck.tokenizer, ck.codec, str(checkpoint), ck.corpus_dir)
 
     def constraints(self, s: SamplingSettings) -> Constraints:
         key = (tuple(s.pitch_range) if s.pitch_range else None, s.key, s.max_polyphony)

@@ -76,23 +76,27 @@ DEFAULT_OPTIONS: dict = {
 _RUNTIME_OPTIONS = {"num_threads"}
 
 
+class TokenizerError(ThereminError):
+    """A tokenizer setting that cannot work, or a tokenizer that cannot be loaded; the message names it."""
+
+
 def _norm_options(options: dict) -> dict:
     unknown = set(options) - set(DEFAULT_OPTIONS)
     if unknown:
         raise TypeError(f"unknown tokenizer options: {sorted(unknown)} (known: {sorted(DEFAULT_OPTIONS)})")
     opts = {**DEFAULT_OPTIONS, **options}
     if opts["fallback"] not in ("factored", "bytes"):
-        raise ValueError(f"tokenizer fallback must be 'factored' or 'bytes', got {opts['fallback']!r}")
+        raise TokenizerError(f"tokenizer fallback must be 'factored' or 'bytes', got {opts['fallback']!r}")
     if opts["pitch"] not in ("absolute", "relative"):
-        raise ValueError(f"tokenizer pitch must be 'absolute' or 'relative', got {opts['pitch']!r}")
+        raise TokenizerError(f"tokenizer pitch must be 'absolute' or 'relative', got {opts['pitch']!r}")
     if opts["augment_time_scale"] is not None:
         opts["augment_time_scale"] = [float(f) for f in opts["augment_time_scale"]]
         if not all(f > 0 for f in opts["augment_time_scale"]):
-            raise ValueError(f"augment_time_scale factors must be > 0, got {opts['augment_time_scale']}")
+            raise TokenizerError(f"augment_time_scale factors must be > 0, got {opts['augment_time_scale']}")
     if opts["augment_transpose"] is not None:
         lo, hi = (int(k) for k in opts["augment_transpose"])
         if lo > hi:
-            raise ValueError(f"augment_transpose must be [lo, hi] with lo <= hi, got {[lo, hi]}")
+            raise TokenizerError(f"augment_transpose must be [lo, hi] with lo <= hi, got {[lo, hi]}")
         opts["augment_transpose"] = [lo, hi]
     if opts["fallback"] == "bytes":  # factor settings mean nothing there: keep them out of the cache key
         opts["factor_layout"] = opts["min_count"] = opts["char_budget"] = None
@@ -100,7 +104,7 @@ def _norm_options(options: dict) -> dict:
         opts["min_count"] = int(opts["min_count"])
         opts["char_budget"] = float(opts["char_budget"])
         if not 0 < opts["char_budget"] <= 1:
-            raise ValueError(f"char_budget must be in (0, 1], got {opts['char_budget']}")
+            raise TokenizerError(f"char_budget must be in (0, 1], got {opts['char_budget']}")
     return opts
 
 
@@ -177,14 +181,14 @@ class FactorCode:
         groups = [tuple(f.strip() for f in g.split("+")) for g in layout.split(",")]
         flat = [f for g in groups for f in g]
         if sorted(flat) != sorted(NOTE_FIELDS):
-            raise ValueError(f"factor_layout {layout!r} must name each of {NOTE_FIELDS} exactly once")
+            raise TokenizerError(f"factor_layout {layout!r} must name each of {NOTE_FIELDS} exactly once")
         self.codec, self.layout, self.groups = codec, layout, groups
         self.sizes = [_prod(radix[f] for f in g) for g in groups]
         self.radix = radix
         self.starts = [FACTOR_LO + sum(self.sizes[:i]) for i in range(len(groups))]
         self.n_chars = sum(self.sizes)
         if FACTOR_LO + self.n_chars - 1 > FACTOR_HI:
-            raise ValueError(f"factor_layout {layout!r} needs {self.n_chars} factor chars for this codec, "
+            raise TokenizerError(f"factor_layout {layout!r} needs {self.n_chars} factor chars for this codec, "
                              f"more than the {FACTOR_HI - FACTOR_LO + 1} of U+E000..U+F8FF: use more groups")
         classes = "".join(f"([{chr(s)}-{chr(s + n - 1)}])" for s, n in zip(self.starts, self.sizes))
         self.group_re = re.compile(classes)
@@ -238,15 +242,30 @@ class _FactorTable(dict):
 class MidiTokenizer:
     """A trained tokenizer: ``encode(text) -> ids``, ``decode(ids) -> text``; see the module docstring."""
 
-    def __init__(self, model_dir: str | os.PathLike, meta: dict, codec: MidiChar):
+    def __init__(self, model_dir: str | os.PathLike | None, meta: dict, codec: MidiChar,
+                 model_proto: bytes | None = None, source: str | None = None):
+        """``model_dir`` holds spm.model; or ``model_proto`` is its bytes (``model_dir`` None: a tokenizer
+        carried inside a checkpoint). ``source`` names where it came from in messages."""
         import sentencepiece as spm
 
-        self.dir = Path(model_dir)
+        self.dir = Path(model_dir) if model_dir is not None else None
+        self.source = source or str(self.dir)
         self.meta = meta
         self.codec = codec
-        self.fallback = meta["options"]["fallback"]
-        self.relative = meta["options"].get("pitch") == "relative"
-        self.sp = spm.SentencePieceProcessor(model_file=str(self.dir / MODEL_FILE))
+        try:
+            self.fallback = meta["options"]["fallback"]
+            self.relative = meta["options"].get("pitch") == "relative"
+        except (KeyError, TypeError, AttributeError):
+            raise TokenizerError(f"{self.source}: {META_FILE} lacks the tokenizer's options: not a theremin "
+                                 "tokenizer, or a damaged one (train it again)") from None
+        if model_proto is None:
+            model_proto = _read(self.dir / MODEL_FILE)
+        self.model_proto = model_proto  # kept: a checkpoint carries these bytes (see theremin.checkpoint)
+        try:
+            self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        except RuntimeError:
+            raise TokenizerError(f"{self.source}: {MODEL_FILE} is not a sentencepiece model (damaged or cut off): "
+                                 "delete the tokenizer folder to train it again") from None
         self.vocab_size = int(self.sp.get_piece_size())
         self.unk_id, self.bos_id, self.eos_id = self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id()
         self.from_cache = False  # get_or_train sets it when it reused a model
@@ -260,13 +279,9 @@ class MidiTokenizer:
             self._table = _FactorTable(codec, self.factors, direct)
             missing = [c for c in self.factors.chars() if self.sp.piece_to_id(c) == self.unk_id]
             if missing:
-                raise ValueError(f"{self.dir}: {len(missing)} factor chars are not pieces of the model")
+                raise TokenizerError(f"{self.source}: {len(missing)} factor chars are not pieces of the model")
         self._notes_of = [0 if (self.sp.is_byte(i) or self.sp.is_control(i) or self.sp.is_unknown(i))
                           else sum(1 for ch in p if self._completes_note(ch)) for i, p in enumerate(pieces)]
-
-    @property
-    def model_dir(self) -> Path:
-        return self.dir
 
     def _completes_note(self, ch: str) -> bool:
         """A note char, or the last factor of a factor group (the char that completes a factored note)."""
@@ -291,7 +306,7 @@ class MidiTokenizer:
         raw = Path(text_file).read_bytes()
         lines = [ln for ln in raw.decode("utf-8").split("\n") if ln]
         if not lines:
-            raise ValueError(f"{text_file}: no pieces (the file is empty)")
+            raise TokenizerError(f"{text_file}: no pieces (the file is empty)")
         if opts["augment_time_scale"] is not None:
             lines = lines + [time_scaled(codec, ln, f) for f in opts["augment_time_scale"] for ln in lines]
         if opts["augment_transpose"] is not None:
@@ -308,7 +323,7 @@ class MidiTokenizer:
             factors = FactorCode(codec, opts["factor_layout"])
             bad = [c for c in counts if FACTOR_LO <= ord(c) <= FACTOR_HI]
             if bad:
-                raise ValueError(f"{text_file}: holds chars of the factor range U+E000..U+F8FF "
+                raise TokenizerError(f"{text_file}: holds chars of the factor range U+E000..U+F8FF "
                                  f"(e.g. U+{ord(bad[0]):04X}), which are not midichars")
             # single-char pieces may take at most char_budget of the vocab (the rest is for merges): keep the
             # most frequent notes that fit, factor the others
@@ -316,7 +331,7 @@ class MidiTokenizer:
             room = int(opts["char_budget"] * vocab_size) - fixed
             if room < 0:
                 need = -(-fixed // opts["char_budget"]) if opts["char_budget"] else float("inf")
-                raise ValueError(
+                raise TokenizerError(
                     f"vocab_size {vocab_size} is too small for {text_file} with the factored fallback: "
                     f"{N_META} special and byte pieces + {factors.n_chars} factor chars + "
                     f"{fixed - N_META - factors.n_chars} other chars must fit in char_budget="
@@ -366,7 +381,7 @@ class MidiTokenizer:
             except RuntimeError as e:
                 m = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", str(e))
                 if m:
-                    raise ValueError(
+                    raise TokenizerError(
                         f"vocab_size {vocab_size} is too large for {text_file}: sentencepiece can reach at most "
                         f"{m.group(2)} on this corpus (feasible range {N_META + n_chars}..{m.group(2)}); "
                         f"try vocab_size={m.group(2)} or less, or a larger corpus") from e
@@ -396,18 +411,32 @@ class MidiTokenizer:
     def load(cls, model_dir: str | os.PathLike, codec: MidiChar | None = None) -> MidiTokenizer:
         """Load a trained tokenizer; ``codec`` (optional) must have the config it was trained with."""
         d = Path(model_dir)
-        meta = json.loads((d / META_FILE).read_text())
+        return cls._checked(d, _read_meta(_read(d / META_FILE), str(d)), codec, None, str(d))
+
+    @classmethod
+    def from_bytes(cls, model: bytes, meta: bytes | dict, codec: MidiChar | None = None,
+                   source: str = "tokenizer") -> MidiTokenizer:
+        """A tokenizer from the bytes of its spm.model and tokenizer.json (what a checkpoint carries), in memory."""
+        meta = meta if isinstance(meta, dict) else _read_meta(meta, source)
+        return cls._checked(None, meta, codec, model, source)
+
+    @classmethod
+    def _checked(cls, d: Path | None, meta: dict, codec: MidiChar | None, model: bytes | None,
+                 source: str) -> MidiTokenizer:
         if meta.get("kind", "midichar") != "midichar":  # another implementation (theremin.tokenizer_kinds)
-            raise ThereminError(f"{d} is a {meta['kind']} tokenizer, not midichar: load it with "
-                                "theremin.tokenizer_kinds.load_configured (sampling and its constraints need midichar)")
+            raise TokenizerError(f"{source} is a {meta['kind']} tokenizer, not midichar: load it with theremin."
+                                 "tokenizer_kinds.load_configured (sampling and its constraints need midichar)")
         if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{d}: tokenizer format {meta.get('format_version')}, this code reads "
-                             f"{FORMAT_VERSION}: train it again")
+            raise TokenizerError(f"{source}: tokenizer format {meta.get('format_version')}, this code reads "
+                                 f"{FORMAT_VERSION}: train it again")
         if codec is None:
-            codec = MidiChar(**meta["codec"])
-        elif codec.config != meta["codec"]:
-            raise ValueError(f"{d}: trained with another codec config than the one given")
-        return cls(d, meta, codec)
+            try:
+                codec = MidiChar(**meta["codec"])
+            except (KeyError, TypeError, ThereminError) as e:
+                raise TokenizerError(f"{source}: its codec settings do not make a codec ({e})") from None
+        elif codec.config != meta.get("codec"):
+            raise TokenizerError(f"{source}: trained with another codec config than the one given")
+        return cls(d, meta, codec, model, source)
 
     # ---- use ----------------------------------------------------------------------------------------------
     def to_spm_text(self, text: str) -> str:
@@ -480,7 +509,7 @@ class MidiTokenizer:
         return compression(self, texts)["notes_per_token"]
 
     def __repr__(self) -> str:
-        return f"MidiTokenizer({str(self.dir)!r}, vocab_size={self.vocab_size}, fallback={self.fallback!r})"
+        return f"MidiTokenizer({self.source!r}, vocab_size={self.vocab_size}, fallback={self.fallback!r})"
 
 
 def compression(tok: MidiTokenizer, texts: str | Iterable[str], check: bool = False) -> dict:
@@ -506,11 +535,11 @@ def _check_vocab_size(vocab_size: int, n_chars: int, lines: list[str], opts: dic
     hi = lo + sum(len(ln) - 1 for ln in lines)
     if vocab_size < lo:
         hint = "" if opts["fallback"] == "factored" else " (fallback='factored' needs fewer)"
-        raise ValueError(f"vocab_size {vocab_size} is too small for {text_file}: it needs at least {lo} "
+        raise TokenizerError(f"vocab_size {vocab_size} is too small for {text_file}: it needs at least {lo} "
                          f"({N_META} special and byte pieces + {n_chars} distinct characters); "
                          f"use vocab_size >= {lo}{hint}")
     if vocab_size > hi and opts["hard_vocab_limit"]:
-        raise ValueError(f"vocab_size {vocab_size} is too large for {text_file}: at most {hi} pieces can "
+        raise TokenizerError(f"vocab_size {vocab_size} is too large for {text_file}: at most {hi} pieces can "
                          f"exist on it (feasible range {lo}..{hi}, sentencepiece usually stops well below); "
                          "use a smaller vocab_size or a larger corpus")
 
@@ -556,6 +585,9 @@ def get_or_train(text_file: str | os.PathLike, vocab_size: int, cache_root: str 
             tok.from_cache = True
             return tok
         tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the renamed cache folder should read like any other
         print(f"training tokenizer {final.name} (vocab {vocab_size}) on {text_file}", flush=True)
         try:
             MidiTokenizer.train(text_file, vocab_size, tmp, codec, **options)
@@ -566,6 +598,25 @@ def get_or_train(text_file: str | os.PathLike, vocab_size: int, cache_root: str 
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(tmp)
         return MidiTokenizer.load(final, codec)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        reason = "does not exist" if isinstance(e, FileNotFoundError) else f"cannot be read ({e.strerror})"
+        raise TokenizerError(f"{path} {reason}: the tokenizer folder is incomplete (delete it to train it again)"
+                             ) from None
+
+
+def _read_meta(raw: bytes, source: str) -> dict:
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        meta = None
+    if not isinstance(meta, dict):
+        raise TokenizerError(f"{source}: {META_FILE} is not a tokenizer description (damaged?): train it again")
+    return meta
 
 
 def _write_json(path: Path, obj: dict) -> None:
