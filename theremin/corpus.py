@@ -420,17 +420,18 @@ def deduplicate(entries: Iterable[_Entry], results: Iterable[_Encoded]) -> Itera
 
 
 class _Sink:
-    """A text file being written: an OSError (a full disk) becomes a :class:`CorpusError` naming it."""
+    """A staged text file being written: an OSError (a full disk) becomes a :class:`CorpusError` naming the
+    output it stands for."""
 
-    def __init__(self, path: Path, mode: str = "w"):
-        self.path = path
-        self.f = self._do(open, path, mode, encoding="utf-8", newline="\n")
+    def __init__(self, path: Path, output: str):
+        self.output = path.parent / output
+        self.f = self._do(open, path, "w", encoding="utf-8", newline="\n")
 
     def _do(self, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except OSError as e:
-            raise CorpusError(f"{printable(str(self.path))}: cannot write the corpus: {e.strerror or e}; "
+            raise CorpusError(f"{printable(str(self.output))}: cannot write the corpus: {e.strerror or e}; "
                               "nothing was replaced, the previous corpus (if any) is as it was") from e
 
     def write(self, lines: Sequence[str]) -> None:
@@ -459,7 +460,7 @@ class _Tally:
 def write_splits(outcomes: Iterable[_Outcome], staged: dict[str, Path], val_fraction: float) -> _Tally:
     """Stream each used file's lines into its split's staged file; tally everything else."""
     tally = _Tally()
-    sinks = {"train": _Sink(staged[TRAIN_FILE]), "val": _Sink(staged[VAL_FILE])}
+    sinks = {"train": _Sink(staged[TRAIN_FILE], TRAIN_FILE), "val": _Sink(staged[VAL_FILE], VAL_FILE)}
     try:
         for rel, r, duplicate_of in outcomes:
             if duplicate_of is not None:
@@ -483,13 +484,13 @@ def write_splits(outcomes: Iterable[_Outcome], staged: dict[str, Path], val_frac
     return tally
 
 
-def _move_lines(src: Path, start: int, count: int) -> tuple[list[str], set[str]]:
+def _move_lines(src: Path, output: str, start: int, count: int) -> tuple[list[str], set[str]]:
     """Cut lines [start, start + count) out of a staged file; return them and the distinct chars of what stays."""
     tmp = temp_beside(src)
     removed: list[str] = []
     kept_chars: set[str] = set()
     try:
-        out = _Sink(tmp)
+        out = _Sink(tmp, output)
         with open(src, encoding="utf-8", newline="\n") as f:
             for i, line in enumerate(f):
                 line = line.rstrip("\n")
@@ -517,8 +518,9 @@ def balance_splits(tally: _Tally, staged: dict[str, Path], codec, settings: Corp
     in_train = [r for r in rows if r["split"] == "train"]
     if settings.val_fraction > 0 and len(rows) >= 2 and not in_val:
         row = min(in_train, key=lambda r: (hash_fraction(r["sha256"]), r["sha256"]))
-        block, tally.split_chars["train"] = _move_lines(staged[TRAIN_FILE], _start_line(rows, row), row["lines"])
-        sink = _Sink(staged[VAL_FILE])
+        block, tally.split_chars["train"] = _move_lines(staged[TRAIN_FILE], TRAIN_FILE, _start_line(rows, row),
+                                                        row["lines"])
+        sink = _Sink(staged[VAL_FILE], VAL_FILE)
         sink.write(block[:1])
         sink.close()
         tally.split_chars["val"] = set(block[0])
@@ -527,9 +529,9 @@ def balance_splits(tally: _Tally, staged: dict[str, Path], codec, settings: Corp
                             "why": "no file hashed into val: the file of smallest hash moved there"})
     elif rows and not in_train:
         row = max(in_val, key=lambda r: (hash_fraction(r["sha256"]), r["sha256"]))
-        (text,), tally.split_chars["val"] = _move_lines(staged[VAL_FILE], _start_line(rows, row), 1)
+        (text,), tally.split_chars["val"] = _move_lines(staged[VAL_FILE], VAL_FILE, _start_line(rows, row), 1)
         augmented, skipped = _transpositions(codec, text, settings.shifts)
-        sink = _Sink(staged[TRAIN_FILE])
+        sink = _Sink(staged[TRAIN_FILE], TRAIN_FILE)
         sink.write([text, *augmented])
         sink.close()
         tally.split_chars["train"] = set(text).union(*augmented)
@@ -721,7 +723,7 @@ def _commit(staged: dict[str, Path], out_dir: Path, with_corpus: bool) -> None:
 
 
 def _write_manifest(path: Path, m: dict) -> None:
-    sink = _Sink(path)
+    sink = _Sink(path, MANIFEST_FILE)
     sink.write_text(_manifest_text(m))
     sink.close()
 
