@@ -41,6 +41,10 @@ def user_error(err: BaseException) -> ThereminError | None:
 
     if isinstance(err, ThereminError):
         return err
+    # hydra.utils.instantiate wraps what a constructor raised (InstantiationException): answer the cause
+    cause = err.__cause__ or err.__context__
+    if cause is not None and cause is not err and type(err).__name__ == "InstantiationException":
+        return user_error(cause)
     if isinstance(err, MissingMandatoryValue):
         key = getattr(err, "full_key", None) or str(err).split(":", 1)[-1].strip().splitlines()[0]
         return ThereminError(f"{key} is required: set it on the command line, e.g. {key}=...")
