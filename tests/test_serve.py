@@ -180,8 +180,7 @@ def test_concurrent_rolls_share_forward_passes_and_match_a_roll_alone(service, t
     total_steps = 0
     for s, meta in zip(settings, results):
         ref = alone.roll(tmp_path / "p.mid", SamplingSettings(**{**s.__dict__}))
-        got = [read_notes((service.store.root / meta["id"] / f"variation_{k:02d}.mid").read_bytes())
-               for k in (1, 2)]
+        got = [read_notes(service.file(meta["id"], f"variation_{k:02d}.mid").read_bytes()) for k in (1, 2)]
         assert got == [sorted((n.start, n.pitch) for n in v.piece.notes) for v in ref.variations]
         total_steps += max(len(alone.tok.encode(v.text)) for v in ref.variations)  # about one step per token
     assert steps < total_steps * 0.6, f"{steps} shared steps for {total_steps} tokens alone"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
 import re
 import shutil
@@ -98,7 +99,11 @@ class RollService:
         self.presets = load_presets()
         self.figures = Figures.for_corpus(self.roller.corpus_dir, self.roller.codec)
         self.prompts: dict[str, Piece] = {**made_in_code(), **from_corpus(self.roller.corpus_dir, self.roller.codec)}
-        self.store = RollStore(cfg.rolls_dir, cfg.store or StoreLimits(), cfg.render)
+        self.render = {"soundfont": None, "sample_rate": 44100, **(cfg.render or {})}
+        if self.render["soundfont"] and not Path(self.render["soundfont"]).is_file():
+            raise ThereminError(f"render.soundfont={self.render['soundfont']}: no such file")
+        self.store = RollStore(cfg.rolls_dir, cfg.store or StoreLimits(), self._make_file)
+        self._prompt_bytes: dict[str, bytes] = {}
         self.pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="theremin-roll")
         self._lock = threading.Lock()
         self.in_flight = 0
@@ -183,17 +188,18 @@ class RollService:
                 piece = self._read_prompt(folder / "prompt.mid", prompt_name)
             elif demo_prompt is not None:
                 piece = self.demo_prompt(demo_prompt)
-                write_midi(piece, folder / "prompt.mid")
+                (folder / "prompt.mid").write_bytes(self.prompt_midi(demo_prompt))
                 prompt_name = demo_prompt
             self._check_context(piece, settings, prompt_name)
-            result = self.roller.roll(piece, settings)
-            self.roller.write(result, folder, settings, {"wav": False, "png": False})  # WAV/PNG on first GET
+            result = self.roller.roll(piece, settings)  # files are made on their first GET (_make_file)
             variations = []
             for v in result.variations:
                 figures = self.figures.of(v.text, result.prompt_notes) if self.figures else {}
-                variations.append({"index": v.index + 1, "notes": v.generated_notes,
+                variations.append({"index": v.index + 1, "notes": v.generated_notes, "text": v.text,
                                    "prompt_end_tick": v.prompt_end_tick, "figures": figures})
+            ts = result.variations[0].piece.time_signatures[0][1:] if result.variations else (4, 4)
             meta = {"id": roll_id, "settings": _settings_dict(settings), "seed": settings.seed,
+                    "time_signature": list(ts),
                     "prompt": {"name": prompt_name if piece is not None else None, "notes": result.prompt_notes},
                     "seconds": round(result.seconds, 3), "variations": variations}
             self.store.save_meta(folder, meta)
@@ -217,10 +223,34 @@ class RollService:
     def file(self, roll_id: str, name: str) -> Path:
         return self.store.file(roll_id, name)
 
+    def _make_file(self, folder: Path, path: Path) -> None:
+        """A variation's MIDI (Roller.write: markers with checkpoint, seed, settings), WAV or PNG, from roll.json."""
+        from theremin.render import piano_roll_png, render_wav
+        from theremin.sample import RollResult, Variation
+
+        meta = json.loads((folder / "roll.json").read_text())
+        index = int(path.stem.rsplit("_", 1)[1])
+        v = meta["variations"][index - 1]
+        piece = self.roller.codec.decode(v["text"])
+        piece.time_signatures = [(0, *meta["time_signature"])]
+        if path.suffix == ".mid":
+            settings = SamplingSettings(**{**meta["settings"], "pitch_range": _tuple(meta["settings"]["pitch_range"])})
+            variation = Variation(index - 1, v["text"], piece, v["prompt_end_tick"], v["notes"])
+            self.roller.write(RollResult([variation], meta["prompt"]["notes"], False, 0.0), folder, settings,
+                              {"wav": False, "png": False})
+        elif path.suffix == ".wav":
+            render_wav(piece, path, soundfont=self.render["soundfont"], sample_rate=self.render["sample_rate"])
+        else:
+            piano_roll_png(piece, path, prompt_end_tick=v["prompt_end_tick"],
+                           title=f"variation {index} (seed {meta['seed']})")
+
     def prompt_midi(self, name: str) -> bytes:
-        piece = self.demo_prompt(name.removesuffix(".mid"))
-        with tempfile.TemporaryDirectory(prefix="theremin-prompt-") as tmp:
-            return write_midi(piece, Path(tmp) / "p.mid").read_bytes()
+        name = name.removesuffix(".mid")
+        if name not in self._prompt_bytes:
+            piece = self.demo_prompt(name)
+            with tempfile.TemporaryDirectory(prefix="theremin-prompt-") as tmp:
+                self._prompt_bytes[name] = write_midi(piece, Path(tmp) / "p.mid").read_bytes()
+        return self._prompt_bytes[name]
 
     def present(self, meta: dict) -> dict:
         """The API's answer for a roll: its metadata with the URLs of its files."""
@@ -262,6 +292,10 @@ class RollService:
                 "val_bits_per_note": val, "corpus": corpus, "presets": self.presets,
                 "demo_prompts": list(self.prompts), "limits": asdict(self.limits),
                 "max_upload_bytes": self.cfg.max_upload_bytes}
+
+
+def _tuple(x):
+    return tuple(x) if x is not None else None
 
 
 def _settings_dict(s: SamplingSettings) -> dict:

@@ -1,9 +1,10 @@
 """Rolls on disk: one folder per roll under the run's output dir, capped in count, bytes and age.
 
 A roll id is 32 random hex digits and a file name one of a fixed pattern; both are checked against those
-patterns before any path is built, so no request can name a file outside its roll's folder. WAV and PNG are
-rendered on the first GET and kept (a roll costs only its MIDI until someone listens or looks): rendering
-four variations takes seconds of CPU, sampling them a fraction of one.
+patterns before any path is built, so no request can name a file outside its roll's folder. A variation's
+MIDI, WAV and PNG are made on their first GET (by the ``make`` callback) and kept: a roll costs only its
+roll.json until someone downloads, listens or looks. Writing and rendering four variations takes seconds of
+CPU, sampling them a fraction of one.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from theremin.cli import ThereminError
-from theremin.midi import atomic_write, read_midi
+from theremin.midi import atomic_write
 
 log = logging.getLogger("theremin.serve")
 
@@ -40,10 +41,11 @@ class StoreLimits:
 
 
 class RollStore:
-    def __init__(self, root: str | Path, limits: StoreLimits, render: dict | None = None):
+    def __init__(self, root: str | Path, limits: StoreLimits, make):
+        """``make(folder, path)`` writes a variation file that is not there yet."""
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
-        self.limits, self.render = limits, {"soundfont": None, "sample_rate": 44100, **(render or {})}
+        self.limits, self.make = limits, make
         self._lock = threading.Lock()
         self._rendering: dict[Path, threading.Lock] = {}
 
@@ -65,35 +67,25 @@ class RollStore:
         return json.loads((self.folder(roll_id) / "roll.json").read_text())
 
     def file(self, roll_id: str, name: str) -> Path:
-        """The path of one file of a roll, rendered first if it is a WAV or PNG not made yet."""
+        """The path of one file of a roll, made first if it is a variation file not made yet."""
         if not FILE_NAME.fullmatch(name):
             raise NotFound(f"file {name!r}: a roll holds prompt.mid and variation_NN.mid/.wav/.png")
         folder = self.folder(roll_id)
         path = folder / name
-        if path.suffix in (".wav", ".png") and not path.is_file() and (folder / f"{path.stem}.mid").is_file():
+        if name.startswith("variation_") and not path.is_file():
+            index = int(path.stem.rsplit("_", 1)[1])
+            if not 1 <= index <= len(self.meta(roll_id)["variations"]):
+                raise NotFound(f"roll {roll_id} has no variation {index}")
             with self._lock:
                 lock = self._rendering.setdefault(path, threading.Lock())
             with lock:  # two GETs of one file render it once
                 if not path.is_file():
-                    self._render(folder, path)
+                    self.make(folder, path)
             with self._lock:
                 self._rendering.pop(path, None)
         if not path.is_file():
             raise NotFound(f"roll {roll_id} has no file {name}")
         return path
-
-    def _render(self, folder: Path, path: Path) -> None:
-        from theremin.render import piano_roll_png, render_wav
-
-        piece = read_midi(folder / f"{path.stem}.mid")
-        if path.suffix == ".wav":
-            render_wav(piece, path, soundfont=self.render["soundfont"], sample_rate=self.render["sample_rate"])
-        else:
-            meta = json.loads((folder / "roll.json").read_text())
-            index = int(path.stem.rsplit("_", 1)[1]) - 1
-            v = meta["variations"][index]
-            piano_roll_png(piece, path, prompt_end_tick=v["prompt_end_tick"],
-                           title=f"variation {index + 1} (seed {meta['seed']})")
 
     def save_meta(self, folder: Path, meta: dict) -> None:
         atomic_write(folder / "roll.json", lambda tmp: tmp.write_text(json.dumps(meta)))
