@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from theremin.cli import ThereminError
 from theremin.corpus import build_corpus
 from theremin.evaluate import (
     CopyIndex,
@@ -283,7 +284,7 @@ def test_load_corpus_leaves_out_transposed_lines(built_corpus):
     assert originals == everything[::3]
     assert load_corpus(built_corpus, limit=2) == originals[:2]
     assert load_corpus(built_corpus, "val")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ThereminError, match=r"test\.txt"):
         load_corpus(built_corpus, "test")
 
 
@@ -311,3 +312,44 @@ def test_cli_prints_a_table(built_corpus, tmp_path, capsys):
 def test_decode_notes_keeps_text_order():
     text = grid_text([(0, 3, 64, 64), (0, 3, 60, 64), (6, 12, 67, 96)])
     assert decode_notes(text, CODEC).tolist() == [[0, 3, 60, 1], [0, 3, 64, 1], [6, 12, 67, 2]]
+
+
+def test_the_prompt_length_marked_in_a_variation_is_used_by_default(built_corpus, tmp_path):
+    """Issue 11.8: theremin-generate marks each variation with its number of prompt notes; theremin-evaluate
+    reads it, so its figures are those of the generated part, as theremin-generate prints them."""
+    import json
+
+    from theremin.evaluate import marked_prompt_notes
+    from theremin.midi import write_midi
+    from theremin.sample import PROMPT_NOTES_MARKER
+
+    codec = MidiChar()
+    train = load_corpus(built_corpus)
+    texts = [train[0], train[1]]
+    for i, (t, k) in enumerate(zip(texts, (7, 11))):
+        write_midi(codec.decode(t), tmp_path / "gen" / f"v{i}.mid", meta={PROMPT_NOTES_MARKER: str(k)})
+    write_midi(codec.decode(train[2]), tmp_path / "plain.mid")
+    assert marked_prompt_notes(tmp_path / "gen" / "v1.mid") == 11
+    assert marked_prompt_notes(tmp_path / "plain.mid") is None
+
+    def run(*args) -> dict:
+        assert main(["--corpus", str(built_corpus), "--json", str(tmp_path / "m.json"), "--no-reference", *args]) == 0
+        return json.loads((tmp_path / "m.json").read_text())["samples"]
+
+    expected = evaluate(texts, train, codec, prompt_notes=[7, 11])
+    assert run(str(tmp_path / "gen")) == pytest.approx(expected, rel=1e-12)
+    assert run(str(tmp_path / "gen"), "--prompt-notes", "0") == pytest.approx(evaluate(texts, train, codec),
+                                                                              rel=1e-12)
+
+
+def test_cli_user_errors_are_one_line(built_corpus, tmp_path, capsys):
+    from midi_factory import make_midi, random_notes
+
+    make_midi(tmp_path / "s.mid", random_notes(1, 20))
+    for args, message in ((["--corpus", str(built_corpus), str(tmp_path / "nope")], "nope: no such file or folder"),
+                          (["--corpus", str(built_corpus)], "no samples"),
+                          (["--corpus", str(tmp_path / "nothing"), str(tmp_path)], "train.txt")):
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("theremin-evaluate: error: ") and message in err

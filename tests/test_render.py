@@ -25,6 +25,7 @@ from theremin.render import (
     default_soundfont,
     piano_roll_png,
     render_wav,
+    roll_layout,
 )
 
 TPB = 480
@@ -248,3 +249,22 @@ def test_piano_roll_without_prompt_is_all_generated(tmp_path, prompt_end_tick):
 def test_piano_roll_of_an_empty_piece_still_draws(tmp_path):
     out = piano_roll_png(Piece([], TPB), tmp_path / "e.png")
     assert out.stat().st_size > 5_000
+
+
+def test_roll_layout_colours_by_origin_not_by_onset():
+    """Issue 11.6: a note the model adds on the prompt's last onset was drawn as prompt, and the line sat at that
+    onset. With the prompt's notes given, each note is drawn by where it came from; the line at the prompt's end."""
+    bar = 4 * TPB
+    prompt = [Note(0, bar, 60, 90), Note(TPB, 2 * TPB, 64, 90)]  # the last prompt onset is beat 1
+    added = Note(TPB, 2 * TPB, 67, 90)  # the model's note on that onset
+    later = Note(bar, bar + TPB, 62, 90)
+    piece = Piece(sorted([*prompt, added, later]), TPB)
+    layout = roll_layout(piece, prompt_end_tick=bar, prompt_notes={(n.start, n.pitch) for n in prompt})
+    assert layout.prompt == prompt and layout.generated == [added, later]
+    assert layout.prompt_end_beat == 4.0
+    # without the notes' origin, where a note starts decides (the only information there is)
+    assert roll_layout(piece, prompt_end_tick=bar).generated == [later]
+    assert roll_layout(piece).prompt_end_beat is None and roll_layout(piece).prompt == []
+    # a roll from nothing: no prompt note, no line
+    empty = roll_layout(piece, prompt_end_tick=0, prompt_notes=set())
+    assert empty.prompt == [] and empty.prompt_end_beat is None

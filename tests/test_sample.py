@@ -12,7 +12,8 @@ import pytest
 
 from theremin.constraints import ConstraintError, parse_key
 from theremin.midi import Note, Piece, read_midi, write_midi
-from theremin.sample import GenerateError, Roller, SamplingSettings
+from theremin.render import roll_layout
+from theremin.sample import GenerateError, Roller, SamplingLimits, SamplingSettings
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -157,6 +158,119 @@ def test_a_prompt_whose_one_chord_overflows_the_context_keeps_its_top_notes(roll
     assert [n.pitch for n in kept] == list(range(109 - len(kept), 109))
 
 
+def test_keep_bars_on_a_silent_start_says_which_bar_keeps_notes(roller, make_midi):
+    """Issue 11.5: a song that starts with two bars of rest; keep_bars=2 kept nothing and rolled from nothing
+    without a word. It is refused with the bar to use instead; keep_bars=0 still rolls from nothing on purpose."""
+    bar = 4 * 480
+    path = make_midi("late.mid", [(2 * bar + i * 480, 2 * bar + (i + 1) * 480, 60 + 2 * i, 80) for i in range(8)])
+    with pytest.raises(GenerateError, match=r"keep_bars=2 keeps no notes.*first note is in bar 3.*keep_bars=3"):
+        roller.roll(path, SamplingSettings(n=1, length=4, keep_bars=2))
+    kept = roller.roll(path, SamplingSettings(n=1, length=4, keep_bars=3)).variations[0]
+    assert [n.pitch for n in kept.piece.notes if (n.start, n.pitch) in kept.prompt_notes] == [60, 62, 64, 66]
+    assert roller.roll(path, SamplingSettings(n=1, length=4, keep_bars=0)).prompt_notes == 0
+
+
+def test_piano_roll_data_splits_by_origin_and_ends_at_the_kept_bars(roller, prompt):
+    """Issue 11.6: the roll is drawn from roll_layout: prompt notes are exactly the kept ones (a note the model
+    adds on the last kept onset is generated), and the dashed line sits at the end of the kept bars."""
+    orig = read_midi(prompt)
+    num, den = orig.time_signatures[0][1:]
+    bar = roller.codec.ticks_per_beat * 4 * num // den
+    kept = {(n.start, n.pitch) for n in roller.codec.decode(roller.prompt_text(prompt, 2)[0]).notes}
+    res = roller.roll(prompt, SamplingSettings(n=4, length=1, unit="bars", seed=11, temperature=1.5, keep_bars=2))
+    for v in res.variations:
+        layout = roll_layout(v.piece, v.prompt_end_tick, v.prompt_notes)
+        assert v.prompt_end_tick == 2 * bar and layout.prompt_end_beat == 2 * bar / v.piece.ticks_per_beat
+        assert {(n.start, n.pitch) for n in layout.prompt} == kept
+        assert len(layout.generated) == v.generated_notes > 0
+        assert all(n.start < 3 * bar for n in layout.generated)  # one bar after the kept two
+    whole = roller.roll(prompt, SamplingSettings(n=1, length=4)).variations[0]
+    last_onset = max(s for s, _ in whole.prompt_notes)
+    assert whole.prompt_end_tick == (last_onset // bar + 1) * bar  # the end of the prompt's last bar
+
+
+def test_the_png_is_drawn_from_the_roll_layout(roller, prompt, tmp_path, monkeypatch):
+    import theremin.render as render
+
+    seen = []
+    real = render.roll_layout
+    monkeypatch.setattr(render, "roll_layout", lambda *a: seen.append(real(*a)) or seen[-1])
+    res = roller.roll(prompt, SamplingSettings(n=1, length=8, keep_bars=1), out_dir=tmp_path, render={"wav": False})
+    v = res.variations[0]
+    assert len(seen) == 1 and seen[0] == roll_layout(v.piece, v.prompt_end_tick, v.prompt_notes)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("length", 1e9, r"sampling.length=1000000000.0: must be <= 4096 notes \(limits.max_notes\)"),
+    ("n", 10_000, r"sampling.n=10000: must be <= 64 \(limits.max_n\)"),
+    ("max_new_tokens", 10**9, r"limits.max_new_tokens"),
+    ("length", float("inf"), "finite"), ("temperature", float("nan"), "finite"), ("n", 2.5, "integer"),
+    ("n", "4", "integer"), ("seed", -1, ">= 0"), ("top_p", 0.0, "> 0"), ("top_k", 0, ">= 1"),
+    ("min_p", 1.5, "<= 1"), ("keep_bars", -1, ">= 0"), ("pitch_range", (60,), "two MIDI pitches"),
+    ("max_polyphony", 0, ">= 1"),
+])
+def test_settings_are_bounded_and_typed(field, value, message):
+    """Issue 8.9: every field is checked, with a message naming it, before anything is allocated."""
+    with pytest.raises(GenerateError, match=message):
+        SamplingSettings(**{field: value}).check()
+
+
+@pytest.mark.timeout(60, func_only=True)
+def test_unbounded_requests_are_refused_before_allocating(roller, prompt, monkeypatch):
+    """Issue 8.9: length=1e9 allocated 256 GB, n=10000 grew without limit; a roller's limits are its own."""
+    with pytest.raises(GenerateError, match=r"limits\.max_notes"):
+        roller.roll(prompt, SamplingSettings(length=1e9))
+    with pytest.raises(GenerateError, match=r"limits\.max_n\)"):
+        roller.roll(prompt, SamplingSettings(n=10_000, length=4))
+    monkeypatch.setattr(roller, "limits", SamplingLimits(max_n=2, max_bars=4))
+    with pytest.raises(GenerateError, match=r"sampling.n=3: must be <= 2"):
+        roller.roll(prompt, SamplingSettings(n=3, length=4))
+    with pytest.raises(GenerateError, match=r"<= 4 bars \(limits.max_bars\)"):
+        roller.roll(prompt, SamplingSettings(n=1, length=5, unit="bars"))
+    with pytest.raises(GenerateError, match=r"limits\.max_n=0: must be >= 1"):
+        SamplingLimits(max_n=0)
+
+
+def test_the_token_budget_cuts_a_roll_short_and_says_so(roller, prompt, monkeypatch, caplog):
+    monkeypatch.setattr(roller, "limits", SamplingLimits(max_new_tokens=8))
+    with caplog.at_level("WARNING", logger="theremin.sample"):
+        res = roller.roll(prompt, SamplingSettings(n=2, length=64, keep_bars=1))
+    assert all(v.generated_notes < 64 for v in res.variations)
+    assert "stopped at 8 tokens before reaching sampling.length=64 notes" in caplog.text
+
+
+def test_a_folder_as_prompt_says_it_is_a_folder(roller, tmp_path, prompt):
+    """Issue 8.10: prompt=<folder> said "does not exist"."""
+
+    import re
+    import shutil
+
+    shutil.copy(prompt, tmp_path / "bars.mid")
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(GenerateError, match=re.escape(f"prompt={tmp_path} is a folder: pass one MIDI file (e.g. "
+                                                      f"prompt={tmp_path / 'bars.mid'})")):
+        roller.roll(tmp_path, SamplingSettings(n=1, length=4))
+    with pytest.raises(GenerateError, match=r"nothing is a folder.*holds no \.mid file"):
+        roller.roll(tmp_path / "nothing", SamplingSettings(n=1, length=4))
+
+
+def test_outputs_follow_the_umask_and_leave_no_temp_files(roller, prompt, tmp_path):
+    """Issue 8.10: files written through mkstemp were 0600; outputs read like any other file the user makes."""
+    import os
+    import stat
+
+    for umask in (0o022, 0o077):
+        old = os.umask(umask)
+        try:
+            out = tmp_path / f"u{umask:o}"
+            roller.roll(prompt, SamplingSettings(n=1, length=4, keep_bars=1), out_dir=out)
+        finally:
+            os.umask(old)
+        files = sorted(out.iterdir())
+        assert [f.suffix for f in files] == [".mid", ".png", ".wav"]  # no .tmp left behind
+        assert {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o666 & ~umask}
+
+
 def test_outputs_midi_wav_png(roller, prompt, tmp_path):
     res = roller.roll(prompt, SamplingSettings(n=2, length=16, seed=9, keep_bars=2), out_dir=tmp_path)
     orig = read_midi(prompt)
@@ -232,6 +346,31 @@ def test_checkpoint_of_another_tokenizer_is_refused(trained, tmp_path):
         Roller.load(tmp_path / "nope.ckpt")
 
 
+def test_generate_and_evaluate_give_the_same_figures(trained, prompt, tmp_path):
+    """Issue 11.8: theremin-evaluate on a generation folder (README's command, no --prompt-notes) printed
+    another pitch-class overlap than theremin-generate: it counted the prompt. Each MIDI now carries its
+    number of prompt notes, which evaluate reads."""
+    import json
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from theremin.evaluate import main as evaluate_main
+    from theremin.generate import generate
+    from theremin.paths import conf_dir
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("generate", overrides=[f"ckpt_path={trained[0]}", f"prompt={prompt}", f"out_dir={tmp_path}",
+                                             "sampling.n=3", "sampling.length=24", "render.wav=false",
+                                             "render.png=false"])
+    result, printed = generate(cfg)
+    assert result.prompt_notes > 0 and printed
+    assert evaluate_main(["--corpus", str(trained[1]), str(tmp_path), "--json", str(tmp_path / "m.json")]) == 0
+    figures = json.loads((tmp_path / "m.json").read_text())["samples"]
+    assert figures == pytest.approx(printed, rel=1e-12, abs=1e-12)
+
+
 def test_generate_cli(trained, prompt, tmp_path):
     cmd = [sys.executable, "-m", "theremin.generate", f"ckpt_path={trained[0]}", f"prompt={prompt}",
            "sampling=conservative", "sampling.n=2", "sampling.length=8", f"hydra.run.dir={tmp_path}",
@@ -240,7 +379,16 @@ def test_generate_cli(trained, prompt, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "2 variations" in out.stdout and "style/pitch_class_overlap" in out.stdout
     assert len(list(tmp_path.glob("variation_*.mid"))) == 2
-    bad = subprocess.run([*cmd[:4], f"prompt={tmp_path / 'missing.mid'}", f"hydra.run.dir={tmp_path / 'bad'}"],
-                         capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and "missing.mid does not exist" in bad.stdout + bad.stderr
-    assert not list((tmp_path / "bad").glob("variation_*"))
+    for i, (override, message) in enumerate([
+            (f"prompt={tmp_path / 'missing.mid'}", "missing.mid does not exist"),
+            (f"prompt={tmp_path}", f"prompt={tmp_path} is a folder: pass one MIDI file"),
+            ("sampling.length=1e9", "sampling.length=1000000000.0: must be <= 4096 notes (limits.max_notes)"),
+            ("limits.max_n=1", "sampling.n=2: must be <= 1 (limits.max_n)")]):
+        key = override.split("=")[0]
+        args = [a for a in cmd if not a.startswith((f"{key}=", "hydra.run.dir="))]
+        bad = subprocess.run([*args, override, f"hydra.run.dir={tmp_path / f'bad{i}'}"], capture_output=True,
+                             text=True, timeout=300)
+        assert bad.returncode == 2, bad.stderr[-2000:]
+        assert bad.stderr.startswith("theremin-generate: error: ") and message in bad.stderr
+        assert "Traceback" not in bad.stderr
+        assert not list((tmp_path / f"bad{i}").glob("variation_*"))

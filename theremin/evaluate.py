@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from theremin.cli import ThereminError, run_cli
 from theremin.corpus import load_manifest
 from theremin.midichar import MidiChar
 
@@ -471,7 +472,7 @@ def load_corpus(
     corpus_dir = Path(corpus_dir)
     path = corpus_dir / f"{split}.txt"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such corpus split (expected {split}.txt in {corpus_dir})")
+        raise ThereminError(f"{path}: no such corpus split (expected {split}.txt in {corpus_dir})")
     lines = [ln for ln in path.read_text(encoding="utf-8").split("\n") if ln]
     m = load_manifest(corpus_dir)
     if not augmented and m and (m.get("settings") or {}).get("transpose"):
@@ -497,8 +498,26 @@ def _sample_files(paths: Sequence[str]) -> list[Path]:
         elif p.exists():
             out.append(p)
         else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
+            raise ThereminError(f"{p}: no such file or folder")
     return out
+
+
+def marked_prompt_notes(path: str | Path) -> int | None:
+    """How many of a MIDI file's notes came from a prompt, as theremin-generate marks it in each variation
+    (``prompt notes: N`` marker, see theremin.sample.PROMPT_NOTES_MARKER); None when the file has no mark."""
+    from symusic import Score
+
+    from theremin.sample import PROMPT_NOTES_MARKER
+
+    try:
+        markers = Score(str(path)).markers
+    except Exception:  # unreadable: encode_file has already said why (it runs first)
+        return None
+    for m in markers:
+        key, _, value = m.text.partition(":")
+        if key.strip() == PROMPT_NOTES_MARKER and value.strip().isdigit():
+            return int(value)
+    return None
 
 
 def _crop(text: str, codec: MidiChar, notes: int) -> str:
@@ -528,6 +547,10 @@ def _table(columns: dict[str, dict[str, float]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("theremin-evaluate", _main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     p = argparse.ArgumentParser(
         prog="theremin-evaluate",
         description="Style and memorisation metrics of generated samples against a corpus's train split. "
@@ -537,8 +560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--corpus", required=True, help="corpus folder (train.txt, val.txt, manifest.json)")
     p.add_argument("--samples-txt", action="append", default=[], metavar="FILE",
                    help="midichar samples, one per line (repeatable)")
-    p.add_argument("--prompt-notes", type=int, default=0, metavar="N",
-                   help="the first N notes of every sample came from a prompt: leave them out")
+    p.add_argument("--prompt-notes", type=int, default=None, metavar="N",
+                   help="the first N notes of every sample came from a prompt: leave them out (default: the "
+                        "number theremin-generate marks in each MIDI file, else 0)")
     p.add_argument("--split", default="train", help="corpus split to compare with (default: train)")
     p.add_argument("--limit", type=int, default=None, help="use at most this many corpus pieces")
     p.add_argument("--augmented", action="store_true", help="include transposed copies from the corpus build")
@@ -553,28 +577,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     codec = corpus_codec(corpus_dir)
     samples: list[str] = []
     names: list[str] = []
+    prompts: list[int] = []
     for f in _sample_files(args.samples):
         try:
             samples.append(codec.encode_file(f))
-            names.append(str(f))
         except MidiError as e:
             print(f"skipped: {e}", file=sys.stderr)
+            continue
+        names.append(str(f))
+        prompts.append(args.prompt_notes if args.prompt_notes is not None else marked_prompt_notes(f) or 0)
     for txt in args.samples_txt:
-        lines = [ln for ln in Path(txt).read_text(encoding="utf-8").split("\n") if ln.strip()]
+        try:
+            lines = [ln for ln in Path(txt).read_text(encoding="utf-8").split("\n") if ln.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise ThereminError(f"--samples-txt {txt}: cannot be read ({e})") from None
         samples += lines
         names += [f"{txt}:{i + 1}" for i in range(len(lines))]
+        prompts += [args.prompt_notes or 0] * len(lines)
     if not samples:
-        p.error("no samples: give MIDI files/folders or --samples-txt")
+        raise ThereminError("no samples: give MIDI files/folders or --samples-txt")
 
     corpus = load_corpus(corpus_dir, args.split, args.limit, args.augmented)
     index = CopyIndex(corpus, codec, any_key=True)
-    prompts = [args.prompt_notes] * len(samples)
     columns = {"samples": evaluate(samples, corpus, codec, prompts, index=index)}
     val_path = corpus_dir / "val.txt"
     if not args.no_reference and args.split != "val" and val_path.exists():
         val = load_corpus(corpus_dir, "val")
         if val:
-            length = int(np.median([max(1, codec.count_notes(s) - args.prompt_notes) for s in samples]))
+            length = int(np.median([max(1, codec.count_notes(s) - k) for s, k in zip(samples, prompts)]))
             val = [_crop(v, codec, length) for v in val]
             columns["val (ref)"] = evaluate(val, corpus, codec, index=index)
     print(_table(columns))
@@ -584,8 +614,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if paths and len(paths) != len(load_corpus(corpus_dir, args.split, None, args.augmented)):
             paths = None  # lines are not one per file (augmented, or a manifest of another build)
         print()
-        for name, s in zip(names, samples):
-            m = index.find(s, args.prompt_notes)
+        for name, s, k in zip(names, samples, prompts):
+            m = index.find(s, k)
             src = paths[m.piece] if paths and 0 <= m.piece < len(paths) else f"piece {m.piece}"
             where = f"from {src} (note {m.piece_note})" if m.length else ""
             print(f"{m.length:5d} notes copied  {name}  {where}")

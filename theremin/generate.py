@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import logging
+from dataclasses import fields
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
 from theremin import resolvers  # noqa: F401
-from theremin.paths import conf_dir
+from theremin.cli import hydra_app
 from theremin.resolvers import plain
-from theremin.sample import GenerateError, Roller, RollResult, SamplingSettings
-
-log = logging.getLogger("theremin.generate")
+from theremin.sample import GenerateError, Roller, RollResult, SamplingLimits, SamplingSettings
 
 
 def latest_checkpoint(root: str | Path) -> Path:
@@ -24,9 +21,17 @@ def latest_checkpoint(root: str | Path) -> Path:
     return ckpts[-1]
 
 
+def _known(cls, values: dict, group: str) -> dict:
+    unknown = sorted(set(values) - {f.name for f in fields(cls)})
+    if unknown:
+        raise GenerateError(f"{group}.{unknown[0]}: no such setting (see theremin/conf/generate.yaml and "
+                            "theremin/conf/sampling/default.yaml)")
+    return values
+
+
 def settings_from(cfg: DictConfig) -> SamplingSettings:
-    s = plain(cfg)
-    if s.get("pitch_range") is not None:
+    s = _known(SamplingSettings, plain(cfg), "sampling")
+    if isinstance(s.get("pitch_range"), list):
         s["pitch_range"] = tuple(s["pitch_range"])
     return SamplingSettings(**s)
 
@@ -35,9 +40,10 @@ def generate(cfg: DictConfig) -> tuple[RollResult, dict[str, float]]:
     """Roll variations, write them, and (optionally) score them against the training corpus."""
     ckpt = latest_checkpoint(cfg.paths.log_dir) if cfg.ckpt_path == "latest" else Path(cfg.ckpt_path)
     settings = settings_from(cfg.sampling)
+    limits = SamplingLimits(**_known(SamplingLimits, plain(cfg.get("limits") or {}), "limits"))
+    settings.check(limits)  # before the model is loaded
     roller = Roller.load(ckpt, device=cfg.device)
-    if cfg.prompt is not None and not Path(cfg.prompt).is_file():
-        raise GenerateError(f"prompt {cfg.prompt} does not exist")
+    roller.limits = limits
     out_dir = Path(cfg.out_dir)
     result = roller.roll(cfg.prompt, settings, out_dir=out_dir, render=plain(cfg.render))
     metrics: dict[str, float] = {}
@@ -62,13 +68,9 @@ def report(result: RollResult, metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="generate")
+@hydra_app("generate")
 def main(cfg: DictConfig) -> None:
-    try:
-        result, metrics = generate(cfg)
-    except (GenerateError, ValueError) as e:
-        log.error("%s", e)
-        raise SystemExit(2) from None
+    result, metrics = generate(cfg)
     print(report(result, metrics))
 
 

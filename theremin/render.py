@@ -14,10 +14,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import wave
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from theremin.cli import ThereminError
-from theremin.midi import Piece, atomic_write
+from theremin.midi import Note, Piece, atomic_write
 
 PROMPT_COLOR = "#4c72b0"  # blue: the notes the model was given
 GENERATED_COLOR = "#dd8452"  # orange: the notes the model wrote
@@ -188,16 +190,49 @@ def _bar_lines(piece: Piece, end_beat: float) -> list[float]:
     return bars
 
 
+@dataclass
+class RollLayout:
+    """What a piano roll draws: the notes in each colour and where the dashed "prompt end" line goes."""
+
+    prompt: list[Note]
+    generated: list[Note]
+    prompt_end_beat: float | None  # None: no line (no prompt)
+
+
+def roll_layout(
+    piece: Piece,
+    prompt_end_tick: int | None = None,
+    prompt_notes: Iterable[tuple[int, int]] | None = None,
+) -> RollLayout:
+    """Split a piece into prompt and generated notes.
+
+    ``prompt_notes``: (start tick, pitch) of the notes that came from the prompt; a model may add notes on the
+    prompt's last onset, so where a note starts cannot tell. Without it, notes starting before
+    ``prompt_end_tick`` count as the prompt. The line sits at ``prompt_end_tick`` (the end of the kept bars);
+    with it None or 0 there is no line and, without ``prompt_notes``, every note counts as generated.
+    """
+    split = prompt_end_tick or 0
+    if prompt_notes is not None:
+        keys = set(map(tuple, prompt_notes))
+        mine = [(n.start, n.pitch) in keys for n in piece.notes]
+    else:
+        mine = [n.start < split for n in piece.notes]
+    return RollLayout([n for n, m in zip(piece.notes, mine) if m], [n for n, m in zip(piece.notes, mine) if not m],
+                      split / piece.ticks_per_beat if split > 0 else None)
+
+
 def piano_roll_png(
     piece: Piece,
     png_path: str | os.PathLike,
     prompt_end_tick: int | None = None,
     title: str | None = None,
+    prompt_notes: Iterable[tuple[int, int]] | None = None,
 ) -> Path:
-    """Draw a piano roll: notes starting before ``prompt_end_tick`` as the prompt, the rest as generated.
+    """Draw a piano roll of :func:`roll_layout`: prompt and generated notes in their colours, a dashed line at
+    the prompt's end.
 
     x is time in beats (quarter notes) with bar lines, and seconds (tempo map applied) along the top; y is
-    MIDI pitch; opacity follows velocity. With ``prompt_end_tick`` None or 0 every note counts as generated.
+    MIDI pitch; opacity follows velocity.
     """
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -209,14 +244,16 @@ def piano_roll_png(
 
     png_path = Path(png_path)
     tpb = piece.ticks_per_beat
-    notes = piece.notes
-    split = prompt_end_tick or 0
+    layout = roll_layout(piece, prompt_end_tick, prompt_notes)
+    notes = layout.prompt + layout.generated
+    colours = [PROMPT_COLOR] * len(layout.prompt) + [GENERATED_COLOR] * len(layout.generated)
+    line = layout.prompt_end_beat
 
     fig = Figure(figsize=(12, 5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
 
-    end_beat = max([n.end / tpb for n in notes] + [split / tpb, 1.0])
+    end_beat = max([n.end / tpb for n in notes] + [line or 0.0, 1.0])
     pitches = [n.pitch for n in notes] or [60]
     lo, hi = max(0, min(pitches) - 2), min(127, max(pitches) + 2)
     ax.set_xlim(0, end_beat * 1.02)
@@ -244,7 +281,7 @@ def piano_roll_png(
             for n in notes
             for x0, x1 in [(n.start / tpb, max(n.end / tpb, n.start / tpb + min_width))]
         ]
-        base = np.array([to_rgba(PROMPT_COLOR if n.start < split else GENERATED_COLOR) for n in notes])
+        base = np.array([to_rgba(c) for c in colours])
         faces = base.copy()
         faces[:, 3] = 0.3 + 0.7 * np.array([n.velocity for n in notes]) / 127  # velocity 127 = opaque
         ax.add_collection(PolyCollection(verts, facecolors=faces, edgecolors=base, linewidths=0.5, zorder=2))
@@ -253,12 +290,12 @@ def piano_roll_png(
 
     # the legend names only what is drawn: a prompt-only roll shows no "generated" swatch
     handles = []
-    if any(n.start < split for n in notes):
+    if layout.prompt:
         handles.append(Patch(color=PROMPT_COLOR, label="prompt"))
-    if any(n.start >= split for n in notes):
+    if layout.generated:
         handles.append(Patch(color=GENERATED_COLOR, label="generated"))
-    if split > 0:
-        ax.axvline(split / tpb, color=PROMPT_END_COLOR, linewidth=1.5, linestyle="--", zorder=3)
+    if line is not None:
+        ax.axvline(line, color=PROMPT_END_COLOR, linewidth=1.5, linestyle="--", zorder=3)
         handles.append(Line2D([], [], color=PROMPT_END_COLOR, linestyle="--", label="prompt end"))
     if handles:
         # outside the axes: inside, it would hide the highest notes near the end
