@@ -5,19 +5,34 @@
 
 Target (issue 4): 8 variations x 64 notes <= 1 s with the default model. Rolls only (no WAV/PNG rendering);
 the first roll warms up (constraint masks are built once per model and settings). Prints the median of
---repeats rolls and the same with use of the cache disabled for scale.
+--repeats rolls, then how long cutting dense prompts to the model's context takes (issue 8.1: a chord-heavy
+prompt used to loop forever; the cut now takes O(log n) encodings).
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from theremin.midi import Note, Piece
 from theremin.sample import Roller, SamplingSettings
+
+
+def bench_trim(roller: Roller) -> None:
+    """Seconds to cut prompts of quarter-note chords of random pitches to the context (Roller.prompt)."""
+    rng = random.Random(0)
+    for chords, size in ((60, 8), (2000, 8), (20_000, 4), (1, 128)):
+        notes = sorted(Note(i * 480, (i + 1) * 480, p, 80) for i in range(chords) for p in rng.sample(range(128), size))
+        t = time.perf_counter()
+        p = roller.prompt(Piece(notes, 480))
+        dt = time.perf_counter() - t
+        print(f"prompt cut: {chords} chords x {size} notes ({len(notes)} notes) -> {roller.codec.count_notes(p.text)} "
+              f"notes, {len(roller.tok.encode(p.text))} tokens (room {roller.model.block_size // 2}) in {dt:.2f} s")
 
 
 def main() -> None:
@@ -55,6 +70,7 @@ def main() -> None:
           f"(runs: {' '.join(f'{t:.3f}' for t in times)}) (target <= 1 s)")
     print(f"new notes per variation: min {min(counts)}, max {max(counts)} (asked {args.notes}; notes of one pitch "
           "sampled twice on one onset sound as one)")
+    bench_trim(roller)
 
 
 if __name__ == "__main__":
