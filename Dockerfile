@@ -59,6 +59,11 @@ RUN mkdir -p /data /app/outputs && chown theremin:theremin /data /app/outputs
 # numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd
 USER ${UID}:${UID}
 
+# theremin-serve (the web page + HTTP API, k8s/serve-deployment.yaml) listens here when started with host=0.0.0.0:
+#   docker run --rm -p 8000:8000 -v "$PWD/outputs:/app/outputs" -v "$PWD/data:/data" IMAGE \
+#       theremin-serve host=0.0.0.0 ckpt_path=/app/outputs/<run>/checkpoints/last.ckpt
+EXPOSE 8000
+
 ENTRYPOINT ["tini", "--"]
 # k8s manifests replace this with `args:` (the ENTRYPOINT stays), e.g. torchrun for multi-node
 CMD ["theremin-train", "trainer=gpu"]

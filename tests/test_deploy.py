@@ -30,7 +30,8 @@ KUBE_VERSIONS = ("1.28.0", None)
 # Hydra apps: console script or `-m` module -> config name in conf/
 APPS = {"theremin-train": "train", "theremin.train": "train", "theremin-prep": "prep", "theremin.prep": "prep",
         "theremin-tokenize": "tokenize", "theremin.tokenize_app": "tokenize",
-        "theremin-generate": "generate", "theremin.generate": "generate"}
+        "theremin-generate": "generate", "theremin.generate": "generate",
+        "theremin-serve": "serve", "theremin.serve.cli": "serve"}
 PET_VARS = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
 
 
@@ -52,7 +53,7 @@ def pod_specs(doc: dict) -> list[tuple[str, dict]]:
     kind = doc["kind"]
     if kind == "Pod":
         return [(_id(doc), doc["spec"])]
-    if kind == "Job":
+    if kind in ("Job", "Deployment"):
         return [(_id(doc), doc["spec"]["template"]["spec"])]
     if kind == "PyTorchJob":
         return [(f"{_id(doc)}/{r}", s["template"]["spec"]) for r, s in doc["spec"]["pytorchReplicaSpecs"].items()]
@@ -280,6 +281,54 @@ def test_prep_job_builds_the_caches_the_training_reads():
         assert caches(launch) == want, f"{launch}: use the prep Job's data/tokenizer overrides"
 
 
+# ---- serving: theremin-serve behind a Service, probed on /api/health, the checkpoint on a volume ---------------
+SERVES = [la for la in LAUNCHES if la.app == "serve"]
+
+
+def _ports(container: dict) -> dict:
+    return {p.get("name", str(p["containerPort"])): p["containerPort"] for p in container.get("ports", [])}
+
+
+def test_the_service_reaches_the_serving_pods_on_their_port():
+    deployments = [d for _, d in DOCS if d["kind"] == "Deployment"]
+    services = [d for _, d in DOCS if d["kind"] == "Service"]
+    assert SERVES and deployments and services, "k8s/serve-deployment.yaml, k8s/serve-service.yaml"
+    for svc in services:
+        selector = svc["spec"]["selector"]
+        pods = [d for d in deployments if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+        assert pods, f"{_id(svc)} selects no Deployment's pods"
+        for d in pods:
+            assert d["spec"]["selector"]["matchLabels"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
+            ports = {k: v for c in d["spec"]["template"]["spec"]["containers"] for k, v in _ports(c).items()}
+            for p in svc["spec"]["ports"]:
+                target = p.get("targetPort", p["port"])
+                assert target in ports or target in ports.values(), f"{_id(svc)}: no container port {target}"
+
+
+@pytest.mark.parametrize("launch", SERVES, ids=repr)
+def test_serve_listens_where_the_probes_look_and_reads_a_checkpoint_on_a_volume(launch):
+    cfg = compose("serve", launch.task_overrides())
+    assert cfg.host == "0.0.0.0", "theremin-serve binds 127.0.0.1 by default: probes and the Service need host=0.0.0.0"
+    ports = _ports(launch.container)
+    assert cfg.port in ports.values(), f"port={cfg.port} is not a containerPort {ports}"
+    for probe in ("readinessProbe", "livenessProbe"):
+        http = launch.container[probe]["httpGet"]
+        assert http["path"] == "/api/health", probe
+        assert ports.get(http["port"], http["port"]) == cfg.port, probe
+    # the checkpoint lies on a PersistentVolumeClaim, where a training launch writes its run folder
+    mounts = {m["mountPath"]: m["name"] for m in launch.container["volumeMounts"]}
+    volumes = {v["name"]: v for v in launch.pod["volumes"]}
+    mount = max((m for m in mounts if cfg.ckpt_path.startswith(m.rstrip("/") + "/")), key=len)
+    assert "persistentVolumeClaim" in volumes[mounts[mount]]
+    runs = {f"{OUTPUTS_MOUNT}/{la.doc['metadata']['name']}/checkpoints/last.ckpt" for la in TRAININGS}
+    assert cfg.ckpt_path in runs, f"ckpt_path={cfg.ckpt_path}: not where a training launch writes ({runs})"
+
+
+def test_dockerfile_exposes_the_serving_port():
+    exposed = {int(p.split("/")[0]) for k, a in _instructions() if k == "EXPOSE" for p in a.split()}
+    assert {compose("serve", la.task_overrides()).port for la in SERVES} <= exposed
+
+
 # ---- pods: volumes, environment, user ----------------------------------------------------------------------
 PVCS = {d["metadata"]["name"] for _, d in DOCS if d["kind"] == "PersistentVolumeClaim"}
 
@@ -339,9 +388,9 @@ def test_dockerfile_agrees_with_theremin_and_the_manifests():
     env = _dockerfile_env()
     run = " ".join(a for k, a in ins if k == "RUN")
     assert ("WORKDIR", "/app") in ins and env["THEREMIN_ROOT"] == "/app"
-    # theremin reads <package folder>/../conf: the package must stay in /app beside conf/, so editable
-    assert re.search(r"pip install [^&;]*(-e|--editable) \.", run), "pip install -e . (theremin/paths.py)"
-    assert any(k == "COPY" and a.split()[0] == "conf/" for k, a in ins)
+    # a regular wheel install: the Hydra configs and the web page ship inside the package (theremin/conf, web)
+    assert re.search(r"pip install [^&;]*--no-deps \.", run), "the package itself, after its dependencies"
+    assert any(k == "COPY" and a.split()[0] == "theremin/" for k, a in ins)
     assert env["THEREMIN_DATA"] == DATA_MOUNT  # the data PVC's mountPath in k8s/
     assert env["WANDB_MODE"] == "offline"
     assert "libfluidsynth3" in run and "--no-install-recommends" in run
