@@ -40,6 +40,7 @@ def corpus(tmp_path_factory, texts, codec) -> Path:
     d = tmp_path_factory.mktemp("remi_corpus")
     lines = [t for text in texts for k in range(-3, 4) if (t := codec.transpose(text, k))]
     (d / "train.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (d / "val.txt").write_text("\n".join(texts[:3]) + "\n", encoding="utf-8")
     return d
 
 
@@ -97,6 +98,26 @@ def test_kind_picks_the_implementation(tok, corpus, codec):
     assert isinstance(load_configured(tok.dir), RemiTokenizer)
     with pytest.raises(ThereminError, match=r"tokenizer\.kind='wordpiece'"):
         get_or_train_configured(corpus / "train.txt", {"kind": "wordpiece", "vocab_size": 400}, corpus, codec)
+
+
+def test_theremin_tokenize_measures_a_remi_tokenizer(tok, corpus, texts, codec, capsys):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from theremin import resolvers  # noqa: F401
+    from theremin.paths import conf_dir
+    from theremin.tokenize_app import tokenize
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("tokenize", overrides=["tokenizer=remi_bpe", "tokenizer.vocab_size=400",
+                                             "tokenizer.max_duration_beats=4", f"data.corpus_dir={corpus}",
+                                             f"data.tokenizer_cache={corpus / 'tokenizers'}"])
+    out = tokenize(cfg)
+    assert out["dir"] == str(tok.dir) and out["from_cache"]
+    notes = sum(codec.count_notes(t) for t in texts[:3])
+    assert out["notes"] == notes and out["grid_missing"] == 0 and out["grid_added"] == 0
+    assert f"same notes: {notes} of {notes} on the grid" in capsys.readouterr().out
 
 
 def test_a_midichar_loader_refuses_a_remi_tokenizer(tok):

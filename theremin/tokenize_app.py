@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from theremin import resolvers  # noqa: F401  (the resolvers conf/ uses)
 from theremin.cli import ThereminError, hydra_app
-from theremin.tokenizer import compression, get_or_train
+from theremin.tokenizer import compression
+from theremin.tokenizer_kinds import get_or_train_configured
 
 
 def _lines(path: Path) -> list[str]:
@@ -37,18 +38,19 @@ def tokenize(cfg: DictConfig) -> dict:
         raise ThereminError(f"{train_txt} is missing or empty: build the corpus first (theremin-prep with the same "
                             "data overrides) or point data.corpus_dir at a folder with train.txt / val.txt")
     opts = OmegaConf.to_container(cfg.tokenizer, resolve=True)
-    vocab_size = int(opts.pop("vocab_size"))
     cache = Path(os.path.expanduser(str(cfg.data.tokenizer_cache)))
-    tok = get_or_train(train_txt, vocab_size, cache, codec, **opts)
+    tok = get_or_train_configured(train_txt, opts, cache, codec)  # tokenizer.kind: midichar or remi
     stats = tok.meta.get("stats", {})
     how = "reused (cached)" if tok.from_cache else f"trained in {stats.get('train_seconds', '?')} s"
     print(f"tokenizer:  {tok.dir}  [{how}]")
-    print(f"vocab size: {tok.vocab_size} (unk={tok.unk_id}, bos={tok.bos_id}, eos={tok.eos_id}, fallback="
-          f"{tok.fallback}, pitch={opts.get('pitch', 'absolute')})")
+    how = f"fallback={tok.fallback}, pitch={opts.get('pitch', 'absolute')}" if tok.kind == "midichar" else tok.kind
+    print(f"vocab size: {tok.vocab_size} (unk={tok.unk_id}, bos={tok.bos_id}, eos={tok.eos_id}, {how})")
     out = {"dir": str(tok.dir), "vocab_size": tok.vocab_size, "from_cache": tok.from_cache}
     if not val_txt.is_file() or not _lines(val_txt):
         print(f"no val pieces in {val_txt}: nothing to measure")
         return out
+    if tok.kind != "midichar":  # REMI bins tempos: not lossless, so check the notes on the grid instead
+        return {**out, **_remi_report(tok, _lines(val_txt))}
     r = compression(tok, _lines(val_txt), check=True)
     out.update(r)
     print(f"val:        {r['pieces']} pieces, {r['notes']} notes, {r['tokens']} tokens -> "
@@ -57,6 +59,22 @@ def tokenize(cfg: DictConfig) -> dict:
     if not r["lossless"]:
         raise RuntimeError(f"{tok.dir}: decode(encode(piece)) != piece on {val_txt}: the tokenizer is broken")
     return out
+
+
+def _remi_report(tok, lines: list[str]) -> dict:
+    from collections import Counter
+
+    from theremin.remi import grid_mismatches
+
+    r = compression(tok, lines)
+    grid = Counter()
+    for t in lines:
+        grid.update(grid_mismatches(tok, t))  # (update keeps zero counts, + would drop them)
+    print(f"val:        {r['pieces']} pieces, {r['notes']} notes, {r['tokens']} tokens -> "
+          f"{r['notes_per_token']:.3f} notes/token")
+    print(f"same notes: {grid['notes'] - grid['missing']} of {grid['notes']} on the grid after decode(encode(piece)) "
+          f"({grid['added']} added, {grid['clipped']} durations clipped, {grid['tempos_changed']} tempos binned)")
+    return {**r, **{f"grid_{k}": v for k, v in grid.items()}}
 
 
 @hydra_app("tokenize")
