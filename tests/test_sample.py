@@ -19,35 +19,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory, bach_midi):
-    """A nano model trained for 60 steps on 30 chorales (a few seconds): (checkpoint, corpus_dir, midi_dir)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import open_dict
-
-    from theremin import resolvers  # noqa: F401
-    from theremin.paths import conf_dir
-    from theremin.train import train
-
-    midi = bach_midi
-    root = tmp_path_factory.mktemp("sdata")
-    out = tmp_path_factory.mktemp("srun")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=[
-            "model=nano", "tokenizer=1k", "data.block_size=128", "data.batch_size=16", "logger=csv",
-            "callbacks.sample_midi.new_notes=12", "trainer.max_steps=60",
-            "trainer.val_check_interval=60", "trainer.enable_progress_bar=false", f"paths.data_dir={root}",
-            f"data.input_dir={midi}"], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        cfg.run_name = "sample-test"
-        del cfg["hydra"]
-    train(cfg)
-    return out / "checkpoints" / "last.ckpt", root / "corpus" / "bach", midi
-
-
-@pytest.fixture(scope="session")
 def roller(trained):
     return Roller.load(trained[0])
 
