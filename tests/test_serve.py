@@ -251,7 +251,7 @@ def test_the_store_forgets_the_oldest_rolls_beyond_its_cap(trained, tmp_path):
     from theremin.serve.app import create_app
     from theremin.serve.store import StoreLimits
 
-    svc = make_service(trained[0], tmp_path / "rolls", store=StoreLimits(max_rolls=2))
+    svc = make_service(trained[0], tmp_path / "rolls", store=StoreLimits(max_rolls=2), prune_every_s=0.0)
     try:
         with TestClient(create_app(svc)) as c:
             ids = [roll(c, demo_prompt="c-major-scale", n=1, length=4).json()["id"] for _ in range(3)]

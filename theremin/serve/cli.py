@@ -23,12 +23,15 @@ def build_service(cfg: DictConfig):
 
     ckpt = latest_checkpoint(cfg.paths.log_dir) if cfg.ckpt_path == "latest" else Path(cfg.ckpt_path)
     c = plain(cfg)
+    store = dict(c["store"])
+    prune_every_s = float(store.pop("prune_every_s", 1.0))
     settings = ServeSettings(
         rolls_dir=c["rolls_dir"], device=c["device"], max_upload_bytes=int(c["max_upload_bytes"]),
         timeout_s=float(c["timeout_s"]), retry_after_s=int(c["retry_after_s"]), queue_size=int(c["queue_size"]),
         workers=int(c["workers"]), max_batch_rows=int(c["max_batch_rows"]),
         max_constraint_sets=int(c["max_constraint_sets"]), threads=c.get("threads"),
-        limits=Limits(**c["limits"]), store=StoreLimits(**c["store"]), render=c["render"])
+        prune_every_s=prune_every_s,
+        limits=Limits(**c["limits"]), store=StoreLimits(**store), render=c["render"])
     return RollService(ckpt, settings)
 
 

@@ -60,6 +60,7 @@ class ServeSettings:
     workers: int = 16
     max_batch_rows: int = 64
     max_constraint_sets: int = 32
+    prune_every_s: float = 1.0
     threads: int | None = None
     limits: Limits | None = None
     store: StoreLimits | None = None
@@ -206,7 +207,7 @@ class RollService:
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        self.store.prune(keep=roll_id)
+        self.store.prune(keep=roll_id, every_s=self.cfg.prune_every_s)
         return meta
 
     def continuation(self, settings: SamplingSettings, body: bytes) -> bytes:

@@ -48,6 +48,7 @@ class RollStore:
         self.limits, self.make = limits, make
         self._lock = threading.Lock()
         self._rendering: dict[Path, threading.Lock] = {}
+        self._last_prune = 0.0
 
     def new(self) -> tuple[str, Path]:
         roll_id = uuid.uuid4().hex
@@ -90,9 +91,14 @@ class RollStore:
     def save_meta(self, folder: Path, meta: dict) -> None:
         atomic_write(folder / "roll.json", lambda tmp: tmp.write_text(json.dumps(meta)))
 
-    def prune(self, keep: str | None = None) -> int:
-        """Remove rolls past the age cap, then the oldest while over the count or size cap; returns how many."""
+    def prune(self, keep: str | None = None, every_s: float = 0.0) -> int:
+        """Remove rolls past the age cap, then the oldest while over the count or size cap; returns how many.
+        ``every_s``: skip when the last prune is more recent (it stats every file: not for every request)."""
         now = time.time()
+        with self._lock:
+            if now - self._last_prune < every_s:
+                return 0
+            self._last_prune = now
         rolls = []
         for d in self.root.iterdir():
             if d.is_dir() and ROLL_ID.fullmatch(d.name):
