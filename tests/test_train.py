@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -68,6 +71,16 @@ def metrics_rows(run_dir: Path) -> list[dict]:
     assert files, f"no metrics.csv under {run_dir}"
     with open(files[0]) as f:
         return list(csv.DictReader(f))
+
+
+# tokens/s needs a previous logged step in the same process, so a resumed run starts it one log later
+_TIMING = ("train/tokens_per_sec",)
+
+
+def logged_cells(run_dir: Path) -> Counter:
+    """How often each (step, metric) was written to the run's metrics.csv (timing metrics left out)."""
+    return Counter((int(r["step"]), k) for r in metrics_rows(run_dir) for k, v in r.items()
+                   if v and k not in ("step", "epoch", *_TIMING))
 
 
 # ---- configs ----------------------------------------------------------------------------------------------
@@ -149,6 +162,7 @@ def test_limit_run_reports_bits_per_note_and_writes_checkpoints_and_samples(data
         (["data.block_size=100000"], "fewer than one window"),
         (["data.corpus_dir=/nonexistent/corpus", "data.input_dir=null"], "no corpus"),
         (["ckpt_path=/nonexistent.ckpt"], "does not exist"),
+        ([f"ckpt_path={Path(__file__).resolve().parent.parent / 'pyproject.toml'}"], "is not a checkpoint"),
     ],
 )
 def test_bad_settings_stop_before_training_with_one_clear_sentence(data_root, demo_midi, tmp_path, overrides,
@@ -209,6 +223,11 @@ def test_resume_after_sigkill_continues_step_and_loss_curve(data_root, demo_midi
     assert resumed and max(resumed) >= 38
     for s, v in resumed.items():
         assert v == pytest.approx(ref_loss[s], rel=1e-4, abs=1e-4), s
+    # metrics.csv holds every segment: the same (step, metric) cells as the uninterrupted run, none twice
+    ref_cells, run_cells = logged_cells(tmp_path / "ref"), logged_cells(run_dir)
+    assert max(run_cells.values()) == 1
+    assert set(run_cells) == set(ref_cells)
+    assert sorted(s for s, k in run_cells if k == "train/loss") == list(range(40))
 
 
 def test_ddp_sim_two_processes_match_one(data_root, demo_midi, tmp_path):
@@ -251,3 +270,150 @@ def test_every_experiment_runs(data_root, demo_midi, tmp_path, experiment):
     from theremin.train import train
 
     train(make_cfg(data_root, demo_midi, tmp_path, f"experiment={experiment}", "debug=fdr"))
+
+
+# ---- one run directory, one process (issue 8.6) -------------------------------------------------------------
+def test_a_run_directory_is_locked_by_the_launching_process_only(tmp_path, monkeypatch):
+    from theremin.train import TrainConfigError, run_lock
+
+    with run_lock(tmp_path):
+        assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
+        busy = rf"run directory {tmp_path} is in use by another process \(PID {os.getpid()}\)"
+        with pytest.raises(TrainConfigError, match=busy), run_lock(tmp_path):
+            pass
+        for var, value in (("LOCAL_RANK", "1"), ("RANK", "3"), ("NODE_RANK", "1")):  # DDP / torchrun / kubeflow
+            with monkeypatch.context() as m:
+                m.setenv(var, value)
+                with run_lock(tmp_path):  # ranks other than the launching one share the run: no lock, no wait
+                    pass
+    with run_lock(tmp_path):  # released when the holder ends
+        pass
+
+
+@pytest.mark.slow
+def test_the_same_command_twice_stops_the_second_with_the_pid(data_root, demo_midi, tmp_path):
+    """Two processes, one run directory, end to end (about 1-2 minutes on 2 cores)."""
+    from theremin.train import run_lock
+
+    run_dir = tmp_path / "run"
+    args = ["trainer.max_steps=100000", "callbacks=none", f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, "-m", "theremin.train", *TINY, f"paths.data_dir={data_root}",
+           f"data.input_dir={demo_midi}", *args]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and first.poll() is None:
+            lock = run_dir / ".lock"
+            if lock.exists() and lock.read_text().strip() == str(first.pid):
+                break
+            time.sleep(0.2)
+        assert first.poll() is None
+        second = cli(data_root, demo_midi, *args)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert f"run directory {run_dir} is in use by another process (PID {first.pid})" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        first.kill()
+        first.wait()
+    with run_lock(run_dir):  # SIGKILL left no stale lock
+        pass
+
+
+# ---- what a run reports (issue 11.3) ------------------------------------------------------------------------
+def test_the_final_figure_is_the_validation_of_the_final_weights(data_root, demo_midi, tmp_path):
+    from theremin.train import build, train
+
+    args = ["trainer.max_steps=6", "trainer.val_check_interval=4", "callbacks.last_checkpoint.every_n_train_steps=4",
+            "~callbacks.sample_midi", "trainer.log_every_n_steps=1"]
+    first = train(make_cfg(data_root, demo_midi, tmp_path / "run", *args))["val/bits_per_note"]
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ck = torch.load(last, map_location="cpu", weights_only=True)
+    assert ck["global_step"] == 6 and ck["theremin"]["last_val"]["step"] == 6  # validated after step 6, not 4
+    rows = metrics_rows(tmp_path / "run")
+    # the figure is that of the weights in last.ckpt: validate them independently
+    dm, lit, trainer = build(make_cfg(data_root, demo_midi, tmp_path / "check", "logger=none", "callbacks=none"))
+    trainer.validate(lit, datamodule=dm, ckpt_path=str(last), verbose=False)
+    assert lit.last_val["metrics"]["val/bits_per_note"] == pytest.approx(first, abs=1e-6)
+    # the same finished command again: trains nothing, validates nothing, prints the same number
+    again = train(make_cfg(data_root, demo_midi, tmp_path / "run", *args))["val/bits_per_note"]
+    assert again == first and metrics_rows(tmp_path / "run") == rows
+
+
+# ---- run folders (issue 11.2) --------------------------------------------------------------------------------
+def test_run_folder_names_paste_back_into_an_override():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from theremin.resolvers import run_name
+
+    overrides = ["", "model=mini,tokenizer=8k", "model=mini_tokenizer=8k", "model=mini,tokenizer=8k,seed=1",
+                 "data.input_dir=/tmp/my songs (live),data.name=mine", "data.transpose=[-5,6]", "x=" + "y" * 300]
+    names = [run_name(o) for o in overrides]
+    assert len(set(names)) == len(names)  # unique per command line
+    assert names[1].startswith("model-mini_tokenizer-8k-")  # readable
+    parser = OverridesParser.create()
+    for name in names:
+        assert re.fullmatch(r"[A-Za-z0-9._-]{1,80}", name) and not name.startswith((".", "-")), name
+        path = f"outputs/train/runs/{name}/checkpoints/last.ckpt"
+        [parsed] = parser.parse_overrides([f"ckpt_path={path}"])
+        assert parsed.value() == path
+
+
+@pytest.mark.slow
+def test_a_printed_run_folder_resumes_when_pasted(data_root, demo_midi, tmp_path):
+    """The run directory theremin-train prints, pasted unquoted into ckpt_path=, resumes (about 1 minute)."""
+    args = ["data.transpose=[-1,1]", "trainer.max_steps=2", "trainer.val_check_interval=2", "~callbacks.sample_midi"]
+    out = cli(data_root, demo_midi, *args, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run_dir = re.findall(r"run directory: (\S+)", out.stdout + out.stderr)[-1]
+    assert "=" not in Path(run_dir).name and "," not in Path(run_dir).name
+    again = cli(data_root, demo_midi, *args, "trainer.max_steps=4", f"ckpt_path={run_dir}/checkpoints/last.ckpt",
+                cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stdout + again.stderr
+
+
+# ---- bad settings and missing loggers (issues 11.4, 8.10) ---------------------------------------------------------
+def test_a_bad_setting_is_one_line_without_traceback(data_root, demo_midi, tmp_path):
+    out = cli(data_root, demo_midi, "tokenizer.vocab_size=10", f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "theremin-train: error: vocab_size 10 is too small" in out.stderr and "use vocab_size >=" in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_no_logger_with_the_default_callbacks(data_root, demo_midi, tmp_path):
+    from theremin.train import train
+
+    metrics = train(make_cfg(data_root, demo_midi, tmp_path, "logger=none", "callbacks=default",
+                             "trainer.max_steps=2", "trainer.val_check_interval=2"))
+    assert metrics["val/bits_per_note"] > 0
+
+
+# ---- progress (issue 11.7) -----------------------------------------------------------------------------------------
+def test_progress_counts_steps_to_max_steps_also_after_a_resume(data_root, demo_midi, tmp_path, capfd, caplog):
+    from theremin.train import train
+
+    def run(max_steps):
+        cfg = make_cfg(data_root, demo_midi, tmp_path, "trainer.enable_progress_bar=true",
+                       f"trainer.max_steps={max_steps}", "trainer.val_check_interval=4", "~callbacks.sample_midi",
+                       "callbacks.last_checkpoint.every_n_train_steps=2")
+        with open_dict(cfg):
+            cfg.callbacks.progress_log = {"_target_": "theremin.callbacks.ProgressLog", "every_n_steps": 2}
+        with caplog.at_level(logging.INFO, logger="theremin.train"):
+            train(cfg)
+        out = capfd.readouterr()
+        return out.out + out.err, caplog.text
+
+    bar, lines = run(4)
+    assert "step" in bar and "4/4" in bar and "/-" not in bar and "Epoch" not in bar
+    assert "step 2/4" in lines and "step 4/4" in lines and "left" in lines and "validation:" in lines
+    caplog.clear()
+    bar, lines = run(6)  # resumes at step 4 of 6: the bar starts at 4/6, not 0 or beyond the total
+    assert "4/6" in bar and "6/6" in bar and "/4" not in bar.split("4/6", 1)[1]
+    assert "step 6/6" in lines and "step 2/" not in lines
+
+
+def test_the_demo_prints_its_progress():
+    from theremin.demo import demo_config
+
+    cfg = demo_config([])
+    assert cfg.callbacks.progress_log._target_ == "theremin.callbacks.ProgressLog"

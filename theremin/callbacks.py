@@ -93,11 +93,22 @@ class StepProgressBar(TQDMProgressBar):
     """The training bar counts optimizer steps towards ``max_steps`` (with tqdm's rate and ETA), starting where a
     resumed run starts; Lightning's own bar counts batches of an endless epoch ("Epoch 0/-2")."""
 
+    def on_train_start(self, trainer: pl.Trainer, *_) -> None:
+        super().on_train_start(trainer)
+        self._start(trainer)  # a run resumed mid-epoch gets no on_train_epoch_start
+
     def on_train_epoch_start(self, trainer: pl.Trainer, *_) -> None:
+        self._start(trainer)
+
+    @property
+    def train_description(self) -> str:
+        return "step"
+
+    def _start(self, trainer: pl.Trainer) -> None:
         bar, step = self.train_progress_bar, trainer.global_step
-        bar.reset(total=max(trainer.max_steps, step) if trainer.max_steps > 0 else None)
+        bar.total = max(trainer.max_steps, step) if trainer.max_steps > 0 else None
         bar.initial = bar.n = bar.last_print_n = step  # the ETA comes from this session's steps only
-        bar.set_description("step")
+        bar.start_t = bar.last_print_t = time.time()
         bar.refresh()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_) -> None:
