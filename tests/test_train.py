@@ -417,3 +417,13 @@ def test_the_demo_prints_its_progress():
 
     cfg = demo_config([])
     assert cfg.callbacks.progress_log._target_ == "theremin.callbacks.ProgressLog"
+
+
+def test_the_demo_answers_a_bad_setting_in_one_line(capsys):
+    from theremin.demo import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["model=nope"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("theremin-demo: error: ") and "model/nope" in err
+    assert "Traceback" not in err and "Config search path" not in err

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from theremin import resolvers  # noqa: F401
-from theremin.cli import run_cli
+from theremin.cli import ThereminError, run_cli
 from theremin.paths import conf_dir, data_dir
 
 log = logging.getLogger("theremin.demo")
@@ -24,8 +24,13 @@ log = logging.getLogger("theremin.demo")
 
 def demo_config(overrides: list[str]):
     """The training config of the demo: conf/train.yaml with experiment=demo (plus any overrides)."""
+    from hydra.errors import HydraException
+
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="demo"):
-        cfg = compose("train", overrides=["experiment=demo", *overrides], return_hydra_config=True)
+        try:
+            cfg = compose("train", overrides=["experiment=demo", *overrides], return_hydra_config=True)
+        except HydraException as e:  # a bad override: Hydra's own message, as theremin-train would answer it
+            raise ThereminError(" ".join(str(e).split("Config search path")[0].split())) from None
     with open_dict(cfg):
         cfg.run_name = "demo"
         cfg.paths.output_dir = str(Path(cfg.paths.log_dir) / "demo" / "train")
