@@ -118,3 +118,89 @@ def test_init_from_missing_or_corrupt(tmp_path):
     txt.write_text("hello")
     with pytest.raises(FinetuneError, match=r"init_from: .*notes.ckpt is not a checkpoint"):
         finetune.open_init(txt)
+
+
+# ---- the CI path: a tiny base → fine-tune → score ------------------------------------------------------------
+def _train(overrides: list[str], out: Path) -> dict:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    from theremin.paths import conf_dir
+    from theremin.train import train
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+        cfg.run_name = out.name
+        del cfg["hydra"]
+    return train(cfg)
+
+
+TINY = ["model=nano", "tokenizer=1k", "data.block_size=64", "data.batch_size=8", "logger=csv",
+        "callbacks.sample_midi.new_notes=8", "trainer.enable_progress_bar=false", "~callbacks.progress_log"]
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    """A nano base model on a tiny base corpus (12 chorales + 20 Essen tunes): (checkpoint, data_dir)."""
+    root = tmp_path_factory.mktemp("data")
+    out = tmp_path_factory.mktemp("base")
+    sources = "{bach: {composer: bach, limit: 12}, essen: {folder: essenFolksong, include: [erk5.abc], limit: 20}}"
+    _train(["experiment=base", *TINY, "~data.sources", f"+data.sources={sources}", f"paths.data_dir={root}",
+            "trainer.max_steps=30", "trainer.val_check_interval=30"], out)
+    return out / "checkpoints" / "last.ckpt", root
+
+
+def test_base_finetune_score(tiny_base, tmp_path):
+    """experiment=base → experiment=finetune init_from=... on a folder the base never saw → theremin-score on the
+    fine-tune run's val files gives its val/bits_per_note; the base's tokenizer and codec are kept."""
+    import shutil
+
+    import torch
+
+    from theremin.checkpoint import open_checkpoint
+    from theremin.corpus import load_manifest
+    from theremin.score import score_folder
+
+    base_ckpt, root = tiny_base
+    base = open_checkpoint(base_ckpt)
+    assert len(list((root / "base_midi" / "essen").glob("*.mid"))) == 20
+    folk = tmp_path / "irish"
+    r = base_data.build_heldout_midi(folk, "essenFolksong", ["irl.abc"], limit=14, workers=1, progress=False)
+    assert r["written"] == 14
+    out = tmp_path / "ft"
+    metrics = _train(["experiment=finetune", *TINY, f"init_from={base_ckpt}", "data=folder",
+                      f"data.input_dir={folk}", "data.name=irish", f"paths.data_dir={root}", "finetune.steps=12",
+                      "data.val_fraction=0.3"], out)
+    ft = open_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert ft.tokenizer_key == base.tokenizer_key and ft.tokenizer.model_proto == base.tokenizer.model_proto
+    assert ft.codec.config == base.codec.config and ft.model_config == base.model_config
+    assert ft.global_step == 12 and list((out / "checkpoints").glob("best-*.ckpt"))
+    # it started from the base's weights: the embedding moved a little, not from a fresh init
+    delta = (ft.state_dict["wte.weight"] - base.state_dict["wte.weight"]).abs().mean()
+    assert 0 < delta < 0.5 * base.state_dict["wte.weight"].abs().mean()
+
+    # held-out scoring on exactly the run's val files = the run's val/bits_per_note
+    val = tmp_path / "val"
+    rows = [r for r in load_manifest(root / "corpus" / "irish")["files"] if r["split"] == "val"]
+    assert rows
+    for r in rows:
+        (val / r["path"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(folk / r["path"], val / r["path"])
+    rep = score_folder(out / "checkpoints" / "last.ckpt", val)
+    assert rep.files == len(rows) and rep.notes == sum(r["notes"] for r in rows) and rep.tokens > 0
+    assert rep.bits_per_note == pytest.approx(metrics["val/bits_per_note"], rel=1e-5)
+    assert rep.bits_per_note == pytest.approx(ft.last_val["metrics"]["val/bits_per_note"], rel=1e-5)
+    assert torch.isfinite(torch.tensor(rep.bits_per_note))
+
+
+def test_finetune_refusals(tiny_base, tmp_path, midi_dir):
+    """Another codec, a single file, and the bad init_from files name the setting/file; nothing is written."""
+    base_ckpt, root = tiny_base
+    common = ["experiment=finetune", *TINY, f"init_from={base_ckpt}", "data=folder", f"paths.data_dir={root}"]
+    with pytest.raises(FinetuneError, match=r"other codec settings .*codec\.grid"):
+        _train([*common, f"data.input_dir={midi_dir}", "data.name=x1", "codec.grid=24"], tmp_path / "r1")
+    assert not (root / "corpus" / "x1").exists()

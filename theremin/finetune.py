@@ -113,15 +113,27 @@ def check_codec(ck, codec_cfg: dict) -> None:
                             "drop the codec overrides (or train a base with them)")
 
 
+def _carried_files(ck) -> dict[str, bytes]:
+    """The tokenizer files as the checkpoint carries them (bytes), or those of its folder (older checkpoints)."""
+    import torch
+
+    from theremin.checkpoint import tokenizer_files
+
+    raw = torch.load(ck.path, map_location="cpu", weights_only=True, mmap=True)
+    carried = (raw.get("theremin") or {}).get("tokenizer") or {}
+    if carried.get("files"):
+        return dict(carried["files"])
+    return tokenizer_files(ck.tokenizer)["files"]
+
+
 def base_tokenizer_dir(ck, cache_root: str | os.PathLike) -> Path:
     """The base's tokenizer as a folder in ``cache_root`` (written once from the bytes the checkpoint carries;
     named by its key, so the run's checkpoints record the same tokenizer as the base's)."""
-    from theremin.checkpoint import tokenizer_files
     from theremin.midi import atomic_write
 
     key = ck.tokenizer_key or "base"
     out = Path(cache_root) / key
-    for name, data in tokenizer_files(ck.tokenizer)["files"].items():
+    for name, data in _carried_files(ck).items():
         target = out / name
         if target.is_file() and target.read_bytes() == data:
             continue
@@ -131,6 +143,18 @@ def base_tokenizer_dir(ck, cache_root: str | os.PathLike) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(target, lambda tmp, d=data: tmp.write_bytes(d))
     return out
+
+
+def data_kwargs(cfg, init) -> dict:
+    """What the DataModule needs besides the data config: with ``init`` (the base checkpoint), its tokenizer as
+    it is, after checking the run's codec is the base's."""
+    if init is None:
+        return {}
+    from theremin.resolvers import plain
+
+    check_codec(init, plain(cfg.codec))
+    cache = cfg.data.get("tokenizer_cache") or Path(str(cfg.data.corpus_dir)) / "tokenizers"
+    return {"tokenizer_dir": str(base_tokenizer_dir(init, cache))}
 
 
 def unknown_note_share(tok, lines: list[str]) -> float:
