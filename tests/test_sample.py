@@ -242,6 +242,32 @@ def test_outputs_follow_the_umask_and_leave_no_temp_files(roller, prompt, tmp_pa
         assert {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o666 & ~umask}
 
 
+def test_a_prompt_with_chars_the_tokenizer_never_saw(roller, make_midi):
+    """Issue 10.5: "the prompt does not end on a complete event (internal error)" on pop songs (Mr. Blue Sky
+    from miditok's test files): a tempo (175 bpm) or rest the training corpus never had is spelled in byte
+    tokens, which the constraint automaton skipped, so it stopped inside the tempo's two chars. Here: the same
+    in code, a 175 bpm prompt with a rest of an odd length."""
+    from theremin.constraints import RowState
+
+    gap = 437 * 40  # 437 grid steps: more than the longest step, so a REST char carries the remainder
+    notes = [(i * 480, (i + 1) * 480, 60 + i % 5, 80) for i in range(8)] + [(8 * 480 + gap, 9 * 480 + gap, 67, 80)]
+    path = make_midi("pop.mid", notes, tempos=[(0, 175.0)])
+    text = roller.prompt_text(path, None)[0]
+    ids = roller.tok.encode(text)
+    assert sum(roller.tok.sp.is_byte(t) for t in ids) >= 8, "the case needs chars outside the vocabulary"
+    cons = roller.constraints(SamplingSettings())
+    row = RowState()
+    for t in ids:
+        cons.advance(row, t)
+    assert cons.complete(row) and row.notes == 9
+    assert row.cursor == (8 * 480 + gap) // 40  # the rest spelled in bytes moves the cursor too
+    res = roller.roll(path, SamplingSettings(n=2, length=1, unit="bars", seed=1))
+    for v in res.variations:
+        assert v.piece.tempos[:1] == [(0, 342857)]
+        assert v.generated_notes > 0
+        assert all(n.start < v.prompt_end_tick + 4 * 480 for n in v.piece.notes)
+
+
 def test_outputs_midi_wav_png(roller, prompt, tmp_path):
     res = roller.roll(prompt, SamplingSettings(n=2, length=16, seed=9, keep_bars=2), out_dir=tmp_path)
     orig = read_midi(prompt)

@@ -70,10 +70,11 @@ class RowState:
     chord: set[int] = field(default_factory=set)
     partial: list[str] = field(default_factory=list)  # factor chars of an unfinished group
     done: bool = False
+    pending: bytes = b""  # UTF-8 bytes of a char spelled in byte tokens, not complete yet
 
     def copy(self) -> RowState:
         return RowState(self.state, self.cursor, list(self.ends), self.notes, self.chord_pos, set(self.chord),
-                        list(self.partial), self.done)
+                        list(self.partial), self.done, self.pending)
 
 
 class Constraints:
@@ -103,6 +104,9 @@ class Constraints:
         self.n_groups = len(self.factors.groups) if self.factors is not None else 0
         self.V = tokenizer.vocab_size
         self.pieces = [self._piece(i) for i in range(self.V)]
+        # byte-fallback tokens: never sampled, but a prompt spells a char the vocabulary lacks (a tempo or rest
+        # the corpus never had) in them; advance() reassembles the char so the prompt's state stays right
+        self._bytes = {i: int(self.tok.sp.id_to_piece(i)[3:5], 16) for i in range(self.V) if self.tok.sp.is_byte(i)}
         self._masks: dict[int, torch.Tensor] = {}
         self._live = self._live_states()
         self._lead_pitch, self._lead_factor_pitch = self._lead_pitches()
@@ -251,7 +255,10 @@ class Constraints:
             return True
         state, cursor, ends, notes, partial = row.state, row.cursor, list(row.ends), row.notes, list(row.partial)
         chord_pos, chord = row.chord_pos, set(row.chord)
-        for ch in self.pieces[token] or "":
+        chars, pending = self.pieces[token] or "", row.pending
+        if token in self._bytes:
+            chars, pending = _utf8_char(pending + bytes([self._bytes[token]]))
+        for ch in chars:
             nxt = self.step_char(state, ch, check_pitch=False)  # the prompt may use any pitch
             note = None
             cls = c.char_class(ch)
@@ -282,7 +289,7 @@ class Constraints:
                 chord.add(pitch)
             state = nxt if nxt is not None else state
         row.state, row.cursor, row.ends, row.notes, row.partial = state, cursor, ends, notes, partial
-        row.chord_pos, row.chord = chord_pos, chord
+        row.chord_pos, row.chord, row.pending = chord_pos, chord, pending
         return True
 
     def _room(self, ends: list[int], onset: int) -> bool:
@@ -290,7 +297,7 @@ class Constraints:
         return self.max_polyphony is None or sum(1 for e in ends if e > onset) < self.max_polyphony
 
     def complete(self, row: RowState) -> bool:
-        return row.state in COMPLETE
+        return row.state in COMPLETE and not row.pending
 
     def apply(self, row: RowState, logits: torch.Tensor, want_end: bool, sampling: dict) -> torch.Tensor:
         """Mask one row's logits (V,) for its state. ``want_end``: the length target is reached, so a
@@ -325,3 +332,21 @@ class Constraints:
             out[bad] = float("-inf")
             if torch.isneginf(out).all():
                 raise ConstraintError(f"max_polyphony={self.max_polyphony} leaves no token to sample here")
+
+
+_UTF8_LEADS = ((0x80, 0x00), (0xE0, 0xC0), (0xF0, 0xE0), (0xF8, 0xF0))  # (mask, value) of 1..4-byte chars
+
+
+def _utf8_char(pending: bytes) -> tuple[str, bytes]:
+    """(the char, b"") once ``pending`` holds a whole UTF-8 char, else ("", pending) while it is incomplete;
+    bytes that cannot start or continue a char are dropped."""
+    lead = pending[0]
+    size = next((n for n, (mask, value) in enumerate(_UTF8_LEADS, 1) if lead & mask == value), 0)
+    if size == 0:
+        return "", b""
+    if len(pending) < size:
+        return "", pending
+    try:
+        return pending[:size].decode("utf-8"), b""
+    except UnicodeDecodeError:
+        return "", b""
