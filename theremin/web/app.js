@@ -8,7 +8,7 @@ const MODES = ["major", "minor", "dorian", "mixolydian", "lydian", "phrygian", "
 const TONICS = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"];
 const FIGURES = {  // the style/memorisation figures of theremin.evaluate, in a musician's words
   "style/pitch_class_overlap": "pitch classes like the corpus", "style/interval_oa": "intervals like the corpus",
-  "memo/longest_copied_notes": "longest copied run", "memo/longest_copied_notes_any_key": "… in any key",
+  "memo/longest_copied_notes": "longest run copied from the corpus (notes)",
 };
 const state = { prompt: null, presets: {}, history: [], busy: false };
 
