@@ -204,3 +204,57 @@ def test_finetune_refusals(tiny_base, tmp_path, midi_dir):
     with pytest.raises(FinetuneError, match=r"other codec settings .*codec\.grid"):
         _train([*common, f"data.input_dir={midi_dir}", "data.name=x1", "codec.grid=24"], tmp_path / "r1")
     assert not (root / "corpus" / "x1").exists()
+
+
+# ---- guidance: prep says when a corpus is small, generate reports copying ----------------------------------
+def test_prep_says_small_corpus(midi_dir, tmp_path, capsys):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from theremin.paths import conf_dir
+    from theremin.prep import prep
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("prep", overrides=["data=folder", f"data.input_dir={midi_dir}", f"paths.data_dir={tmp_path}",
+                                         "workers=1", "progress=false"])
+    prep(cfg)
+    out = capsys.readouterr().out
+    assert "small corpus" in out and "experiment=finetune init_from=" in out
+
+
+def test_copy_warnings(make_midi, midi_factory, tmp_path):
+    """A roll that replays 4 bars of a training piece is reported (notes, bars, which piece) and warned about;
+    a roll copying less than warn_bars is reported without a warning."""
+    from theremin.corpus import build_corpus
+    from theremin.midichar import MidiChar
+
+    codec = MidiChar()
+    folder = tmp_path / "m"
+    # 16 quarter notes (4 bars of 4/4), all different: a run copied from it is easy to measure
+    make_midi(folder / "a.mid", midi_factory.scale(48, intervals=range(16)))
+    make_midi(folder / "b.mid", midi_factory.random_notes(3, 40))
+    build_corpus(folder, tmp_path / "c", codec, 1, val_fraction=0.0, progress=False)
+    piece = codec.encode_file(folder / "a.mid")
+    runs, warnings = finetune.copy_warnings([piece], 0, tmp_path / "c", codec, (4, 4), warn_bars=2.0)
+    assert runs[0].notes == 16 and runs[0].bars == pytest.approx(15 / 4 + 1 / 48) and runs[0].piece >= 0
+    assert len(warnings) == 1 and "variation 1 copies 3.8 bars (16 notes)" in warnings[0]
+    runs, warnings = finetune.copy_warnings([piece], 0, tmp_path / "c", codec, (4, 4), warn_bars=4.0)
+    assert runs[0].notes == 16 and warnings == []
+    # the prompt's notes are not counted: a continuation of the first 12 notes copies only the last 4
+    runs, _ = finetune.copy_warnings([piece], 12, tmp_path / "c", codec)
+    assert runs[0].notes == 4
+
+
+def test_generate_reports_copied_runs(tiny_base, caplog):
+    """theremin-generate's report gives each variation's longest copied run; over warn_copied_bars it warns."""
+    from theremin.generate import copied_figures, report
+    from theremin.sample import Roller, SamplingSettings
+
+    ckpt, root = tiny_base
+    roller = Roller.load(ckpt)
+    result = roller.roll(None, SamplingSettings(n=2, length=24, temperature=0.3))
+    metrics = copied_figures(result, root / "corpus" / "base", roller.codec, warn_bars=-1.0)
+    assert set(metrics) == {"copied/1/notes", "copied/1/bars", "copied/2/notes", "copied/2/bars"}
+    assert "longest run copied from the training corpus" in report(result, metrics)
+    assert sum("copies" in r.message for r in caplog.records) == 2  # every roll is over -1 bars

@@ -53,7 +53,27 @@ def generate(cfg: DictConfig) -> tuple[RollResult, dict[str, float]]:
 
         metrics = evaluate([v.text for v in result.variations], load_corpus(corpus_dir), roller.codec,
                            prompt_notes=[result.prompt_notes] * len(result.variations))
+        metrics.update(copied_figures(result, corpus_dir, roller.codec, float(cfg.get("warn_copied_bars", 2.0))))
     return result, metrics
+
+
+def copied_figures(result: RollResult, corpus_dir: Path, codec, warn_bars: float) -> dict[str, float]:
+    """Each variation's longest run copied from the training corpus (notes, bars); a warning is logged for each
+    that copies more than ``warn_bars`` bars (theremin.finetune.copy_warnings)."""
+    import logging
+
+    from theremin.finetune import copy_warnings
+
+    v0 = result.variations[0].piece if result.variations else None
+    ts = tuple(v0.time_signatures[0][1:3]) if v0 is not None and v0.time_signatures else (4, 4)
+    runs, warnings = copy_warnings([v.text for v in result.variations], result.prompt_notes, corpus_dir, codec,
+                                   ts, warn_bars)
+    for w in warnings:
+        logging.getLogger("theremin.generate").warning("%s", w)
+    out = {}
+    for v, c in zip(result.variations, runs):
+        out[f"copied/{v.index + 1}/notes"], out[f"copied/{v.index + 1}/bars"] = float(c.notes), c.bars
+    return out
 
 
 def report(result: RollResult, metrics: dict[str, float]) -> str:
@@ -61,6 +81,10 @@ def report(result: RollResult, metrics: dict[str, float]) -> str:
              + (" (prompt cut to the model's context)" if result.prompt_truncated else "")]
     for v in result.variations:
         lines.append(f"  {v.index + 1}: {v.generated_notes} new notes  " + "  ".join(str(p) for p in v.files.values()))
+        key = f"copied/{v.index + 1}"
+        if f"{key}/notes" in metrics:
+            lines.append(f"     longest run copied from the training corpus: {metrics[f'{key}/notes']:.0f} notes "
+                         f"({metrics[f'{key}/bars']:.1f} bars)")
     for k in ("style/pitch_class_overlap", "style/interval_oa", "style/note_density_oa",
               "memo/longest_copied_notes_max", "memo/longest_copied_notes_mean"):
         if k in metrics:

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from theremin import resolvers  # noqa: F401  (the resolvers conf/ uses)
 from theremin.cli import hydra_app
 from theremin.corpus import CorpusReport, build_configured, printable
+from theremin.finetune import corpus_advice
 from theremin.resolvers import plain
 
 
@@ -30,6 +31,9 @@ def prep(cfg: DictConfig) -> CorpusReport:
         min_notes=int(data.min_notes), max_notes=int(data.max_notes),
     )
     print(report.summary())
+    advice = corpus_advice(report.notes, input_dir=printable(str(report.input_dir)))
+    if advice:
+        print(advice)
     print(f"train:    {printable(str(report.train_path))}\nval:      {printable(str(report.val_path))}\n"
           f"manifest: {printable(str(report.manifest_path))}")
     return report
