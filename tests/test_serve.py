@@ -193,26 +193,27 @@ def test_engine_batches_rows_of_different_lengths_exactly_like_generate():
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16)).double().eval()
-    engine = BatchEngine(model, max_rows=12, start=False)
-    prompts = [torch.randint(0, 50, (3, n)) for n in (1, 5, 9, 2)]
-    kws = [{"temperature": 0.0}, {"top_k": 5}, {"top_p": 0.9}, {"min_p": 0.1, "temperature": 1.5}]
-    out = [None] * 4
+    engine = BatchEngine(model, max_rows=15, start=False)
+    prompts = [torch.randint(0, 50, (3, n)) for n in (1, 5, 9, 2, 4)]
+    # the last two share their filters: they are filtered as one batch, then draw with their own generators
+    kws = [{"temperature": 0.0}, {"top_k": 5}, {"min_p": 0.1, "temperature": 1.5}, {"top_p": 0.9}, {"top_p": 0.9}]
+    out = [None] * 5
 
     def go(i):
         out[i] = engine.generate(prompts[i], 30, generator=torch.Generator().manual_seed(i), **kws[i])
 
-    threads = [threading.Thread(target=go, args=(i,)) for i in range(4)]
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(5)]
     for t in threads:
         t.start()
-    while engine.stats()["pending"] < 4:
+    while engine.stats()["pending"] < 5:
         time.sleep(0.01)
     engine.start()
     for t in threads:
         t.join()
-    for i in range(4):
+    for i in range(5):
         ref = model.generate(prompts[i], 30, generator=torch.Generator().manual_seed(i), **kws[i])
         assert torch.equal(out[i], ref), i
-    assert engine.stats()["steps"] == 30 and engine.stats()["mean_rows_per_step"] == 12  # one pass for all
+    assert engine.stats()["steps"] == 30 and engine.stats()["mean_rows_per_step"] == 15  # one pass for all
     engine.close()
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from theremin.model import GPT, KVCache, _sample, window_start
+from theremin.model import GPT, KVCache, filter_logits, window_start
 
 log = logging.getLogger("theremin.serve")
 
@@ -121,6 +121,10 @@ class BatchEngine:
             raise ValueError(f"idx must be a (B, T) tensor with T >= 1, got shape {tuple(idx.shape)}")
         if idx.size(0) > self.max_rows:
             raise ValueError(f"{idx.size(0)} rows do not fit the engine's max_rows={self.max_rows}")
+        if temperature < 0 or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1) or (
+                min_p is not None and not 0 <= min_p <= 1):
+            raise ValueError(f"bad sampling settings: temperature={temperature}, top_k={top_k}, top_p={top_p}, "
+                             f"min_p={min_p}")
         b, t0 = idx.shape
         out = torch.empty(b, t0 + max(0, max_new_tokens), dtype=torch.long, device=idx.device)
         out[:, :t0] = idx
@@ -245,23 +249,53 @@ class BatchEngine:
         logits = decode_step(self.model, tokens, pos, ks, vs)
         self.steps += 1
         self.rows_stepped += tokens.size(0)
-        off = 0
+        hooked, off = [], 0
         for job in self._active:
-            self._guard(job, self._sample, job, logits[off : off + job.n])
+            rows = logits[off : off + job.n]
             off += job.n
+            try:
+                hooked.append((job, self._hook(job, rows)))
+            except Exception as e:  # this job alone fails (it leaves the batch at the end of the step)
+                self._finish(job, error=e)
+        # the sampling filters work row by row: jobs with the same filters run them as one batch, then each job
+        # draws its tokens with its own generator (the very draws GPT.generate would make for it alone)
+        groups: dict[tuple, list] = {}
+        for job, rows in hooked:
+            groups.setdefault(tuple(job.sampling.values()), []).append((job, rows))
+        for items in groups.values():
+            sampling = items[0][0].sampling
+            batch = torch.cat([rows for _, rows in items])
+            greedy = sampling["temperature"] == 0
+            try:
+                probs = batch.argmax(dim=-1) if greedy else filter_logits(batch, **sampling).softmax(dim=-1)
+            except Exception as e:
+                for job, _ in items:
+                    self._finish(job, error=e)
+                continue
+            off = 0
+            for job, _ in items:
+                p = probs[off : off + job.n]
+                off += job.n
+                self._guard(job, self._draw, job, p, greedy)
         self._compact()
 
-    def _sample(self, job: _Job, logits: Tensor) -> None:
-        """What GPT.generate does with one step's logits, for this job's rows."""
+    @staticmethod
+    def _hook(job: _Job, logits: Tensor) -> Tensor:
+        """The job's logits hook (constraints), as GPT.generate calls it."""
+        if job.hook is None:
+            return logits
+        logits = job.hook(job.out[:, : job.t], logits)
+        dead = torch.isneginf(logits).all(dim=-1)
+        if dead.any():
+            rows = dead.nonzero().flatten().tolist()
+            raise RuntimeError(f"logits_hook masked every token in row(s) {rows} at position {job.t}: nothing can "
+                               "be sampled")
+        return logits
+
+    def _draw(self, job: _Job, probs: Tensor, greedy: bool) -> None:
+        """Append the job's next tokens (argmax, or drawn from ``probs``) and see whether it is done."""
         t = job.t
-        if job.hook is not None:
-            logits = job.hook(job.out[:, :t], logits)
-            dead = torch.isneginf(logits).all(dim=-1)
-            if dead.any():
-                rows = dead.nonzero().flatten().tolist()
-                raise RuntimeError(f"logits_hook masked every token in row(s) {rows} at position {t}: nothing "
-                                   "can be sampled")
-        job.out[:, t] = _sample(logits, generator=job.generator, **job.sampling)
+        job.out[:, t] = probs if greedy else torch.multinomial(probs, 1, generator=job.generator).squeeze(-1)
         job.t, job.pos = t + 1, job.pos + 1
         if job.t == job.end:
             self._finish(job, result=job.out)
