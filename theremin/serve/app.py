@@ -151,7 +151,8 @@ def create_app(service: RollService) -> FastAPI:
 
     @app.get("/api/rolls/{roll_id}/{name}")
     async def get_file(roll_id: str, name: str):
-        path = await asyncio.get_running_loop().run_in_executor(service.pool, service.file, roll_id, name)
+        with service.admit():  # a first GET renders (seconds of CPU): it takes a place in the queue like a roll
+            path = await asyncio.get_running_loop().run_in_executor(service.pool, service.file, roll_id, name)
         return FileResponse(path, media_type=MEDIA_TYPES[path.suffix], filename=f"theremin-{roll_id[:8]}-{name}",
                             content_disposition_type="inline")
 
