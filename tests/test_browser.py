@@ -127,11 +127,11 @@ def test_roll_listen_download_keep_reroll_and_errors_in_chromium(browser, server
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
 
-    # re-roll from bar 2 (keep one bar), then go back to the first roll in the history
+    # re-roll from bar K=1 (keep the first bar), then go back to the first roll in the history
     page.fill("#keep-bars", "1")
     page.click("#reroll")
     page.wait_for_function("document.querySelectorAll('#history li').length === 3", timeout=60_000)
-    assert "re-rolled from bar 2" in page.inner_text("#results-title")
+    assert "kept 1 bar of the prompt and re-rolled the rest" in page.inner_text("#results-title")
     page.locator(f"#history li[data-id='{first_id}'] button").click()
     assert page.locator("#history li.current").get_attribute("data-id") == first_id
     assert "two_bars.mid" in page.inner_text("#prompt-info")

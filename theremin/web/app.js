@@ -121,7 +121,7 @@ async function roll(keepBars = null) {
 function showRoll(entry) {
   const { body } = entry;
   $("results-title").hidden = false;
-  $("results-title").textContent = `Variations — seed ${body.seed}` + (entry.keepBars != null ? `, re-rolled from bar ${entry.keepBars + 1}` : "");
+  $("results-title").textContent = `Variations — seed ${body.seed}` + (entry.keepBars != null ? `, kept ${entry.keepBars} bar${entry.keepBars === 1 ? "" : "s"} of the prompt and re-rolled the rest` : "");
   const cards = $("cards");
   cards.replaceChildren(...body.variations.map((v) => card(body, v)));
   document.querySelectorAll("#history li").forEach((li) => li.classList.toggle("current", li.dataset.id === body.id));
