@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from theremin import base_data, finetune
+from theremin.cli import ThereminError
+from theremin.data import DataConfigError
 from theremin.finetune import FinetuneError, FinetuneRules, corpus_advice, plan
 
 TUNE_BOOK = """X:1
@@ -204,6 +206,20 @@ def test_finetune_refusals(tiny_base, tmp_path, midi_dir):
     with pytest.raises(FinetuneError, match=r"other codec settings .*codec\.grid"):
         _train([*common, f"data.input_dir={midi_dir}", "data.name=x1", "codec.grid=24"], tmp_path / "r1")
     assert not (root / "corpus" / "x1").exists()
+    one = tmp_path / "one"
+    one.mkdir()
+    (midi_dir / "scale.mid").rename(one / "scale.mid")
+    with pytest.raises(DataConfigError, match=r"data\.input_dir=.*one: the val split is empty \(1 usable MIDI file"):
+        _train([*common, f"data.input_dir={one}", "data.name=x2"], tmp_path / "r2")  # used to crash in np.memmap
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "bad.mid").write_text("not midi")
+    with pytest.raises(ThereminError, match=r"junk: none of the 1 MIDI files is usable .*bad\.mid: not a MIDI file"):
+        _train([*common, f"data.input_dir={junk}", "data.name=x3"], tmp_path / "r3")
+    with pytest.raises(FinetuneError, match=r"init_from: checkpoint .*missing\.ckpt does not exist"):
+        _train(["experiment=finetune", *TINY, f"init_from={tmp_path / 'missing.ckpt'}", "data=folder",
+                f"paths.data_dir={root}", f"data.input_dir={midi_dir}", "data.name=x4"], tmp_path / "r4")
+    assert not (root / "corpus" / "x4").exists()  # refused before any data is prepared
 
 
 # ---- guidance: prep says when a corpus is small, generate reports copying ----------------------------------

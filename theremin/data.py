@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from theremin.cli import ThereminError
-from theremin.corpus import build_configured
+from theremin.corpus import build_configured, load_manifest
 from theremin.midi import MAX_NOTES, atomic_write
 from theremin.midichar import MidiChar
 from theremin.resolvers import plain
@@ -193,6 +193,12 @@ class MidiDataModule(pl.LightningDataModule):
         if self.tokenizer is None:
             self.prepare()
         self.meta = json.loads((self.token_dir / "tokens.json").read_text())
+        for split in ("train", "val"):  # an empty split cannot be mapped: say why it is empty
+            if not self.meta[split]["pieces"]:
+                where = f"data.input_dir={self.input_dir}" if self.input_dir else f"data.corpus_dir={self.corpus_dir}"
+                files = ((load_manifest(self.corpus_dir) or {}).get("totals") or {}).get("files", {}).get("ok", "?")
+                raise DataConfigError(f"{where}: the {split} split is empty ({files} usable MIDI file(s); a split is "
+                                      "made of whole files): training needs at least 2, one of them to validate on")
         dtype = np.dtype(self.meta["dtype"])
         self.train_tokens = np.memmap(self.token_dir / "train.bin", dtype=dtype, mode="r")
         self.val_tokens = np.memmap(self.token_dir / "val.bin", dtype=dtype, mode="r")

@@ -1,0 +1,103 @@
+"""Fine-tuned vs from scratch on small corpora, side by side: held-out bits/note at the same budget.
+
+    python scripts/bench_finetune.py --base outputs/base/runs/<run>/checkpoints/best-*.ckpt \\
+        --corpus maestro=/data/maestro/train:/data/maestro/test --corpus pop=/data/pop/train:/data/pop/test
+
+For each corpus (a train folder and a test folder of other files, split by file):
+
+1. fine-tuned: ``theremin-train experiment=finetune init_from=<base> data=folder data.input_dir=<train>``; the
+   step count is the one the fine-tuning rules pick from the corpus size (theremin/finetune.py);
+2. from scratch: the same recipe (augmentation, early stopping, best checkpoint) and the same number of steps of
+   the same model size, from random weights, with a tokenizer trained on the folder (``--scratch-vocab``);
+3. ``theremin-score`` of each best checkpoint on the test folder; wall time of each training (CPU minutes);
+4. rolls of both from the first 2 bars of the first test file, as piano-roll PNGs (``--rolls``).
+
+Prints a markdown table; every command it ran is printed before it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def run(cmd: list[str], log: Path) -> tuple[str, float]:
+    print("$ " + shlex.join(cmd), flush=True)
+    t = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    dt = time.perf_counter() - t
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(p.stdout + "\n--- stderr ---\n" + p.stderr)
+    if p.returncode:
+        raise SystemExit(f"failed ({p.returncode}), see {log}:\n{p.stderr[-2000:]}")
+    return p.stdout + p.stderr, dt
+
+
+def best(run_dir: Path) -> Path:
+    ckpts = sorted((run_dir / "checkpoints").glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+    return ckpts[-1] if ckpts else run_dir / "checkpoints" / "last.ckpt"
+
+
+def score(ckpt: Path, test: Path, out: Path) -> dict:
+    run([str(BIN / "theremin-score"), f"ckpt_path={ckpt}", f"input_dir={test}", f"out_json={out}"],
+        out.with_suffix(".log"))
+    return json.loads(out.read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--base", required=True, help="the base checkpoint (experiment=base)")
+    ap.add_argument("--corpus", action="append", required=True, help="name=train_dir:test_dir (repeatable)")
+    ap.add_argument("--out", default="outputs/bench_finetune")
+    ap.add_argument("--scratch-vocab", default="1k", help="tokenizer preset of the from-scratch runs")
+    ap.add_argument("--scratch-lr", default="3e-3")
+    ap.add_argument("--rolls", action="store_true", help="also roll 2 variations of 4 bars from each, with PNGs")
+    args = ap.parse_args()
+    out = Path(args.out).resolve()
+    rows = []
+    for spec in args.corpus:
+        name, dirs = spec.split("=", 1)
+        train, test = (Path(d).resolve() for d in dirs.split(":"))
+        ft_dir, sc_dir = out / name / "finetune", out / name / "scratch"
+        common = ["experiment=finetune", "data=folder", f"data.input_dir={train}"]
+        text, ft_s = run([str(BIN / "theremin-train"), *common, f"init_from={Path(args.base).resolve()}",
+                          f"data.name=bench-{name}-ft", f"hydra.run.dir={ft_dir}"], ft_dir / "train.out")
+        m = re.search(r"fine-tuning from .*?: (\d+) steps .*? lr ([0-9.e+-]+), validation every (\d+) steps", text)
+        if not m:
+            raise SystemExit(f"no fine-tuning plan in the log of {ft_dir}")
+        steps, lr, every = int(m.group(1)), m.group(2), int(m.group(3))
+        _, sc_s = run([str(BIN / "theremin-train"), *common, "init_from=null", f"tokenizer={args.scratch_vocab}",
+                       f"data.name=bench-{name}-scratch", f"trainer.max_steps={steps}",
+                       f"trainer.val_check_interval={every}", f"optimizer.lr={args.scratch_lr}",
+                       f"lr_schedule.warmup_steps={max(1, steps // 20)}", f"hydra.run.dir={sc_dir}"],
+                      sc_dir / "train.out")
+        ft = score(best(ft_dir), test, out / name / "score_finetune.json")
+        sc = score(best(sc_dir), test, out / name / "score_scratch.json")
+        rows.append((name, train, test, sc, ft, steps, lr, sc_s, ft_s))
+        if args.rolls:
+            prompt = sorted(p for p in test.rglob("*") if p.suffix.lower() in (".mid", ".midi"))[0]
+            for kind, d in (("finetune", ft_dir), ("scratch", sc_dir)):
+                run([str(BIN / "theremin-generate"), f"ckpt_path={best(d)}", f"prompt={prompt}",
+                     "sampling.keep_bars=2", "sampling.n=2", "sampling.length=4", "sampling.unit=bars",
+                     "render.wav=false", f"out_dir={out / name / ('rolls_' + kind)}",
+                     f"hydra.run.dir={out / name / ('gen_' + kind)}"], out / name / f"gen_{kind}.out")
+    print("\n| corpus | files train/test | test notes | from scratch bits/note | fine-tuned bits/note | ratio | "
+          "steps (lr) | CPU min scratch / fine-tune |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, train, _test, sc, ft, steps, lr, sc_s, ft_s in rows:
+        n_train = sum(1 for p in train.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
+        print(f"| {name} | {n_train}/{ft['files']} | {ft['notes']:,} | {sc['bits_per_note']:.3f} | "
+              f"{ft['bits_per_note']:.3f} | {ft['bits_per_note'] / sc['bits_per_note']:.2f} | {steps} ({lr}) | "
+              f"{sc_s / 60:.1f} / {ft_s / 60:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
