@@ -534,6 +534,22 @@ def test_prep_command_line(midi_dir, tmp_path):
     assert "data.input_dir is required" in unset.stderr
 
 
+def test_prep_short_forms_build_the_same_corpus(midi_dir, tmp_path):
+    """theremin-prep's first spelling (input_dir=, name=, transpose=) keeps working: the same corpus as data.*."""
+    cmd = [sys.executable, "-m", "theremin.prep", f"paths.data_dir={tmp_path / 'data'}", "workers=1",
+           "progress=false", "hydra.output_subdir=null", f"paths.log_dir={tmp_path / 'logs'}"]
+    short = subprocess.run([*cmd, f"input_dir={midi_dir}", "name=mine", "transpose=null"], capture_output=True,
+                           text=True, timeout=120)
+    assert short.returncode == 0, short.stderr
+    corpus = tmp_path / "data" / "corpus" / "mine"
+    first = (corpus / TRAIN_FILE).read_bytes()
+    assert first and "4 files used" in short.stdout
+    long = subprocess.run([*cmd, "data=folder", f"data.input_dir={midi_dir}", "data.name=mine",
+                           "data.transpose=null"], capture_output=True, text=True, timeout=120)
+    assert long.returncode == 0, long.stderr
+    assert (corpus / TRAIN_FILE).read_bytes() == first
+
+
 # ------------------------------------------------------------------------------------ hostile input (issue 8)
 
 

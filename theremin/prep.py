@@ -6,12 +6,16 @@ theremin-train uses (conf/corpus/default.yaml): the same overrides build the sam
 
     theremin-prep                                  # demo: Bach chorales (built from music21 on first use)
     theremin-prep data=folder data.input_dir=~/midi data.name=mine workers=8
+    theremin-prep input_dir=~/midi name=mine transpose=null   # the short forms: the same corpus
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from theremin import resolvers  # noqa: F401  (the resolvers conf/ uses)
 from theremin.cli import hydra_app
@@ -20,8 +24,25 @@ from theremin.finetune import corpus_advice
 from theremin.resolvers import plain
 
 
+def apply_short_forms(cfg: DictConfig) -> None:
+    """The short forms theremin-prep had before the shared corpus definition (input_dir=, name=, out_dir=,
+    transpose=) written into ``cfg.data``, so both spellings build the same corpus."""
+    with open_dict(cfg):
+        if cfg.get("input_dir"):
+            input_dir = Path(os.path.expanduser(str(cfg.input_dir)))
+            cfg.data.input_dir, cfg.data.demo = str(input_dir), None
+            cfg.data.name = cfg.get("name") or input_dir.resolve().name
+        elif cfg.get("name"):
+            cfg.data.name = cfg.name
+        if cfg.get("out_dir"):
+            cfg.data.corpus_dir = os.path.expanduser(str(cfg.out_dir))
+        if "transpose" in cfg:
+            cfg.data.transpose = cfg.transpose
+
+
 def prep(cfg: DictConfig) -> CorpusReport:
     """Build the corpus a prep config describes; print its summary and where the files are."""
+    apply_short_forms(cfg)
     # _convert_="all": the codec keeps plain lists, so its config is JSON (manifest) and pickle (workers) clean
     codec = hydra.utils.instantiate(cfg.codec, _convert_="all")
     data = cfg.data
