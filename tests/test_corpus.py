@@ -785,3 +785,16 @@ def test_demo_data_command_line_answers_a_bad_setting_in_one_line(tmp_path):
                         "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip() == "theremin-demo-data: error: music21's corpus has no works for composer 'nobody'"
+
+
+def test_write_midi_refuses_a_gap_a_midi_file_cannot_store(tmp_path):
+    """A delta time over 2^28 - 1 ticks used to be written anyway and read back as a corrupt file."""
+    from theremin.midi import MAX_DELTA_TICKS, MidiError, Note, Piece, read_midi, write_midi
+
+    ok = Piece(notes=[Note(0, 10, 60, 80), Note(MAX_DELTA_TICKS, MAX_DELTA_TICKS + 10, 62, 80)], ticks_per_beat=1)
+    assert [n.pitch for n in read_midi(write_midi(ok, tmp_path / "ok.mid")).notes] == [60, 62]
+    far = Piece(notes=[Note(0, 10, 60, 80), Note(MAX_DELTA_TICKS + 11, MAX_DELTA_TICKS + 20, 62, 80)],
+                ticks_per_beat=1)
+    with pytest.raises(MidiError, match="cannot write a gap"):
+        write_midi(far, tmp_path / "far.mid")
+    assert not (tmp_path / "far.mid").exists()

@@ -19,6 +19,7 @@ Cleaning rules (applied by :func:`read_midi`):
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import stat
 import tempfile
@@ -195,6 +196,9 @@ def clean_tempos(tempos: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
+MAX_DELTA_TICKS = 0x0FFFFFFF  # the largest delta time a MIDI file can store (a 4-byte variable-length quantity)
+
+
 def write_midi(
     piece: Piece,
     path: str | os.PathLike,
@@ -234,6 +238,13 @@ def write_midi(
     ]
     midi.time_signature_changes = [TimeSignature(n, d, t) for t, n, d in piece.time_signatures]
     midi.markers = [Marker(text=f"{k}: {v}", time=0) for k, v in (meta or {}).items()]
+    meta_times = [0] + [t for t, _ in piece.tempos] + [t for t, _, _ in piece.time_signatures]
+    for times in [meta_times, *([0, *(t for n in notes for t in (n.start, n.end))] for notes in layers)]:
+        times = sorted(times)
+        gap = max((b - a for a, b in itertools.pairwise(times)), default=0)
+        if gap > MAX_DELTA_TICKS:  # a longer delta cannot be stored: the file would read back as garbage
+            raise MidiError(path, f"cannot write a gap of {gap} ticks between two events (a MIDI file stores at "
+                            f"most {MAX_DELTA_TICKS}); shorten the silence or lower ticks_per_beat")
     atomic_write(path, lambda tmp: midi.dump(str(tmp)))
     return path
 
