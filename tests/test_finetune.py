@@ -274,3 +274,20 @@ def test_generate_reports_copied_runs(tiny_base, caplog):
     assert set(metrics) == {"copied/1/notes", "copied/1/bars", "copied/2/notes", "copied/2/bars"}
     assert "longest run copied from the training corpus" in report(result, metrics)
     assert sum("copies" in r.message for r in caplog.records) == 2  # every roll is over -1 bars
+
+
+def test_unknown_notes_are_measured_and_warned(tiny_base):
+    """A folder whose notes the base tokenizer mostly never saw gets a message naming it and the share."""
+    from theremin.checkpoint import open_checkpoint
+    from theremin.midi import Note, Piece
+
+    base_ckpt, root = tiny_base
+    tok = open_checkpoint(base_ckpt).tokenizer
+    own = [ln for ln in (root / "corpus" / "base" / "train.txt").read_text().split("\n")[:20] if ln]
+    assert finetune.unknown_note_share(tok, own) < 0.2
+    assert finetune.unknown_notes_message(tok, own, "/base") is None
+    # soft, very high notes on an odd grid: nothing a chorale or a folk tune holds
+    weird = tok.codec.encode(Piece([Note(i * 7, i * 7 + 29, 110 + i % 17, 10) for i in range(200)], 12))
+    assert finetune.unknown_note_share(tok, [weird]) > 0.9
+    msg = finetune.unknown_notes_message(tok, [weird], "/my/folder")
+    assert msg.startswith("/my/folder: ") and "% of its notes are unknown to the base tokenizer" in msg

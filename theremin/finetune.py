@@ -192,13 +192,21 @@ def adapt(cfg, dm, ck) -> Plan:
              p.lr, p.val_check_interval)
     lines = [ln for ln in (Path(dm.corpus_dir) / "val.txt").read_text(encoding="utf-8").split("\n") if ln]
     lines += [ln for ln in (Path(dm.corpus_dir) / "train.txt").read_text(encoding="utf-8").split("\n")[:200] if ln]
-    share = unknown_note_share(dm.tokenizer, lines)
-    if share > UNKNOWN_NOTES_WARN:
-        log.warning("%s: %.0f%% of its notes are unknown to the base tokenizer (no piece of its vocabulary; spelled "
-                    "by the factored fallback, 2-3 tokens each): fine-tuning still works, but the base knows little "
-                    "of this music; a base trained with this kind of music (data.extra_dirs of experiment=base) "
-                    "fits it better", dm.input_dir or dm.corpus_dir, 100 * share)
+    msg = unknown_notes_message(dm.tokenizer, lines, dm.input_dir or dm.corpus_dir)
+    if msg:
+        log.warning("%s", msg)
     return p
+
+
+def unknown_notes_message(tok, lines: list[str], where) -> str | None:
+    """A warning when most notes of ``lines`` are unknown to the (base) tokenizer, else None."""
+    share = unknown_note_share(tok, lines)
+    if share <= UNKNOWN_NOTES_WARN:
+        return None
+    return (f"{where}: {100 * share:.0f}% of its notes are unknown to the base tokenizer (no piece of its vocabulary; "
+            "spelled by the factored fallback, 2-3 tokens each): fine-tuning still works, but the base knows little "
+            "of this music; a base trained with this kind of music too (data.extra_dirs of experiment=base) fits it "
+            "better")
 
 
 def init_weights(lit, ck) -> None:
