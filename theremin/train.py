@@ -209,7 +209,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         log.info("run directory: %s", run_dir)
         if "val/bits_per_note" in metrics:
-            log.info("val/bits_per_note = %.4f (step %d)", metrics["val/bits_per_note"], trainer.global_step)
+            log.info("final weights (step %d): val/bits_per_note = %.4f", trainer.global_step,
+                     metrics["val/bits_per_note"])
     return metrics
 
 
