@@ -37,6 +37,11 @@ class SampleMidi(pl.Callback):
         if trainer.sanity_checking or getattr(trainer, "fast_dev_run", False):
             return
         dm = trainer.datamodule
+        if getattr(dm.tokenizer, "kind", "midichar") != "midichar":  # Roller and its grammar masks are midichar's
+            if not getattr(self, "_skipped", False):
+                log.warning("sample_midi: no samples with a %s tokenizer (rolling needs midichar)", dm.tokenizer.kind)
+                self._skipped = True
+            return
         from theremin.midi import write_midi
         from theremin.render import piano_roll_png
         from theremin.sample import Roller, SamplingSettings
