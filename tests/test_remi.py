@@ -120,6 +120,22 @@ def test_theremin_tokenize_measures_a_remi_tokenizer(tok, corpus, texts, codec, 
     assert f"same notes: {notes} of {notes} on the grid" in capsys.readouterr().out
 
 
+def test_a_remi_checkpoint_is_refused_by_name_where_midichar_is_needed(tok, codec, tmp_path):
+    import torch
+
+    from theremin.checkpoint import CheckpointError, open_checkpoint, tokenizer_files
+    from theremin.model import GPT, GPTConfig
+
+    config = {"n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 16, "vocab_size": tok.vocab_size}
+    state = {f"model.{k}": v for k, v in GPT(GPTConfig(**config)).state_dict().items()}
+    ckpt = tmp_path / "remi.ckpt"
+    torch.save({"hyper_parameters": {"model": config, "codec": codec.config, "tokenizer": {"dir": str(tok.dir)}},
+                "state_dict": state, "theremin": {"format": 1, "tokenizer": tokenizer_files(tok)}}, ckpt)
+    with pytest.raises(CheckpointError, match="holds a remi tokenizer: rolling, scoring and fine-tuning need"):
+        open_checkpoint(ckpt)
+    assert open_checkpoint(ckpt, with_tokenizer=False).tokenizer is None  # resuming a REMI run still opens it
+
+
 def test_a_midichar_loader_refuses_a_remi_tokenizer(tok):
     from theremin.tokenizer import MidiTokenizer
 

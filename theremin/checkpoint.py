@@ -149,8 +149,12 @@ def _tokenizer(path: Path, hp: dict, extra: dict, codec: MidiChar, config: GPTCo
 
     carried = extra.get("tokenizer")
     info = hp["tokenizer"] if isinstance(hp["tokenizer"], dict) else {}
+    kind = (carried or {}).get("kind", "midichar")
+    if kind != "midichar":  # a baseline's checkpoint (tokenizer=remi_bpe): it trains and validates, nothing more
+        raise CheckpointError(f"checkpoint {path} holds a {kind} tokenizer: rolling, scoring and fine-tuning need "
+                              "a midichar one (a tokenizer=remi_bpe run is a baseline, see scripts/bench_remi.py)")
     try:
-        if carried and carried.get("kind", "midichar") == "midichar":
+        if carried:
             files = carried["files"]
             tok = MidiTokenizer.from_bytes(files["spm.model"], files["tokenizer.json"], codec,
                                            source=f"the tokenizer inside {path}")
