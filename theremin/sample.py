@@ -24,7 +24,7 @@ from theremin.cli import ThereminError
 from theremin.constraints import Constraints, RowState
 from theremin.midi import MidiError, Piece, is_midi_path, read_midi, write_midi
 from theremin.midichar import MidiChar
-from theremin.model import GPT, GPTConfig
+from theremin.model import GPT
 
 log = logging.getLogger("theremin.sample")
 
@@ -139,37 +139,6 @@ class RollResult:
     prompt_notes: int
     prompt_truncated: bool
     seconds: float
-
-
-def load_checkpoint(path: str | os.PathLike, device: str = "cpu"):
-    """(GPT, MidiTokenizer, MidiChar, hparams) from a theremin checkpoint, with compatibility checks."""
-    from theremin.tokenizer import MidiTokenizer
-
-    path = Path(path)
-    if not path.is_file():
-        raise GenerateError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise GenerateError(f"checkpoint {path} is not a readable theremin checkpoint ({type(e).__name__})") from e
-    hp = ckpt.get("hyper_parameters") or {}
-    if not {"model", "tokenizer", "codec"} <= set(hp):
-        raise GenerateError(f"checkpoint {path} lacks model/tokenizer/codec settings: not a theremin checkpoint")
-    tdir = Path(hp["tokenizer"]["dir"])
-    if not tdir.is_dir():
-        raise GenerateError(f"checkpoint {path} needs its tokenizer at {tdir}, which does not exist")
-    codec = MidiChar(**hp["codec"])
-    tok = MidiTokenizer.load(tdir)
-    if tok.codec.config != codec.config:
-        raise GenerateError(f"checkpoint {path}: its tokenizer {tdir} was made with another codec config")
-    if tok.vocab_size != hp["model"]["vocab_size"]:
-        raise GenerateError(f"checkpoint {path} was trained with a vocab of {hp['model']['vocab_size']} but the "
-                            f"tokenizer at {tdir} has {tok.vocab_size}: they do not belong together")
-    model = GPT(GPTConfig(**hp["model"]))
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
-    model.to(device).eval()
-    return model, tok, codec, hp
 
 
 class Roller:
