@@ -41,6 +41,20 @@ def run(cmd: list[str], log: Path) -> tuple[str, float]:
     return p.stdout + p.stderr, dt
 
 
+def train(cmd: list[str], run_dir: Path, reuse: bool) -> tuple[str, float]:
+    """Run a training command (or, with ``reuse``, take the finished run already in ``run_dir``); its output
+    and wall time are kept in ``run_dir``/bench.json."""
+    record = run_dir / "bench.json"
+    if reuse and record.is_file():
+        r = json.loads(record.read_text())
+        if r["command"] == cmd:
+            print(f"reusing {run_dir} ({r['seconds'] / 60:.1f} min)", flush=True)
+            return r["output"], r["seconds"]
+    text, seconds = run(cmd, run_dir / "train.out")
+    record.write_text(json.dumps({"command": cmd, "seconds": seconds, "output": text[-20000:]}))
+    return text, seconds
+
+
 def best(run_dir: Path) -> Path:
     ckpts = sorted((run_dir / "checkpoints").glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
     return ckpts[-1] if ckpts else run_dir / "checkpoints" / "last.ckpt"
@@ -54,34 +68,48 @@ def score(ckpt: Path, test: Path, out: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", required=True, help="the base checkpoint (experiment=base)")
+    ap.add_argument("--base", default=None, help="the base checkpoint (experiment=base)")
     ap.add_argument("--corpus", action="append", required=True, help="name=train_dir:test_dir (repeatable)")
     ap.add_argument("--out", default="outputs/bench_finetune")
     ap.add_argument("--scratch-vocab", default="1k", help="tokenizer preset of the from-scratch runs")
     ap.add_argument("--scratch-lr", default="3e-3")
     ap.add_argument("--rolls", action="store_true", help="also roll 2 variations of 4 bars from each, with PNGs")
+    ap.add_argument("--reuse", action="store_true", help="reuse finished runs of the same command (bench.json)")
+    ap.add_argument("--scratch-first", metavar="NAME=STEPS", action="append", default=None,
+                    help="only train the from-scratch run of NAME with STEPS steps (before the base exists; "
+                         "a later run with --reuse picks it up when the fine-tuning plan gives the same steps)")
     args = ap.parse_args()
+    args.scratch_steps = {k: int(v) for k, v in (x.split("=") for x in args.scratch_first or [])}
+    args.scratch_first = bool(args.scratch_first)
     out = Path(args.out).resolve()
     rows = []
     for spec in args.corpus:
         name, dirs = spec.split("=", 1)
-        train, test = (Path(d).resolve() for d in dirs.split(":"))
+        train_dir, test = (Path(d).resolve() for d in dirs.split(":"))
         ft_dir, sc_dir = out / name / "finetune", out / name / "scratch"
-        common = ["experiment=finetune", "data=folder", f"data.input_dir={train}"]
-        text, ft_s = run([str(BIN / "theremin-train"), *common, f"init_from={Path(args.base).resolve()}",
-                          f"data.name=bench-{name}-ft", f"hydra.run.dir={ft_dir}"], ft_dir / "train.out")
-        m = re.search(r"fine-tuning from .*?: (\d+) steps .*? lr ([0-9.e+-]+), validation every (\d+) steps", text)
-        if not m:
-            raise SystemExit(f"no fine-tuning plan in the log of {ft_dir}")
-        steps, lr, every = int(m.group(1)), m.group(2), int(m.group(3))
-        _, sc_s = run([str(BIN / "theremin-train"), *common, "init_from=null", f"tokenizer={args.scratch_vocab}",
-                       f"data.name=bench-{name}-scratch", f"trainer.max_steps={steps}",
-                       f"trainer.val_check_interval={every}", f"optimizer.lr={args.scratch_lr}",
-                       f"lr_schedule.warmup_steps={max(1, steps // 20)}", f"hydra.run.dir={sc_dir}"],
-                      sc_dir / "train.out")
+        common = ["experiment=finetune", "data=folder", f"data.input_dir={train_dir}"]
+        steps = args.scratch_steps.get(name)
+        if steps is None or args.scratch_first is False:
+            text, ft_s = train([str(BIN / "theremin-train"), *common, f"init_from={Path(args.base).resolve()}",
+                                f"data.name=bench-{name}-ft", f"hydra.run.dir={ft_dir}"], ft_dir, args.reuse)
+            m = re.search(r"fine-tuning from .*?: (\d+) steps .*? lr ([0-9.e+-]+), validation every (\d+) steps",
+                          text)
+            if not m:
+                raise SystemExit(f"no fine-tuning plan in the log of {ft_dir}")
+            steps, lr = int(m.group(1)), m.group(2)
+        every = max(1, steps // 12)
+        # its own tokenizer (hard_vocab_limit=false: a tiny corpus may not fill the preset's vocab)
+        _, sc_s = train([str(BIN / "theremin-train"), *common, "init_from=null", f"tokenizer={args.scratch_vocab}",
+                         "tokenizer.hard_vocab_limit=false",
+                         f"data.name=bench-{name}-scratch", f"trainer.max_steps={steps}",
+                         f"trainer.val_check_interval={every}", f"optimizer.lr={args.scratch_lr}",
+                         f"lr_schedule.warmup_steps={max(1, steps // 20)}", f"hydra.run.dir={sc_dir}"],
+                        sc_dir, args.reuse)
+        if args.scratch_first:
+            continue
         ft = score(best(ft_dir), test, out / name / "score_finetune.json")
         sc = score(best(sc_dir), test, out / name / "score_scratch.json")
-        rows.append((name, train, test, sc, ft, steps, lr, sc_s, ft_s))
+        rows.append((name, train_dir, sc, ft, steps, lr, sc_s, ft_s))
         if args.rolls:
             prompt = sorted(p for p in test.rglob("*") if p.suffix.lower() in (".mid", ".midi"))[0]
             for kind, d in (("finetune", ft_dir), ("scratch", sc_dir)):
@@ -92,8 +120,8 @@ def main() -> None:
     print("\n| corpus | files train/test | test notes | from scratch bits/note | fine-tuned bits/note | ratio | "
           "steps (lr) | CPU min scratch / fine-tune |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, train, _test, sc, ft, steps, lr, sc_s, ft_s in rows:
-        n_train = sum(1 for p in train.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
+    for name, train_dir, sc, ft, steps, lr, sc_s, ft_s in rows:
+        n_train = sum(1 for p in train_dir.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
         print(f"| {name} | {n_train}/{ft['files']} | {ft['notes']:,} | {sc['bits_per_note']:.3f} | "
               f"{ft['bits_per_note']:.3f} | {ft['bits_per_note'] / sc['bits_per_note']:.2f} | {steps} ({lr}) | "
               f"{sc_s / 60:.1f} / {ft_s / 60:.1f} |")

@@ -40,7 +40,7 @@ class FinetuneRules:
 
     epochs: float = 20.0  # passes over the (augmented) train split, at most
     min_steps: int = 60
-    max_steps: int = 1500
+    max_steps: int = 600
     lr: float = 6.0e-4  # for a train split of ``ref_tokens`` tokens or more
     min_lr: float = 1.5e-4  # the smallest corpora: a gentler rate keeps more of what the base knows
     ref_tokens: int = 1_000_000
