@@ -161,7 +161,7 @@ def test_concurrent_rolls_share_forward_passes_and_match_a_roll_alone(service, t
     (tmp_path / "p.mid").write_bytes(prompt_bytes)
     settings = [SamplingSettings(n=2, length=8 + 2 * i, seed=i, temperature=0.7 + 0.1 * i, keep_bars=1 + i % 2,
                                  key="G major" if i % 3 == 0 else None) for i in range(6)]
-    before = dict(service.engine.stats())
+    first = service.engine.stats()["steps"]
     results = [None] * 6
     barrier = threading.Barrier(6)
 
@@ -174,16 +174,17 @@ def test_concurrent_rolls_share_forward_passes_and_match_a_roll_alone(service, t
         t.start()
     for t in threads:
         t.join()
-    stats = service.engine.stats()
-    steps = stats["steps"] - before["steps"]
+    steps = service.engine.stats()["steps"] - first
     alone = Roller.load(trained[0])
-    total_steps = 0
+    steps_one_by_one = 0
     for s, meta in zip(settings, results):
-        ref = alone.roll(tmp_path / "p.mid", SamplingSettings(**{**s.__dict__}))
+        ref = alone.roll(tmp_path / "p.mid", SamplingSettings(**s.__dict__))
         got = [read_notes(service.file(meta["id"], f"variation_{k:02d}.mid").read_bytes()) for k in (1, 2)]
         assert got == [sorted((n.start, n.pitch) for n in v.piece.notes) for v in ref.variations]
-        total_steps += max(len(alone.tok.encode(v.text)) for v in ref.variations)  # about one step per token
-    assert steps < total_steps * 0.6, f"{steps} shared steps for {total_steps} tokens alone"
+        before = service.engine.stats()["steps"]
+        service.roll(SamplingSettings(**s.__dict__), prompt_bytes, "p.mid")  # alone: its own steps
+        steps_one_by_one += service.engine.stats()["steps"] - before
+    assert steps < 0.6 * steps_one_by_one, f"{steps} shared steps, {steps_one_by_one} one request at a time"
 
 
 def test_engine_batches_rows_of_different_lengths_exactly_like_generate():
