@@ -417,6 +417,10 @@ def test_the_demo_prints_its_progress():
 
     cfg = demo_config([])
     assert cfg.callbacks.progress_log._target_ == "theremin.callbacks.ProgressLog"
+    # the demo's own run, and another one for other settings (a shorter demo never resumes into the real one)
+    other = demo_config(["trainer.max_steps=40"]).paths.output_dir
+    assert Path(cfg.paths.output_dir).parts[-2:] == ("demo", "train") and other != cfg.paths.output_dir
+    assert "=" not in other and "," not in other
 
 
 def test_the_demo_answers_a_bad_setting_in_one_line(capsys):

@@ -15,7 +15,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from theremin import resolvers  # noqa: F401
+from theremin import resolvers
 from theremin.cli import ThereminError, run_cli
 from theremin.paths import conf_dir, data_dir
 
@@ -32,8 +32,10 @@ def demo_config(overrides: list[str]):
         except HydraException as e:  # a bad override: Hydra's own message, as theremin-train would answer it
             raise ThereminError(" ".join(str(e).split("Config search path")[0].split())) from None
     with open_dict(cfg):
-        cfg.run_name = "demo"
-        cfg.paths.output_dir = str(Path(cfg.paths.log_dir) / "demo" / "train")
+        # the demo's run is outputs/demo/train; with overrides it is another run (the same command resumes it)
+        suffix = f"-{resolvers.run_name(','.join(sorted(overrides)))}" if overrides else ""
+        cfg.run_name = f"demo{suffix}"
+        cfg.paths.output_dir = str(Path(cfg.paths.log_dir) / "demo" / f"train{suffix}")
         del cfg["hydra"]
     return cfg
 
