@@ -175,9 +175,9 @@ def check_resume(ck: Checkpoint, dm, lit) -> None:
 def final_metrics(trainer: pl.Trainer, lit, dm) -> dict[str, float]:
     """Training metrics of the last logged step and the validation of the final weights (validated again here
     only when the run ended without it, e.g. a checkpoint written by an older theremin)."""
+    if trainer.fast_dev_run or not trainer.limit_val_batches:  # no final figure to speak of: what was logged
+        return {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("val/")}
-    if trainer.fast_dev_run or not trainer.limit_val_batches:
-        return metrics
     if not lit.last_val or lit.last_val["step"] != trainer.global_step:
         trainer.validate(lit, datamodule=dm, verbose=False)
     final = lit.last_val if lit.last_val and lit.last_val["step"] == trainer.global_step else {}
