@@ -3,6 +3,7 @@ base → fine-tune → score on tiny models."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -291,3 +292,18 @@ def test_unknown_notes_are_measured_and_warned(tiny_base):
     assert finetune.unknown_note_share(tok, [weird]) > 0.9
     msg = finetune.unknown_notes_message(tok, [weird], "/my/folder")
     assert msg.startswith("/my/folder: ") and "% of its notes are unknown to the base tokenizer" in msg
+
+
+def test_val_split_shorter_than_a_window(tiny_base, tmp_path, make_midi, midi_factory):
+    """A small folder's val split (one short file) is shorter than one window: it validates (the window is padded)
+    instead of being refused ("the val split has 40 tokens, fewer than one window" before)."""
+    import math
+
+    base_ckpt, root = tiny_base
+    for root_note in (55, 60, 62, 64, 67):  # five 8-note scales: whichever goes to val is a few tokens long
+        make_midi(tmp_path / "scales" / f"s{root_note}.mid", midi_factory.scale(root_note))
+    metrics = _train(["experiment=finetune", *TINY, f"init_from={base_ckpt}", "data=folder", f"paths.data_dir={root}",
+                      f"data.input_dir={tmp_path / 'scales'}", "data.name=tinyval", "finetune.steps=4"], tmp_path / "r")
+    meta = json.loads(next((root / "corpus" / "tinyval").rglob("tokens.json")).read_text())
+    assert 0 < meta["val"]["tokens"] < 64 + 1
+    assert math.isfinite(metrics["val/bits_per_note"])
