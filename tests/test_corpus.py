@@ -798,3 +798,18 @@ def test_write_midi_refuses_a_gap_a_midi_file_cannot_store(tmp_path):
     with pytest.raises(MidiError, match="cannot write a gap"):
         write_midi(far, tmp_path / "far.mid")
     assert not (tmp_path / "far.mid").exists()
+
+
+def test_the_umask_is_read_without_changing_it(monkeypatch):
+    """Reading the umask must not set it, even briefly: a server thread could create a world-writable file."""
+    from theremin.midi import current_umask
+
+    old = os.umask(0o027)
+    try:
+        calls = []
+        real = os.umask
+        monkeypatch.setattr(os, "umask", lambda m: calls.append(m) or real(m))
+        assert current_umask() == 0o027
+        assert calls == [] or 0 not in calls  # /proc where there is one; never a looser mask elsewhere
+    finally:
+        os.umask(old)

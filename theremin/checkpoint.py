@@ -28,6 +28,7 @@ import torch
 from lightning_fabric.plugins import TorchCheckpointIO
 
 from theremin.cli import ThereminError
+from theremin.midi import current_umask
 from theremin.midichar import MidiChar
 from theremin.model import GPT, GPTConfig
 
@@ -226,9 +227,7 @@ def tokenizer_files(tok) -> dict:
 
 # ---- writing ------------------------------------------------------------------------------------------------
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return current_umask()
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:

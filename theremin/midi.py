@@ -23,6 +23,7 @@ import itertools
 import os
 import stat
 import tempfile
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,14 +250,31 @@ def write_midi(
     return path
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux: /proc/self/status): setting it to 0
+    and back, the only portable way, would let another thread (the server's) create a world-writable file."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)  # briefly the strictest mask, never a looser one
+        os.umask(mask)
+    return mask
+
+
 def temp_beside(path: Path) -> Path:
     """A new empty temp file next to ``path`` (same file system: ``os.replace`` onto ``path`` is atomic), with the
     permissions a plain ``open()`` would give under the umask (``mkstemp`` makes 0600 files)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
+        os.fchmod(fd, 0o666 & ~current_umask())
     finally:
         os.close(fd)
     return Path(tmp)

@@ -44,7 +44,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from theremin.cli import ThereminError
-from theremin.midi import atomic_write
+from theremin.midi import atomic_write, current_umask
 from theremin.midichar import BASE, MidiChar
 
 FORMAT_VERSION = 1
@@ -585,9 +585,7 @@ def get_or_train(text_file: str | os.PathLike, vocab_size: int, cache_root: str 
             tok.from_cache = True
             return tok
         tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the renamed cache folder should read like any other
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: read like any other folder once renamed
         print(f"training tokenizer {final.name} (vocab {vocab_size}) on {text_file}", flush=True)
         try:
             MidiTokenizer.train(text_file, vocab_size, tmp, codec, **options)
