@@ -320,11 +320,14 @@ class BatchEngine:
                 keep.extend(range(off, off + j.n))
             off += j.n
         self._active = [j for j in self._active if not j.future.done()]
-        if keep and self._ks:
-            idx = torch.tensor(keep, device=self._ks[0].device)
+        moved = [i for i, row in enumerate(keep) if row != i]
+        if moved and self._ks:  # move only the rows that change place, only as far as they hold keys
+            used = max(j.pos for j in self._active)
+            dst = torch.tensor(moved, device=self._ks[0].device)
+            src = torch.tensor([keep[i] for i in moved], device=dst.device)
             for kc, vc in zip(self._ks, self._vs):
-                kc[: len(keep)] = kc.index_select(0, idx)
-                vc[: len(keep)] = vc.index_select(0, idx)
+                kc[dst, :, :used] = kc[src, :, :used]
+                vc[dst, :, :used] = vc[src, :, :used]
 
 
 class BatchedModel:
