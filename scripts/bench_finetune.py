@@ -99,7 +99,7 @@ def main() -> None:
             steps, lr = int(m.group(1)), m.group(2)
         every = max(1, steps // 12)
         # its own tokenizer (hard_vocab_limit=false: a tiny corpus may not fill the preset's vocab)
-        _, sc_s = train([str(BIN / "theremin-train"), *common, "init_from=null", f"tokenizer={args.scratch_vocab}",
+        _, sc_s = train([str(BIN / "theremin-train"), *common, "~finetune", f"tokenizer={args.scratch_vocab}",
                          "tokenizer.hard_vocab_limit=false",
                          f"data.name=bench-{name}-scratch", f"trainer.max_steps={steps}",
                          f"trainer.val_check_interval={every}", f"optimizer.lr={args.scratch_lr}",

@@ -100,6 +100,16 @@ def open_init(init_from: str | os.PathLike):
     return ck
 
 
+def init_of(cfg):
+    """The base checkpoint of a run (``init_from``), opened; None without one. The fine-tuning recipe
+    (``finetune``, experiment=finetune) requires one; ``~finetune`` drops the recipe's sizing (the same run from
+    scratch, as scripts/bench_finetune.py compares)."""
+    if cfg.get("finetune") is not None and not cfg.get("init_from"):
+        raise FinetuneError("init_from is required by experiment=finetune: init_from=<base checkpoint>, e.g. the "
+                            "best-*.ckpt of a `theremin-train experiment=base` run")
+    return open_init(cfg.init_from) if cfg.get("init_from") else None
+
+
 def check_codec(ck, codec_cfg: dict) -> None:
     """The run's codec settings must be the base's: the tokenizer and the weights only mean anything there."""
     from theremin.midichar import MidiChar

@@ -106,7 +106,7 @@ def build(cfg: DictConfig):
     """DataModule (prepared), LitGPT and Trainer from the config, after checking what would fail later."""
     pl.seed_everything(cfg.seed, workers=True)
     # init_from: start from a base checkpoint, with its tokenizer, codec and model shape (theremin/finetune.py)
-    init = finetune.open_init(cfg.init_from) if cfg.get("init_from") else None
+    init = finetune.init_of(cfg)
     dm = hydra.utils.instantiate(cfg.data, tokenizer=plain(cfg.tokenizer), codec=plain(cfg.codec),
                                  _recursive_=False, **finetune.data_kwargs(cfg, init))
     dm.prepare()
