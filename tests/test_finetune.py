@@ -307,3 +307,20 @@ def test_val_split_shorter_than_a_window(tiny_base, tmp_path, make_midi, midi_fa
     meta = json.loads(next((root / "corpus" / "tinyval").rglob("tokens.json")).read_text())
     assert 0 < meta["val"]["tokens"] < 64 + 1
     assert math.isfinite(metrics["val/bits_per_note"])
+
+
+def test_finetune_requires_init_from(tmp_path):
+    """experiment=finetune without init_from used to train from scratch silently (an experiment's `???` cannot
+    override train.yaml's null); ~finetune is the same recipe from scratch, on purpose."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from theremin.paths import conf_dir
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=finetune", f"data.input_dir={tmp_path}"])
+        scratch = compose("train", overrides=["experiment=finetune", "~finetune", f"data.input_dir={tmp_path}"])
+    with pytest.raises(FinetuneError, match="init_from is required by experiment=finetune"):
+        finetune.init_of(cfg)
+    assert finetune.init_of(scratch) is None
