@@ -242,6 +242,8 @@ class _FactorTable(dict):
 class MidiTokenizer:
     """A trained tokenizer: ``encode(text) -> ids``, ``decode(ids) -> text``; see the module docstring."""
 
+    kind = "midichar"  # the tokenizer config's `kind` (theremin.tokenizer_kinds; theremin.remi's is "remi")
+
     def __init__(self, model_dir: str | os.PathLike | None, meta: dict, codec: MidiChar,
                  model_proto: bytes | None = None, source: str | None = None):
         """``model_dir`` holds spm.model; or ``model_proto`` is its bytes (``model_dir`` None: a tokenizer
