@@ -77,8 +77,10 @@ def val_lines(hp: dict) -> list[str]:
     return [ln for ln in (corpus / "val.txt").read_text(encoding="utf-8").split("\n") if ln]
 
 
-def notes_per_second(model: GPT, tok, prompt: list[int], args: argparse.Namespace) -> tuple[float, float]:
-    """(generated notes per second, tokens per second), medians over the repeats."""
+def notes_per_second(model: GPT, tok, prompt: list[int], args: argparse.Namespace) -> tuple[float, float, float]:
+    """(generated notes per second, tokens per second, notes per generated token), medians over the repeats.
+    Tokens/s is the same model work for both codecs (same shape and vocab) and moves with the machine's load;
+    notes per generated token does not."""
     specials = [i for i in {tok.bos_id, tok.eos_id, getattr(tok, "unk_id", None), getattr(tok, "pad_id", None)}
                 if i is not None]
 
@@ -87,7 +89,7 @@ def notes_per_second(model: GPT, tok, prompt: list[int], args: argparse.Namespac
         return logits
 
     prompt_notes = tok.codec.count_notes(tok.decode(prompt, errors="ignore"))
-    rates, token_rates = [], []
+    rates, token_rates, per_token = [], [], []
     for r in range(args.repeats + 1):
         gen = torch.Generator().manual_seed(args.seed + r)
         t0 = time.perf_counter()
@@ -99,7 +101,8 @@ def notes_per_second(model: GPT, tok, prompt: list[int], args: argparse.Namespac
         if r:  # the first run warms up
             rates.append(notes / (t2 - t0))
             token_rates.append(args.new_tokens / (t1 - t0))
-    return statistics.median(rates), statistics.median(token_rates)
+            per_token.append(notes / args.new_tokens)
+    return statistics.median(rates), statistics.median(token_rates), statistics.median(per_token)
 
 
 def grid_check(tok, lines: list[str]) -> dict:
@@ -115,9 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_grad_enabled(False)
     print(f"torch threads: {torch.get_num_threads()}; {args.new_tokens} new tokens, median of {args.repeats}")
-    print("| run | codec | model | params | steps | val bits/note | val notes/token | gen notes/s | gen tokens/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    checks = {}
+    print("| run | codec | model | params | steps | val bits/note | val notes/token | gen notes/s | gen tokens/s "
+          "| gen notes/token |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    checks = {}  # REMI tokenizer dir -> grid report
     for run in find_runs(args.runs):
         model, tok, hp, step = load(run)
         lines = val_lines(hp)
@@ -125,13 +129,13 @@ def main(argv: list[str] | None = None) -> None:
         prompt = [tok.bos_id, *enc[: args.prompt_tokens]]
         vals = [tok.encode(t) for t in lines]
         npt = sum(tok.codec.count_notes(t) for t in lines) / sum(len(v) for v in vals)
-        nps, tps = notes_per_second(model, tok, prompt, args)
+        nps, tps, npt_gen = notes_per_second(model, tok, prompt, args)
         val_step, bpn = last_val(run)
-        m = hp["model"]
-        print(f"| {run.name} | {tok.kind} {tok.vocab_size} | {m['n_layer']}x{m['n_embd']} | "
+        m, kind = hp["model"], getattr(tok, "kind", "midichar")
+        print(f"| {run.name} | {kind} {tok.vocab_size} | {m['n_layer']}x{m['n_embd']} | "
               f"{model.num_params() / 1e6:.2f}M | {max(step, val_step)} | {bpn:.3f} | {npt:.3f} | {nps:.0f} | "
-              f"{tps:.0f} |", flush=True)
-        if args.grid_check and tok.kind == "remi" and str(tok.dir) not in checks:
+              f"{tps:.0f} | {npt_gen:.2f} |", flush=True)
+        if args.grid_check and kind == "remi" and str(tok.dir) not in checks:
             checks[str(tok.dir)] = grid_check(tok, lines)
     for d, c in checks.items():
         print(f"grid check {d}: {c}")
