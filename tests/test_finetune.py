@@ -90,11 +90,12 @@ def test_extra_dirs_are_linked_and_relinked(midi_dir, tmp_path):
 # ---- rules ------------------------------------------------------------------------------------------------
 def test_plan_from_corpus_size():
     r = FinetuneRules()
-    tiny, mid, big = plan(5_000, 4096, r), plan(200_000, 4096, r), plan(50_000_000, 4096, r)
+    tiny, mid, big = plan(5_000, 4096, r), plan(60_000, 4096, r), plan(50_000_000, 4096, r)
     assert tiny.steps == r.min_steps and big.steps == r.max_steps
-    assert mid.steps == -(-int(r.epochs * 200_000) // 4096)
-    assert tiny.lr == r.min_lr and big.lr == r.lr and r.min_lr < mid.lr < r.lr
-    assert tiny.lr <= mid.lr <= big.lr  # a smaller corpus takes smaller steps away from the base
+    assert r.min_steps < mid.steps == -(-int(r.epochs * 60_000) // 4096) < r.max_steps
+    mid_lr = plan(r.ref_tokens // 4, 4096, r).lr  # sqrt scaling: half the full rate
+    assert tiny.lr == r.min_lr and big.lr == r.lr and r.min_lr < mid_lr < r.lr and mid_lr == pytest.approx(r.lr / 2)
+    assert tiny.lr <= mid.lr <= mid_lr <= big.lr  # a smaller corpus takes smaller steps away from the base
     assert 1 <= mid.warmup_steps < mid.steps and mid.val_check_interval == mid.steps // r.validations
     fixed = plan(200_000, 4096, FinetuneRules(steps=77, fixed_lr=1e-5))
     assert (fixed.steps, fixed.lr) == (77, 1e-5)
