@@ -265,7 +265,9 @@ def test_optuna_sweep_of_two_trials(data_root, demo_midi, tmp_path):
     assert "best_value" in result
 
 
-@pytest.mark.parametrize("experiment", group_options("experiment"))
+# the base experiments convert music21's folk tune books first (~10 min once on 2 cores): slow
+@pytest.mark.parametrize("experiment", [
+    pytest.param(e, marks=pytest.mark.slow) if e.startswith("base") else e for e in group_options("experiment")])
 def test_every_experiment_runs(data_root, demo_midi, tmp_path, experiment):
     from theremin.train import train
 
