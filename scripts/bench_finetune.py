@@ -21,6 +21,7 @@ import argparse
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -50,6 +51,8 @@ def train(cmd: list[str], run_dir: Path, reuse: bool) -> tuple[str, float]:
         if r["command"] == cmd:
             print(f"reusing {run_dir} ({r['seconds'] / 60:.1f} min)", flush=True)
             return r["output"], r["seconds"]
+    if run_dir.exists():  # a run of another command there would be resumed, not started afresh
+        shutil.rmtree(run_dir)
     text, seconds = run(cmd, run_dir / "train.out")
     record.write_text(json.dumps({"command": cmd, "seconds": seconds, "output": text[-20000:]}))
     return text, seconds
@@ -74,6 +77,8 @@ def main() -> None:
     ap.add_argument("--scratch-vocab", default="1k", help="tokenizer preset of the from-scratch runs")
     ap.add_argument("--scratch-lr", default="3e-3")
     ap.add_argument("--rolls", action="store_true", help="also roll 2 variations of 4 bars from each, with PNGs")
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="cap the fine-tuning plan (finetune.max_steps): the budget both runs get")
     ap.add_argument("--reuse", action="store_true", help="reuse finished runs of the same command (bench.json)")
     ap.add_argument("--scratch-first", metavar="NAME=STEPS", action="append", default=None,
                     help="only train the from-scratch run of NAME with STEPS steps (before the base exists; "
@@ -90,7 +95,8 @@ def main() -> None:
         common = ["experiment=finetune", "data=folder", f"data.input_dir={train_dir}"]
         steps = args.scratch_steps.get(name)
         if steps is None or args.scratch_first is False:
-            text, ft_s = train([str(BIN / "theremin-train"), *common, f"init_from={Path(args.base).resolve()}",
+            cap = [f"finetune.max_steps={args.max_steps}"] if args.max_steps else []
+            text, ft_s = train([str(BIN / "theremin-train"), *common, f"init_from={Path(args.base).resolve()}", *cap,
                                 f"data.name=bench-{name}-ft", f"hydra.run.dir={ft_dir}"], ft_dir, args.reuse)
             m = re.search(r"fine-tuning from .*?: (\d+) steps .*? lr ([0-9.e+-]+), validation every (\d+) steps",
                           text)
