@@ -292,6 +292,23 @@ def test_a_run_directory_is_locked_by_the_launching_process_only(tmp_path, monke
         pass
 
 
+def test_a_worker_forked_by_the_run_does_not_keep_its_lock(tmp_path):
+    import multiprocessing
+
+    from theremin.train import run_lock
+
+    ctx = multiprocessing.get_context("fork")  # how corpus and DataLoader workers start on Linux
+    with run_lock(tmp_path):
+        worker = ctx.Process(target=time.sleep, args=(60,))
+        worker.start()
+    try:
+        with run_lock(tmp_path):  # the run ended; its worker lives on and must not hold the run directory
+            pass
+    finally:
+        worker.kill()
+        worker.join()
+
+
 @pytest.mark.slow
 def test_the_same_command_twice_stops_the_second_with_the_pid(data_root, demo_midi, tmp_path):
     """Two processes, one run directory, end to end (about 1-2 minutes on 2 cores)."""

@@ -52,6 +52,20 @@ def _launching_process() -> bool:
     return all(int(os.environ.get(v) or 0) == 0 for v in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"))
 
 
+# Lock files this process holds. A forked child (corpus or DataLoader workers) would share the lock and keep it
+# after a killed parent; each child closes its copy, so only the launching process ever holds a run's lock.
+_held_locks: list = []
+
+
+def _drop_locks_in_child() -> None:
+    for f in _held_locks:
+        f.close()  # the child's copy of the descriptor only: the parent keeps its lock
+    _held_locks.clear()
+
+
+os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: Path):
     """Hold an exclusive lock on ``run_dir`` while the run uses it; a second process gets a TrainConfigError
@@ -62,6 +76,7 @@ def run_lock(run_dir: Path):
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     f = open(run_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held open for the whole run)
+    _held_locks.append(f)
     try:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -77,6 +92,7 @@ def run_lock(run_dir: Path):
         f.flush()
         yield
     finally:
+        _held_locks.remove(f)
         f.close()  # releases the lock
 
 
