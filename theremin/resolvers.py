@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -34,6 +35,36 @@ def wandb_mode() -> str:
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
-for _name, _fn in (("run_name", run_name), ("wandb_mode", wandb_mode)):
+def _multirun_job():
+    """The job's Hydra config inside a multirun; None in a single run or outside Hydra (hydra.compose)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return HydraConfig.get()
+
+
+def wandb_group(task_name: str) -> str:
+    """A wandb group per sweep: ``<task_name>-<sweep folder>`` for every job of one multirun (the folder is its
+    start time by default), so two sweeps of one experiment are two groups; a single run's group is task_name."""
+    job = _multirun_job()
+    return f"{task_name}-{Path(job.sweep.dir).name}" if job is not None else task_name
+
+
+def wandb_tags(codec: str, vocab_size) -> list[str]:
+    """Tags for the choices sweeps vary: tokenizer kind and vocab size (from the config, which overrides may
+    change), and the model preset and experiment (from Hydra's choices, when run by Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    tags = [f"codec:{codec}", f"vocab:{vocab_size}"]
+    if HydraConfig.initialized():
+        choices = HydraConfig.get().runtime.choices
+        tags += [f"{group}:{choices[group]}" for group in ("model", "experiment") if choices.get(group)]
+    return tags
+
+
+for _name, _fn in (("run_name", run_name), ("wandb_mode", wandb_mode), ("wandb_group", wandb_group),
+                   ("wandb_tags", wandb_tags)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)

@@ -19,13 +19,14 @@ import fcntl
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from theremin import finetune, resolvers  # noqa: F401  (resolvers registers ${run_name:} and ${wandb_mode:})
+from theremin import finetune, resolvers  # noqa: F401  (registers the ${...:} resolvers of conf/)
 from theremin.checkpoint import (
     AtomicCheckpointIO,
     Checkpoint,
@@ -200,6 +201,20 @@ def final_metrics(trainer: pl.Trainer, lit, dm) -> dict[str, float]:
     return {**metrics, **final.get("metrics", {})}
 
 
+@contextlib.contextmanager
+def wandb_run_closed():
+    """Finish the wandb run the block started (failed if it raised): the jobs of a multirun share a process, and
+    Lightning's WandbLogger would otherwise hand the next job this run, with its group, tags and history."""
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        wandb = sys.modules.get("wandb")  # never imported: no run to finish
+        if wandb is not None and wandb.run is not None:
+            wandb.finish(exit_code=1 if failed else 0)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (or resume) one run; returns the final metrics as floats."""
     run_dir = Path(cfg.paths.output_dir)
@@ -218,10 +233,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         n_params = lit.model.num_params()
         log.info("model %.2fM parameters, vocab %d, %d val notes", n_params / 1e6, dm.vocab_size,
                  dm.val_note_count)
-        for lg in trainer.loggers:
-            lg.log_hyperparams({"n_params": n_params, "config": plain(cfg)})
-        trainer.fit(lit, datamodule=dm, ckpt_path=str(ck.path) if ck else None)
-        metrics = final_metrics(trainer, lit, dm)
+        with wandb_run_closed():
+            for lg in trainer.loggers:
+                lg.log_hyperparams({"n_params": n_params, "config": plain(cfg)})
+            trainer.fit(lit, datamodule=dm, ckpt_path=str(ck.path) if ck else None)
+            metrics = final_metrics(trainer, lit, dm)
     if trainer.is_global_zero:
         log.info("run directory: %s", run_dir)
         if "val/bits_per_note" in metrics:
