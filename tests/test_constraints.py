@@ -5,10 +5,13 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 
-from theremin.constraints import Constraints, RowState
+from theremin.constraints import ConstraintError, Constraints, RowState, parse_key
 from theremin.midi import Note, Piece
 from theremin.midichar import BASE, DUR_EXT, NOTE, REST, START, TEMPO_HI, TEMPO_LO, CodecError, MidiChar
+from theremin.model import GPT, GPTConfig
+from theremin.sample import Roller, SamplingSettings
 from theremin.tokenizer import MidiTokenizer
 
 CODEC = MidiChar()
@@ -34,7 +37,11 @@ def toks(tmp_path_factory) -> dict[str, MidiTokenizer]:
     corpus.write_text("".join(CODEC.encode(random_piece(rng)) + "\n" for _ in range(40)), encoding="utf-8")
     return {"bytes": MidiTokenizer.train(corpus, 600, root / "bytes", CODEC, fallback="bytes"),
             "factored": MidiTokenizer.train(corpus, 900, root / "factored", CODEC, fallback="factored",
-                                            char_budget=1.0)}
+                                            char_budget=1.0),
+            "relative": MidiTokenizer.train(corpus, 900, root / "relative", CODEC, fallback="factored",
+                                            char_budget=1.0, pitch="relative"),
+            "relative_bytes": MidiTokenizer.train(corpus, 900, root / "relative_bytes", CODEC, fallback="bytes",
+                                                  pitch="relative")}
 
 
 def decodes(text: str) -> bool:
@@ -50,13 +57,13 @@ def walk(cons: Constraints, rng: random.Random, steps: int, complete: bool = Tru
     """Tokens drawn among those the masks allow (then, with ``complete``, more until the text is complete)."""
     row, ids = RowState(), []
     while len(ids) < steps or (complete and not cons.complete(row)):
-        allowed = cons.mask(row.state).nonzero().flatten().tolist()
+        allowed = cons.row_mask(row).nonzero().flatten().tolist()
         ids.append(rng.choice(allowed))
         cons.advance(row, ids[-1])
     return ids, row
 
 
-@pytest.mark.parametrize("name", ["bytes", "factored"])
+@pytest.mark.parametrize("name", ["bytes", "factored", "relative", "relative_bytes"])
 @pytest.mark.parametrize("kwargs", [{}, {"pitch_range": (57, 66), "key": "D minor", "max_polyphony": 2}])
 def test_every_allowed_walk_decodes_strictly(toks, name, kwargs):
     tok, rng = toks[name], random.Random(1)
@@ -89,3 +96,106 @@ def test_masks_allow_exactly_the_tokens_that_keep_the_text_decodable(toks):
             expected = decodes(text + piece) and zero_tempo_hi not in piece
             assert bool(allowed[t]) == expected, (row.state, piece)
     assert set(seen) == {START, NOTE, DUR_EXT, REST, TEMPO_HI, TEMPO_LO}  # every state the sampler can be in
+
+
+SAMPLING = {"temperature": 1.0, "top_k": None, "top_p": None, "min_p": None}
+
+
+def roll_rows(cons: Constraints, tok, seed: int, n_notes: int, prompt: str = "") -> list[str]:
+    """Texts sampled through ``apply`` from random logits (4 rows), each prompt + continuation, decoded whole."""
+    gen = torch.Generator().manual_seed(seed)
+    prompt_ids = tok.encode(prompt)
+    base = RowState()
+    for t in prompt_ids:
+        cons.advance(base, t)
+    texts = []
+    for _ in range(4):
+        row, ids = base.copy(), list(prompt_ids)
+        while not row.done:
+            assert len(ids) < len(prompt_ids) + 40 * n_notes + 200
+            logits = torch.randn(tok.vocab_size, generator=gen) * 3
+            out = cons.apply(row, logits, row.notes - base.notes >= n_notes, SAMPLING)
+            t = int(torch.multinomial(out.softmax(-1), 1, generator=gen))
+            if t != tok.eos_id:
+                ids.append(t)
+            cons.advance(row, t)
+        texts.append(tok.decode(ids))
+        assert row.notes == len({(n.start, n.pitch) for n in CODEC.decode(texts[-1]).notes})
+    return texts
+
+
+RANGE_KEY = [{"key": "D dorian"}, {"pitch_range": (48, 72)}, {"pitch_range": (48, 72), "key": "D dorian"},
+             {"pitch_range": (61, 61)}]
+
+
+@pytest.mark.parametrize("name", ["relative", "relative_bytes", "factored", "bytes"])
+@pytest.mark.parametrize("kwargs", RANGE_KEY)
+def test_pitch_range_and_key_hold_for_every_sampled_note(toks, name, kwargs):
+    """Relative tokens are checked at the pitch they decode to from the row's state; absolute ones as before."""
+    tok = toks[name]
+    cons = Constraints(tok, max_polyphony=3, **kwargs)
+    lo, hi = kwargs.get("pitch_range", (0, 127))
+    pcs = parse_key(kwargs["key"]) if "key" in kwargs else set(range(12))
+    if name in ("bytes", "factored"):  # absolute: the static masks are all there is
+        assert cons.row_mask(RowState()).equal(cons.mask(START))
+    if name == "relative_bytes" and lo == hi:  # a single pitch needs intervals the vocabulary may lack
+        return
+    for seed in range(6):
+        for text in roll_rows(cons, tok, seed, 24):
+            notes = CODEC.decode(text).notes
+            assert len(notes) >= 1
+            assert all(lo <= n.pitch <= hi and n.pitch % 12 in pcs for n in notes), sorted(n.pitch for n in notes)
+            for n in notes:
+                assert sum(1 for m in notes if m.start <= n.start < m.end) <= 3
+
+
+@pytest.mark.parametrize("name", ["relative", "factored"])
+def test_a_prompt_far_outside_the_range_sets_where_intervals_count_from(toks, name):
+    """The prompt ends high; the range excludes its whole region: continuations still land only in range."""
+    tok = toks[name]
+    prompt = CODEC.encode(Piece([Note(i * 480, i * 480 + 480, p, 80) for i, p in enumerate((60, 80, 96))]
+                                + [Note(3 * 480, 4 * 480, p, 80) for p in (100, 104, 107)], 480))
+    cons = Constraints(tok, pitch_range=(48, 60), key="C major")
+    for seed in range(4):
+        for text in roll_rows(cons, tok, seed, 16, prompt):
+            assert text.startswith(prompt)
+            old = {(n.start, n.pitch) for n in CODEC.decode(prompt).notes}
+            new = [n for n in CODEC.decode(text).notes if (n.start, n.pitch) not in old]
+            assert new and all(48 <= n.pitch <= 60 and n.pitch % 12 in parse_key("C major") for n in new)
+
+
+def test_relative_row_counts_absolute_pitches(toks):
+    """Equal intervals are different pitches: a chord C E G# counts three notes and repeats none."""
+    tok = toks["relative"]
+    cons = Constraints(tok)
+    text = CODEC.encode(Piece([Note(0, 480, p, 80) for p in (60, 64, 68)] + [Note(480, 960, 72, 80)], 480))
+    row = RowState()
+    for t in tok.encode(text):
+        cons.advance(row, t)
+    assert (row.notes, row.chord, row.prev, row.group_first) == (4, {72}, 72, 72)
+
+
+def test_roller_decodes_a_relative_continuation_after_its_prompt(toks):
+    """Roller with a (random) GPT over a relative tokenizer: the continuation's intervals count from the prompt."""
+    tok = toks["relative"]
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=128, n_layer=1, n_head=1, n_embd=16)).eval()
+    roller = Roller(model, tok, CODEC)
+    prompt = Piece([Note(i * 480, i * 480 + 480, p, 80) for i, p in enumerate((90, 95, 100, 105))], 480)
+    s = SamplingSettings(n=3, length=12, seed=1, top_p=None, pitch_range=(40, 55), key="G minor")
+    for v in roller.roll(prompt, s).variations:
+        new = [n for n in v.piece.notes if (n.start, n.pitch) not in v.prompt_notes]
+        assert sorted(p for _, p in v.prompt_notes) == [90, 95, 100, 105]
+        assert len(new) == v.generated_notes == 12
+        assert all(40 <= n.pitch <= 55 and n.pitch % 12 in parse_key("G minor") for n in new)
+
+
+def test_relative_pitch_constraints_need_the_step_before_the_pitch(tmp_path):
+    corpus = tmp_path / "train.txt"
+    rng = random.Random(3)
+    corpus.write_text("".join(CODEC.encode(random_piece(rng)) + "\n" for _ in range(20)), encoding="utf-8")
+    tok = MidiTokenizer.train(corpus, 700, tmp_path / "tok", CODEC, fallback="factored", char_budget=1.0,
+                              pitch="relative", factor_layout="pitch,step+vel,dur")
+    Constraints(tok, max_polyphony=2)  # no pitch constraint: nothing to refuse
+    with pytest.raises(ConstraintError, match="factor_layout"):
+        Constraints(tok, key="C major")

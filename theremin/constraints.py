@@ -9,7 +9,11 @@ mask over the vocabulary, and only states from which a complete text can still b
 sampling can never paint itself into a corner.
 
 Musical constraints:
-- pitch range and key/scale are static per token (absolute pitches): folded into the same masks;
+- pitch range and key/scale: with absolute pitches static per token, folded into the same masks; with a
+  relative tokenizer (``tokenizer.pitch=relative``) a token's pitches are intervals from the row's last pitch
+  (``prev``) or from the first pitch of its latest onset (``group_first``), so each token's notes are
+  precomputed as (anchor, offset) and the row's mask ANDs two lookup tables indexed by those two pitches
+  (see :meth:`Constraints._relative_tables`);
 - maximum polyphony depends on what is sounding, so it is checked per row on the candidate tokens that
   survive the sampling filters (temperature, top-k/p, min-p), masking violators until none is left.
 Byte-fallback pieces and unk/bos are never sampled; EOS only ends a complete text.
@@ -71,10 +75,14 @@ class RowState:
     partial: list[str] = field(default_factory=list)  # factor chars of an unfinished group
     done: bool = False
     pending: bytes = b""  # UTF-8 bytes of a char spelled in byte tokens, not complete yet
+    # relative tokenizers (theremin.tokenizer.to_relative): the absolute pitch of the last note, and of the first
+    # note on the latest onset; the next note's interval counts from one of them
+    prev: int = 60
+    group_first: int = 60
 
     def copy(self) -> RowState:
         return RowState(self.state, self.cursor, list(self.ends), self.notes, self.chord_pos, set(self.chord),
-                        list(self.partial), self.done, self.pending)
+                        list(self.partial), self.done, self.pending, self.prev, self.group_first)
 
 
 class Constraints:
@@ -83,8 +91,7 @@ class Constraints:
     def __init__(self, tokenizer, pitch_range: tuple[int, int] | None = None, key: str | None = None,
                  max_polyphony: int | None = None):
         self.tok, self.codec = tokenizer, tokenizer.codec
-        if getattr(tokenizer, "relative", False) and (pitch_range or key):
-            raise ConstraintError("pitch_range and key need a tokenizer with absolute pitches (tokenizer.pitch)")
+        self.relative = bool(getattr(tokenizer, "relative", False))
         allowed = set(range(128))
         if pitch_range is not None:
             lo, hi = (int(v) for v in pitch_range)
@@ -97,11 +104,18 @@ class Constraints:
         if not allowed:
             raise ConstraintError(f"pitch_range {pitch_range} and key {key!r} leave no pitch to play")
         self.allowed_pitches = allowed
+        # pitches the static masks check: a relative token's pitch is only known per row (see row_mask)
+        self._static_pitches = allowed if not self.relative else frozenset(range(128))
         if max_polyphony is not None and int(max_polyphony) < 1:
             raise ConstraintError(f"max_polyphony must be >= 1, got {max_polyphony}")
         self.max_polyphony = int(max_polyphony) if max_polyphony else None
         self.factors = getattr(tokenizer, "factors", None)
         self.n_groups = len(self.factors.groups) if self.factors is not None else 0
+        if self.relative and len(allowed) < 128 and self.factors is not None:
+            g_of = {f: i for i, g in enumerate(self.factors.groups) for f in g}
+            if g_of["step"] > g_of["pitch"]:  # the interval's anchor depends on the step: it must come first
+                raise ConstraintError(f"pitch_range and key with a relative tokenizer need a factor_layout with "
+                                      f"the step before the pitch (or in its group), not {self.factors.layout!r}")
         self.V = tokenizer.vocab_size
         self.pieces = [self._piece(i) for i in range(self.V)]
         # byte-fallback tokens: never sampled, but a prompt spells a char the vocabulary lacks (a tempo or rest
@@ -110,6 +124,7 @@ class Constraints:
         self._masks: dict[int, torch.Tensor] = {}
         self._live = self._live_states()
         self._lead_pitch, self._lead_factor_pitch = self._lead_pitches()
+        self._rel = self._relative_tables() if self.relative and len(allowed) < 128 else None
 
     # ---- static part ------------------------------------------------------------------------------------
     def _piece(self, i: int) -> str | None:
@@ -143,7 +158,7 @@ class Constraints:
 
     def step_char(self, state: int, ch: str, check_pitch: bool = True) -> int | None:
         """The automaton: next state after ``ch``, or None when ``ch`` cannot come here."""
-        ok_pitch = self.allowed_pitches if check_pitch else range(128)
+        ok_pitch = self._static_pitches if check_pitch else range(128)
         fg = self._factor_group(ch)
         if state >= FACTOR:  # inside a factor group: only its next group may follow
             want = state - FACTOR + 1
@@ -215,16 +230,80 @@ class Constraints:
                 lead_factor[t] = -1 if pitch is None else pitch
         return lead, lead_factor
 
+    def _relative_notes(self, piece: str, new_onset: bool) -> list[tuple[int, int]]:
+        """The pitches a token's notes get, decoded back to absolute (see tokenizer._relative): per note
+        (anchor, offset), its pitch being (the row's ``prev`` if anchor is 0 else its ``group_first``) + offset,
+        mod 128. ``new_onset``: whether a first note of step 0 with no rest before it would start a new onset
+        (the row's cursor, plus a step already in its unfinished factor group, is past its latest onset)."""
+        c = self.codec
+        prev, first = (0, 0), (1, 0)  # (anchor, offset) of the row's prev and group_first while in the token
+        out, moved, step, opening = [], False, 0, True
+        for ch in piece:
+            cls, fg = c.char_class(ch), self._factor_group(ch)
+            if fg is not None:
+                s = self._factor_field(*fg, "step")
+                step = step if s is None else c.steps[s]
+                rel = self._factor_field(*fg, "pitch")
+                if rel is None:
+                    continue
+            elif cls == NOTE:
+                step_i, _, _, rel = c.split_note(ch)
+                step = c.steps[step_i]
+            else:
+                moved |= cls == REST
+                continue
+            new = moved or step != 0 or (opening and new_onset)
+            anchor = first if new else prev
+            prev = (anchor[0], (anchor[1] + rel) % 128)
+            if new:
+                first = prev
+            out.append(prev)
+            moved, step, opening = False, 0, False
+        return out
+
+    def _relative_tables(self) -> list[list[torch.Tensor | None]]:
+        """[new_onset][anchor]: bool (128, V), entry [p, t] true when every note of token t anchored there
+        lands on an allowed pitch with that anchor at pitch p (None: no token has such notes). A row's pitch
+        mask is then tables[new][0][prev] & tables[new][1][group_first]: two lookups per step."""
+        shifted = np.ones((129, 128), dtype=bool)  # [offset, anchor]: anchor + offset allowed; row 128 = padding
+        ok = np.zeros(128, dtype=bool)
+        ok[sorted(self.allowed_pitches)] = True
+        for o in range(128):
+            shifted[o] = np.roll(ok, -o)
+        tables = []
+        for new_onset in (False, True):
+            notes = [self._relative_notes(p, new_onset) if p else [] for p in self.pieces]
+            per_anchor = []
+            for anchor in (0, 1):
+                offs = [[o for a, o in ns if a == anchor] for ns in notes]
+                width = max(map(len, offs), default=0)
+                if width == 0:
+                    per_anchor.append(None)
+                    continue
+                m = np.full((self.V, width), 128)
+                for t, os_ in enumerate(offs):
+                    m[t, : len(os_)] = os_
+                table = np.ones((self.V, 128), dtype=bool)
+                for j in range(width):
+                    table &= shifted[m[:, j]]
+                per_anchor.append(torch.from_numpy(np.ascontiguousarray(table.T)))
+            tables.append(per_anchor)
+        return tables
+
     def _chord_mask(self, row: RowState) -> torch.Tensor | None:
         """Bool (V,): tokens that would repeat a pitch already sounding from the current onset."""
         if not row.chord or row.cursor != row.chord_pos:
             return None
         chord = torch.tensor(sorted(row.chord))
         if row.state < FACTOR:
-            return torch.isin(self._lead_pitch, chord)
-        if row.state == FACTOR + self.n_groups - 2 and self._partial_step(row) == 0:
-            return torch.isin(self._lead_factor_pitch, chord)
-        return None
+            lead = self._lead_pitch
+        elif row.state == FACTOR + self.n_groups - 2 and self._partial_step(row) == 0:
+            lead = self._lead_factor_pitch
+        else:
+            return None
+        if self.relative:  # on the same onset an interval counts from the last pitch
+            lead = torch.where(lead >= 0, (lead + row.prev) % 128, lead)
+        return torch.isin(lead, chord)
 
     def _partial_step(self, row: RowState) -> int | None:
         for ch in row.partial:
@@ -245,6 +324,21 @@ class Constraints:
             m = self._masks[state] = torch.from_numpy(ok)
         return m
 
+    def row_mask(self, row: RowState) -> torch.Tensor:
+        """Bool (V,): tokens allowed for this row: :meth:`mask` of its state, and with a relative tokenizer
+        the pitch range and key for the pitches its tokens would get here."""
+        m = self.mask(row.state)
+        if self._rel is None:
+            return m
+        new_onset = row.cursor + (self._partial_step(row) or 0) != row.chord_pos
+        for anchor, table in zip((row.prev, row.group_first), self._rel[new_onset]):
+            if table is not None:
+                m = m & table[anchor]
+        if not m.any():
+            raise ConstraintError("no token can continue under these constraints (pitch_range/key too narrow "
+                                  "for this tokenizer's vocabulary)")
+        return m
+
     # ---- dynamic part -----------------------------------------------------------------------------------
     def advance(self, row: RowState, token: int, check_polyphony: bool = False) -> bool:
         """Apply a token to a row state (in place). With ``check_polyphony``, return False (and leave the
@@ -254,7 +348,7 @@ class Constraints:
             row.done = True
             return True
         state, cursor, ends, notes, partial = row.state, row.cursor, list(row.ends), row.notes, list(row.partial)
-        chord_pos, chord = row.chord_pos, set(row.chord)
+        chord_pos, chord, prev, group_first = row.chord_pos, set(row.chord), row.prev, row.group_first
         chars, pending = self.pieces[token] or "", row.pending
         if token in self._bytes:
             chars, pending = _utf8_char(pending + bytes([self._bytes[token]]))
@@ -283,13 +377,18 @@ class Constraints:
                     return False
                 ends = [e for e in ends if e > cursor]  # only sounding notes matter from here on
                 ends.append(cursor + c.durations[dur_i])
-                if chord_pos != cursor:
+                new = chord_pos != cursor
+                if self.relative:  # the interval → the absolute pitch (tokenizer._relative's references)
+                    pitch = (pitch + (group_first if new else prev)) % 128
+                    prev, group_first = pitch, pitch if new else group_first
+                if new:
                     chord_pos, chord = cursor, set()
                 notes += pitch not in chord
                 chord.add(pitch)
             state = nxt if nxt is not None else state
         row.state, row.cursor, row.ends, row.notes, row.partial = state, cursor, ends, notes, partial
         row.chord_pos, row.chord, row.pending = chord_pos, chord, pending
+        row.prev, row.group_first = prev, group_first
         return True
 
     def _room(self, ends: list[int], onset: int) -> bool:
@@ -308,7 +407,7 @@ class Constraints:
             return neg.index_fill(0, torch.tensor([eos]), 0.0)
         if want_end and self.complete(row):
             return neg.index_fill(0, torch.tensor([eos]), 0.0)
-        allowed = self.mask(row.state)
+        allowed = self.row_mask(row)
         repeats = self._chord_mask(row)
         if repeats is not None and (allowed & ~repeats).any():
             allowed = allowed & ~repeats

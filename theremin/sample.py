@@ -314,7 +314,11 @@ class Roller:
             new = out[b, len(prompt_ids):].tolist()
             if self.tok.eos_id in new:
                 new = new[: new.index(self.tok.eos_id)]
-            cont = self.codec.repair(self.tok.decode(new, errors="ignore"))  # a no-op unless max_new_tokens hit
+            # decoded after the prompt: a relative tokenizer's intervals count from the prompt's last notes
+            both = self.tok.decode(prompt_ids[1:] + new, errors="ignore")
+            if not both.startswith(text):
+                raise GenerateError("the prompt does not decode back from its tokens (internal error)")
+            cont = self.codec.repair(both[len(text):])  # a no-op unless max_new_tokens hit
             full = self._trim(text, cont, target_notes, end_pos)
             piece = self.codec.decode(full)
             piece.time_signatures = [(0, *ts)]
