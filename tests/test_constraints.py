@@ -138,9 +138,7 @@ def test_pitch_range_and_key_hold_for_every_sampled_note(toks, name, kwargs):
     pcs = parse_key(kwargs["key"]) if "key" in kwargs else set(range(12))
     if name in ("bytes", "factored"):  # absolute: the static masks are all there is
         assert cons.row_mask(RowState()).equal(cons.mask(START))
-    if name == "relative_bytes" and lo == hi:  # a single pitch needs intervals the vocabulary may lack
-        return
-    for seed in range(6):
+    for seed in range(4):
         for text in roll_rows(cons, tok, seed, 24):
             notes = CODEC.decode(text).notes
             assert len(notes) >= 1
