@@ -125,6 +125,8 @@ class Constraints:
         self._live = self._live_states()
         self._lead_pitch, self._lead_factor_pitch = self._lead_pitches()
         self._rel = self._relative_tables() if self.relative and len(allowed) < 128 else None
+        self._row_masks: dict[tuple, torch.Tensor] = {}  # (state, new onset, prev, group_first) → row_mask
+        self._row_masks_cap = max(256, (64 << 20) // self.V)  # at most ~64 MB of them
 
     # ---- static part ------------------------------------------------------------------------------------
     def _piece(self, i: int) -> str | None:
@@ -211,11 +213,12 @@ class Constraints:
                     changed = True
         return live
 
-    def _lead_pitches(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per token: the pitch of a note char that opens it with step 0 (else -1), and the pitch of a
-        pitch-factor char that opens it (else -1). A pitch already on the current onset would sound once
-        and count once, so such tokens are masked there (a greedy model can loop on them otherwise)."""
-        lead, lead_factor = torch.full((self.V,), -1), torch.full((self.V,), -1)
+    def _lead_pitches(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per token: the pitch of a note char that opens it with step 0 (else 128), and the pitch of a
+        pitch-factor char that opens it (else 128); intervals with a relative tokenizer. A pitch already on the
+        current onset would sound once and count once, so such tokens are masked there (a greedy model can loop
+        on them otherwise). 128 indexes the "no such note" entry of _chord_mask's lookup."""
+        lead, lead_factor = np.full(self.V, 128), np.full(self.V, 128)
         last = self.n_groups - 1
         for t, piece in enumerate(self.pieces):
             if not piece:
@@ -227,7 +230,7 @@ class Constraints:
                     lead[t] = pitch
             elif (fg := self._factor_group(ch)) is not None and fg[0] == last and last > 0:
                 pitch = self._factor_pitch(*fg)
-                lead_factor[t] = -1 if pitch is None else pitch
+                lead_factor[t] = 128 if pitch is None else pitch
         return lead, lead_factor
 
     def _relative_notes(self, piece: str, new_onset: bool) -> list[tuple[int, int]]:
@@ -294,16 +297,17 @@ class Constraints:
         """Bool (V,): tokens that would repeat a pitch already sounding from the current onset."""
         if not row.chord or row.cursor != row.chord_pos:
             return None
-        chord = torch.tensor(sorted(row.chord))
         if row.state < FACTOR:
             lead = self._lead_pitch
         elif row.state == FACTOR + self.n_groups - 2 and self._partial_step(row) == 0:
             lead = self._lead_factor_pitch
         else:
             return None
-        if self.relative:  # on the same onset an interval counts from the last pitch
-            lead = torch.where(lead >= 0, (lead + row.prev) % 128, lead)
-        return torch.isin(lead, chord)
+        # on the same onset a relative token's interval counts from the last pitch: look up intervals then
+        pitches = [(p - row.prev) % 128 for p in row.chord] if self.relative else list(row.chord)
+        sounding = np.zeros(129, dtype=bool)
+        sounding[pitches] = True
+        return torch.from_numpy(sounding[lead])
 
     def _partial_step(self, row: RowState) -> int | None:
         for ch in row.partial:
@@ -327,16 +331,23 @@ class Constraints:
     def row_mask(self, row: RowState) -> torch.Tensor:
         """Bool (V,): tokens allowed for this row: :meth:`mask` of its state, and with a relative tokenizer
         the pitch range and key for the pitches its tokens would get here."""
-        m = self.mask(row.state)
         if self._rel is None:
-            return m
+            return self.mask(row.state)
         new_onset = row.cursor + (self._partial_step(row) or 0) != row.chord_pos
+        key = (row.state, new_onset, row.prev, row.group_first)
+        m = self._row_masks.get(key)
+        if m is not None:
+            return m
+        m = self.mask(row.state)
         for anchor, table in zip((row.prev, row.group_first), self._rel[new_onset]):
             if table is not None:
                 m = m & table[anchor]
         if not m.any():
             raise ConstraintError("no token can continue under these constraints (pitch_range/key too narrow "
                                   "for this tokenizer's vocabulary)")
+        if len(self._row_masks) >= self._row_masks_cap:
+            self._row_masks.clear()
+        self._row_masks[key] = m
         return m
 
     # ---- dynamic part -----------------------------------------------------------------------------------
