@@ -126,7 +126,9 @@ class Constraints:
         self._lead_pitch, self._lead_factor_pitch = self._lead_pitches()
         self._rel = self._relative_tables() if self.relative and len(allowed) < 128 else None
         self._row_masks: dict[tuple, torch.Tensor] = {}  # (state, new onset, prev, group_first) → row_mask
-        self._row_masks_cap = max(256, (64 << 20) // self.V)  # at most ~64 MB of them
+        # a server keeps dozens of Constraints (serve's max_constraint_sets): at most ~4 MB of masks each; a miss
+        # costs ~30 us, so a small cache does
+        self._row_masks_cap = max(64, (4 << 20) // self.V)
 
     # ---- static part ------------------------------------------------------------------------------------
     def _piece(self, i: int) -> str | None:
