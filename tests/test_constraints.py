@@ -188,7 +188,7 @@ def test_roller_decodes_a_relative_continuation_after_its_prompt(toks):
         assert all(40 <= n.pitch <= 55 and n.pitch % 12 in parse_key("G minor") for n in new)
 
 
-def test_relative_pitch_constraints_need_the_step_before_the_pitch(tmp_path):
+def test_relative_pitch_constraints_need_the_pitch_in_the_last_factor_group(tmp_path):
     corpus = tmp_path / "train.txt"
     rng = random.Random(3)
     corpus.write_text("".join(CODEC.encode(random_piece(rng)) + "\n" for _ in range(20)), encoding="utf-8")

@@ -111,11 +111,12 @@ class Constraints:
         self.max_polyphony = int(max_polyphony) if max_polyphony else None
         self.factors = getattr(tokenizer, "factors", None)
         self.n_groups = len(self.factors.groups) if self.factors is not None else 0
-        if self.relative and len(allowed) < 128 and self.factors is not None:
-            g_of = {f: i for i, g in enumerate(self.factors.groups) for f in g}
-            if g_of["step"] > g_of["pitch"]:  # the interval's anchor depends on the step: it must come first
-                raise ConstraintError(f"pitch_range and key with a relative tokenizer need a factor_layout with "
-                                      f"the step before the pitch (or in its group), not {self.factors.layout!r}")
+        # the interval's anchor depends on the note's step, and the row's last pitch is updated as a note
+        # completes: the pitch must come in the last factor group (the step in it or before it)
+        if self.relative and len(allowed) < 128 and self.factors is not None and \
+                "pitch" not in self.factors.groups[-1]:
+            raise ConstraintError(f"pitch_range and key with a relative tokenizer need a factor_layout with the "
+                                  f"pitch in its last group (e.g. step+vel,dur,pitch), not {self.factors.layout!r}")
         self.V = tokenizer.vocab_size
         self.pieces = [self._piece(i) for i in range(self.V)]
         # byte-fallback tokens: never sampled, but a prompt spells a char the vocabulary lacks (a tempo or rest
