@@ -22,6 +22,7 @@ from theremin.evaluate import (
     longest_copied_run,
     main,
     pitch_class_overlap,
+    texture_figures,
 )
 from theremin.midi import Note, Piece
 from theremin.midichar import MidiChar
@@ -134,8 +135,65 @@ def test_keys_are_stable(random_corpus):
     keys = set(evaluate(texts[:2], texts, CODEC))
     assert {"style/pitch_class_overlap", "style/interval_oa", "style/note_density_oa", "style/pitch_range_oa",
             "style/duration_oa", "style/polyphony_oa", "style/interval_kl", "memo/longest_copied_notes_max",
-            "memo/longest_copied_notes_mean", "memo/copied_fraction"} <= keys
+            "memo/longest_copied_notes_mean", "memo/copied_fraction", "texture/on_beat", "texture/simultaneous",
+            "corpus/on_beat", "corpus/simultaneous"} <= keys
     assert keys == set(evaluate(texts[3:4], texts, CODEC))
+
+
+# ---- texture (issue 7.3) ------------------------------------------------------------------------------------
+def beat_chords(beats: int, root: int = 60, start: int = 0):
+    """Four-voice chords, one on every beat, each a beat long."""
+    return [(start + b * G, G, root + b % 3 + iv, LEVELS[1]) for b in range(beats) for iv in (0, 4, 7, 12)]
+
+
+def offbeat_notes(n: int, start: int = 0):
+    """Single 16ths half a beat after each beat: nothing on a beat, nothing sounding together."""
+    return [(start + b * G + G // 2, G // 4, 60 + b % 5, LEVELS[1]) for b in range(n)]
+
+
+def test_texture_of_chords_on_beats_and_of_offbeat_notes():
+    chords, scattered = grid_text(beat_chords(8)), grid_text(offbeat_notes(8))
+    assert texture_figures([chords], CODEC) == {"texture/on_beat": 1.0, "texture/simultaneous": 4.0}
+    assert texture_figures([scattered], CODEC) == {"texture/on_beat": 0.0, "texture/simultaneous": 1.0}
+    # pooled over the notes of a set: 32 on-beat notes of 40, (8 x 4 + 8 x 1) sounding at 16 onsets
+    both = texture_figures([chords, scattered], CODEC)
+    assert both == {"texture/on_beat": 32 / 40, "texture/simultaneous": 40 / 16}
+    m = evaluate([scattered], [chords], CODEC)
+    assert (m["texture/on_beat"], m["texture/simultaneous"]) == (0.0, 1.0)
+    assert (m["corpus/on_beat"], m["corpus/simultaneous"]) == (1.0, 4.0)
+    assert texture_figures([], CODEC) == {"texture/on_beat": 0.0, "texture/simultaneous": 0.0}
+
+
+def test_held_notes_count_at_every_later_onset_they_span():
+    # a bass held for 4 beats under a melody note on each beat, then a 16th after the last melody note ends
+    notes = [(0, 4 * G, 36, LEVELS[1])] + [(b * G, G, 72 + b, LEVELS[1]) for b in range(4)] + [(4 * G, 3, 70, 1)]
+    m = evaluate([grid_text(notes)], [grid_text(notes)], CODEC)
+    assert m["texture/simultaneous"] == (2 + 2 + 2 + 2 + 1) / 5  # the bass ends where the last onset starts
+    assert m["samples/polyphony_mean"] == 6 / 5  # notes starting per onset: held notes are not in it
+    assert m["texture/on_beat"] == 1.0
+
+
+def test_texture_of_a_midi_file_is_on_the_quarter_note_beat(tmp_path):
+    from midi_factory import chords, make_midi
+
+    on = make_midi(tmp_path / "on.mid", chords(length=960), tpb=480)  # triads of 2 beats from beat 0
+    off = make_midi(tmp_path / "off.mid", chords(start=240, length=960), tpb=480)  # the same an 8th later
+    assert texture_figures([CODEC.encode_file(on)], CODEC) == {"texture/on_beat": 1.0, "texture/simultaneous": 3.0}
+    assert texture_figures([CODEC.encode_file(off)], CODEC)["texture/on_beat"] == 0.0
+
+
+def test_texture_leaves_out_prompt_notes():
+    prompt = beat_chords(4)
+    sample = grid_text(prompt + offbeat_notes(6, start=4 * G))
+    chords = [grid_text(beat_chords(8, root=55))]
+    m = evaluate([sample, sample], chords, CODEC, prompt_notes=[len(prompt)] * 2)
+    assert (m["texture/on_beat"], m["texture/simultaneous"]) == (0.0, 1.0)
+    assert texture_figures([sample], CODEC, prompt_notes=[len(prompt)]) == {"texture/on_beat": 0.0,
+                                                                           "texture/simultaneous": 1.0}
+    whole = texture_figures([sample], CODEC)  # counted with its prompt, the sample looks half chorale
+    assert whole["texture/on_beat"] == 16 / 22 and whole["texture/simultaneous"] == (16 + 6) / 10
+    with pytest.raises(ValueError, match="prompt_notes"):
+        texture_figures([sample], CODEC, prompt_notes=[1, 2])
 
 
 # ---- memorisation -------------------------------------------------------------------------------------------
@@ -300,6 +358,7 @@ def test_cli_prints_a_table(built_corpus, tmp_path, capsys):
                  "--per-sample", "--json", str(out_json)]) == 0
     text = capsys.readouterr().out
     assert "style/pitch_class_overlap" in text and "memo/longest_copied_notes_max" in text
+    assert "texture/on_beat" in text and "texture/simultaneous" in text
     assert "val (ref)" in text
     assert "from p" in text  # copies are traced to the source file
     import json

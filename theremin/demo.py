@@ -64,12 +64,20 @@ def run(overrides: list[str], n: int = 4, bars: int = 2, length_bars: int = 4) -
     settings = SamplingSettings(n=n, seed=cfg.seed, keep_bars=bars, length=length_bars, unit="bars",
                                 temperature=1.0, top_p=0.95)
     result = roller.roll(prompt, settings, out_dir=out_dir)
-    from theremin.evaluate import evaluate, load_corpus
-
-    style = evaluate([v.text for v in result.variations], load_corpus(Path(cfg.data.corpus_dir)), roller.codec,
-                     prompt_notes=[result.prompt_notes] * n)
+    style, val_texture = variation_figures([v.text for v in result.variations], result.prompt_notes,
+                                           Path(cfg.data.corpus_dir), roller.codec)
     return {"metrics": metrics, "result": result, "prompt": prompt, "out_dir": out_dir, "style": style,
-            "seconds": time.perf_counter() - t0, "train_seconds": t_train, "checkpoint": ckpt}
+            "val_texture": val_texture, "seconds": time.perf_counter() - t0, "train_seconds": t_train,
+            "checkpoint": ckpt}
+
+
+def variation_figures(texts: list[str], prompt_notes: int, corpus_dir: Path, codec) -> tuple[dict, dict]:
+    """The variations' style, texture and memorisation figures against the training pieces (their generated
+    notes only), and the same texture figures of the held-out val pieces: what the corpus sounds like."""
+    from theremin.evaluate import evaluate, load_corpus, texture_figures
+
+    style = evaluate(texts, load_corpus(corpus_dir), codec, prompt_notes=[prompt_notes] * len(texts))
+    return style, texture_figures(load_corpus(corpus_dir, "val"), codec)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,10 +101,12 @@ def report(out: dict) -> str:
     ]
     for v in r.variations:
         lines.append(f"    {v.files['wav'].name:<18} {v.generated_notes:3d} new notes")
-    s = out["style"]
+    s, val = out["style"], out["val_texture"]
     lines += [
         f"  style vs corpus   pitch-class overlap {s['style/pitch_class_overlap']:.2f}, interval overlap "
         f"{s['style/interval_oa']:.2f}, note-density overlap {s['style/note_density_oa']:.2f}",
+        f"  texture           on-beat {s['texture/on_beat']:.0%} (val pieces {val['texture/on_beat']:.0%}), "
+        f"simultaneous notes {s['texture/simultaneous']:.2f} (val {val['texture/simultaneous']:.2f})",
         f"  memorisation      longest run copied from the training corpus: {s['memo/longest_copied_notes_max']:.0f} "
         "notes (max over variations)",
         f"  time              {out['seconds']:.0f} s after start-up (data + tokenizer + training "

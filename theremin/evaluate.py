@@ -13,6 +13,14 @@ they are identical and 0.0 when they share nothing.
   minimum of two Gaussian KDEs (Scott's bandwidth) on a shared grid; with fewer than two values or zero
   spread on a side, a KDE is undefined and a histogram OA over shared bins stands in.
 
+Texture (does a continuation keep the prompt's chords on the beat, or scatter notes between beats?), pooled
+over all notes of a set of pieces: ``texture/on_beat``, the share of note onsets on a quarter-note beat (grid
+position a multiple of ``codec.grid``; positions count from the piece's tick 0, which is on a beat in a
+MIDI file); ``texture/simultaneous``, the mean number of notes sounding at each distinct onset (notes whose
+[start, end) covers it, those starting there included: a held note counts at every later onset it spans).
+Notes per onset without held notes is the ``polyphony`` feature above. :func:`texture_figures` gives the same
+figures of corpus pieces (e.g. the val split), to print next to those of samples.
+
 Memorisation: the longest run of consecutive notes of a sample that occurs verbatim in one training piece
 (:class:`CopyIndex`, a suffix array over the corpus). See :class:`CopyIndex` for what "verbatim" means.
 
@@ -113,6 +121,36 @@ def piece_features(notes: np.ndarray, grid: int) -> dict[str, float] | None:
         "duration": float(dur.mean()) / grid,
         "polyphony": len(notes) / len(np.unique(pos)),
     }
+
+
+def onset_counts(notes: np.ndarray, grid: int) -> tuple[int, int, int, int]:
+    """(notes, notes on a beat, distinct onsets, notes sounding summed over the distinct onsets) of a piece."""
+    if not len(notes):
+        return 0, 0, 0, 0
+    pos = notes[:, 0]
+    onsets = np.unique(pos)
+    # sounding at t: started at or before t and not yet ended (end > t); every duration is >= 1 step
+    sounding = (np.searchsorted(np.sort(pos), onsets, side="right")
+                - np.searchsorted(np.sort(pos + notes[:, 1]), onsets, side="right"))
+    return len(notes), int(np.count_nonzero(pos % grid == 0)), len(onsets), int(sounding.sum())
+
+
+def texture(pieces: Sequence[np.ndarray], grid: int) -> dict[str, float]:
+    """``texture/on_beat`` and ``texture/simultaneous`` pooled over the pieces' notes; 0.0 without notes."""
+    n, on_beat, onsets, sounding = np.sum([(0, 0, 0, 0), *(onset_counts(p, grid) for p in pieces)], axis=0)
+    return {"texture/on_beat": float(on_beat / n) if n else 0.0,
+            "texture/simultaneous": float(sounding / onsets) if onsets else 0.0}
+
+
+def texture_figures(texts: Sequence[str], codec: MidiChar | None = None,
+                    prompt_notes: Sequence[int] | None = None) -> dict[str, float]:
+    """The texture figures of midichar texts (corpus pieces, or samples after their ``prompt_notes``):
+    the same numbers :func:`evaluate` reports for samples, for a reference set to print beside them."""
+    codec = codec or MidiChar()
+    skips = list(prompt_notes) if prompt_notes is not None else [0] * len(texts)
+    if len(skips) != len(texts):
+        raise ValueError(f"prompt_notes has {len(skips)} entries for {len(texts)} texts")
+    return texture([_generated(decode_notes(t, codec), k) for t, k in zip(texts, skips)], codec.grid)
 
 
 # ------------------------------------------------------------------------------------------------ overlaps
@@ -396,7 +434,8 @@ def evaluate(
     index: CopyIndex | None = None,
     any_key: bool = True,
 ) -> dict[str, float]:
-    """All metrics as a flat dict of floats with stable keys (``style/...``, ``memo/...``, ``samples/...``).
+    """All metrics as a flat dict of floats with stable keys (``style/...``, ``texture/...``, ``memo/...``,
+    ``samples/...``, ``corpus/...``; the corpus's texture is ``corpus/on_beat`` and ``corpus/simultaneous``).
 
     ``prompt_notes[i]``: notes at the start of sample i that came from a prompt; they are left out of every
     metric. ``index``: a :class:`CopyIndex` already built on ``corpus`` (reuse it across calls); with
@@ -429,6 +468,8 @@ def evaluate(
         out[f"style/{name}_oa"] = kde_overlap(a, b)
         out[f"samples/{name}_mean"] = float(np.mean(a)) if a else 0.0
         out[f"corpus/{name}_mean"] = float(np.mean(b)) if b else 0.0
+    out.update(texture(gen, codec.grid))
+    out.update({f"corpus/{k.split('/')[1]}": v for k, v in texture(ref, codec.grid).items()})
 
     lengths, fractions, key_lengths = [], [], []
     for n_full, n, k in zip(full, gen, skips):
