@@ -13,8 +13,9 @@ Sources (each written once to ``<input_dir>/<source>/``, then cached):
 
 Why music21 and not abcmidi's ``abc2midi`` (which converts a tune book in about a second): music21 is already a
 dependency and runs wherever pip does (macOS, the Docker image, CI), so the base corpus is the same on every
-machine; a second converter would make the corpus depend on which tools a machine has. Its cost is paid once:
-about 0.1 s per tune on one core (~12k tunes: ~10 minutes on 2 cores, measured), then cached.
+machine; a second converter would make the corpus depend on which tools a machine has. Its cost is paid once,
+then cached: 0.03 s (Essen) to 0.065 s (O'Neill's) CPU per tune, parsing included, since theremin.score_to_midi
+replaced music21's MIDI writer (0.07 / 0.14 s before; ~12k tunes took ~10 minutes on 2 cores then).
 """
 
 from __future__ import annotations
