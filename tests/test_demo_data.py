@@ -148,6 +148,15 @@ def test_what_it_does_not_model_is_written_by_music21(make, why, tmp_path):
         assert [n.pitch for n in fast.notes] == [60, 62, 64, 65, 60, 62]  # music21 expanded the D.C.
 
 
+def test_another_music21_release_is_left_to_music21(tmp_path, monkeypatch):
+    import music21
+
+    monkeypatch.setattr(music21, "__version__", "11.0.0")
+    reason, fast, m21 = both_ways(built_score, tmp_path)
+    assert "music21 11.0.0" in reason
+    assert_same(fast, m21)
+
+
 def test_a_score_music21_cannot_write_is_reported_and_leaves_no_file(tmp_path):
     src = corpus.getWork("bach/bwv277.krn")  # incoherent repeat barlines: music21's Expander refuses them
     dst = tmp_path / "bwv277.mid"

@@ -19,7 +19,8 @@ tick, by walking each part's measures in playback order instead of copying them:
 What it does not model raises :class:`Unsupported`; :func:`write_score_midi` then writes the file with music21
 itself. Unsupported: D.C./D.S./coda/fine, dynamics, transposing scores (not at sounding pitch), percussion
 (channel 10), microtones, chord symbols, notes outside measures, voices beside direct notes or offset voices,
-tempo or meter marks outside measures, and anything music21 itself would refuse (incoherent repeats).
+tempo or meter marks outside measures, chords whose notes have their own volumes, and anything music21 itself
+would refuse (incoherent repeats). ``scripts/bench_demo_data.py`` checks every Bach chorale both ways.
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ import os
 from collections import deque
 from pathlib import Path
 
-from theremin.midi import MidiError, Piece, atomic_write, clean_tempos, merge_notes, write_midi
+from theremin.midi import Piece, atomic_write, clean_tempos, merge_notes, write_midi
+
+# The music21 release whose MIDI writer this reproduces (checked on every Bach chorale and ~1,200 folk tunes with
+# scripts/bench_demo_data.py); with another one, music21 writes every file until the bench is run again.
+CHECKED_MUSIC21 = "10.5"
 
 
 class Unsupported(Exception):
@@ -54,8 +59,11 @@ def write_score_midi(score, path: str | os.PathLike) -> str | None:
 def score_to_piece(score) -> Piece:
     """The Piece that ``read_midi`` would read from ``score.write("midi")``; :class:`Unsupported` if the score
     has something this does not model. Reads the score only (music21 may cache volumes and sort streams)."""
+    import music21
     from music21 import defaults, stream
 
+    if ".".join(music21.__version__.split(".")[:2]) != CHECKED_MUSIC21:
+        raise Unsupported(f"music21 {music21.__version__} (this reproduces {CHECKED_MUSIC21})")
     if not isinstance(score, stream.Score):
         raise Unsupported(f"not a Score ({type(score).__name__})")
     if score.atSoundingPitch is False:
@@ -419,5 +427,3 @@ def _conductor(walked: list[_Part]) -> tuple[list[tuple[int, int]], list[tuple[i
             sigs.add((tick, ts.numerator, 2 ** int(math.log2(ts.denominator))))
     return tempos, sorted(sigs)
 
-
-__all__ = ["MidiError", "Unsupported", "score_to_piece", "write_score_midi"]
