@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -160,6 +161,22 @@ def test_a_prompt_far_outside_the_range_sets_where_intervals_count_from(toks, na
             old = {(n.start, n.pitch) for n in CODEC.decode(prompt).notes}
             new = [n for n in CODEC.decode(text).notes if (n.start, n.pitch) not in old]
             assert new and all(48 <= n.pitch <= 60 and n.pitch % 12 in parse_key("C major") for n in new)
+
+
+@pytest.mark.parametrize("name", ["relative", "relative_bytes"])
+def test_relative_chords_rise_also_from_a_high_prompt(toks, name):
+    """A chord note's interval counts up from the note before it; one that wraps past 127 decodes to a note far
+    below the chord (a keep_bars roll once added pitch 1 to a chord at 62). From a prompt ending on a chord at the
+    top of the range, every onset's pitches rise in the text, with no pitch constraint at all."""
+    tok = toks[name]
+    prompt = CODEC.encode(Piece([Note(0, 480, p, 80) for p in (60, 64)] + [Note(480, 960, p, 80) for p in (118, 124)],
+                                480))
+    cons = Constraints(tok)
+    for seed in range(3):
+        for text in roll_rows(cons, tok, seed, 24, prompt):
+            grid = CODEC.decode_grid(text)[0]
+            for (pos, _, pitch, _), (pos2, _, pitch2, _) in itertools.pairwise(grid):
+                assert pos2 > pos or pitch2 > pitch, (pos, pitch, pitch2)
 
 
 def test_relative_row_counts_absolute_pitches(toks):

@@ -125,7 +125,10 @@ class Constraints:
         self._masks: dict[int, torch.Tensor] = {}
         self._live = self._live_states()
         self._lead_pitch, self._lead_factor_pitch = self._lead_pitches()
-        self._rel = self._relative_tables() if self.relative and len(allowed) < 128 else None
+        # relative tokens: the pitches (range, key) and the rising chord order are only known per row
+        last_pitch = self.factors is None or "pitch" in self.factors.groups[-1]
+        self._rel = self._relative_tables(self.allowed_pitches) if self.relative and len(allowed) < 128 else None
+        self._rise = self._relative_tables(None) if self.relative and last_pitch else None
         self._row_masks: dict[tuple, torch.Tensor] = {}  # (state, new onset, prev, group_first) → row_mask
         # a server keeps dozens of Constraints (serve's max_constraint_sets): at most ~4 MB of masks each; a miss
         # costs ~30 us, so a small cache does
@@ -236,14 +239,17 @@ class Constraints:
                 lead_factor[t] = 128 if pitch is None else pitch
         return lead, lead_factor
 
-    def _relative_notes(self, piece: str, new_onset: bool) -> list[tuple[int, int]]:
+    def _relative_notes(self, piece: str, new_onset: bool) -> tuple[list[tuple[int, int]], list[tuple[int, int, int]]]:
         """The pitches a token's notes get, decoded back to absolute (see tokenizer._relative): per note
         (anchor, offset), its pitch being (the row's ``prev`` if anchor is 0 else its ``group_first``) + offset,
         mod 128. ``new_onset``: whether a first note of step 0 with no rest before it would start a new onset
-        (the row's cursor, plus a step already in its unfinished factor group, is past its latest onset)."""
+        (the row's cursor, plus a step already in its unfinished factor group, is past its latest onset).
+        Also, per note on the same onset as the note before it, (anchor, offset before, offset after): a chord
+        rises (canonical order), so its pitch must be above the one before, i.e. the interval must not wrap
+        past 127 (a wrapped interval decodes to a note far below the chord)."""
         c = self.codec
         prev, first = (0, 0), (1, 0)  # (anchor, offset) of the row's prev and group_first while in the token
-        out, moved, step, opening = [], False, 0, True
+        out, rising, moved, step, opening = [], [], False, 0, True
         for ch in piece:
             cls, fg = c.char_class(ch), self._factor_group(ch)
             if fg is not None:
@@ -260,29 +266,34 @@ class Constraints:
                 continue
             new = moved or step != 0 or (opening and new_onset)
             anchor = first if new else prev
-            prev = (anchor[0], (anchor[1] + rel) % 128)
+            before, prev = anchor, (anchor[0], (anchor[1] + rel) % 128)
             if new:
                 first = prev
+            else:
+                rising.append((before[0], before[1], prev[1]))
             out.append(prev)
             moved, step, opening = False, 0, False
-        return out
+        return out, rising
 
-    def _relative_tables(self) -> list[list[torch.Tensor | None]]:
+    def _relative_tables(self, allowed: set[int] | None) -> list[list[torch.Tensor | None]]:
         """[new_onset][anchor]: bool (128, V), entry [p, t] true when every note of token t anchored there
-        lands on an allowed pitch with that anchor at pitch p (None: no token has such notes). A row's pitch
-        mask is then tables[new][0][prev] & tables[new][1][group_first]: two lookups per step."""
+        lands on an ``allowed`` pitch with that anchor at pitch p (None: no token has such notes). A row's pitch
+        mask is then tables[new][0][prev] & tables[new][1][group_first]: two lookups per step. ``allowed`` None:
+        the same for the rising order of chord notes instead (see _relative_notes)."""
         shifted = np.ones((129, 128), dtype=bool)  # [offset, anchor]: anchor + offset allowed; row 128 = padding
         ok = np.zeros(128, dtype=bool)
-        ok[sorted(self.allowed_pitches)] = True
+        ok[sorted(allowed if allowed is not None else range(128))] = True
         for o in range(128):
             shifted[o] = np.roll(ok, -o)
+        pitch = np.arange(128)
         tables = []
         for new_onset in (False, True):
-            notes = [self._relative_notes(p, new_onset) if p else [] for p in self.pieces]
+            decoded = [self._relative_notes(p, new_onset) if p else ([], []) for p in self.pieces]
             per_anchor = []
             for anchor in (0, 1):
-                offs = [[o for a, o in ns if a == anchor] for ns in notes]
-                width = max(map(len, offs), default=0)
+                offs = [[o for a, o in ns if a == anchor] for ns, _ in decoded]
+                pairs = [[(b, e) for a, b, e in rs if a == anchor] for _, rs in decoded]
+                width, rises = max(map(len, offs), default=0), max(map(len, pairs), default=0)
                 if width == 0:
                     per_anchor.append(None)
                     continue
@@ -292,6 +303,16 @@ class Constraints:
                 table = np.ones((self.V, 128), dtype=bool)
                 for j in range(width):
                     table &= shifted[m[:, j]]
+                if rises and allowed is None:  # [token, pair]: offsets around the interval; valid: a real pair
+                    b = np.zeros((self.V, rises), dtype=np.int64)
+                    e = np.zeros((self.V, rises), dtype=np.int64)
+                    valid = np.zeros((self.V, rises), dtype=bool)
+                    for t, ps in enumerate(pairs):
+                        for j, (ob, oe) in enumerate(ps):
+                            b[t, j], e[t, j], valid[t, j] = ob, oe, True
+                    for j in range(rises):
+                        up = (pitch[None, :] + e[:, j, None]) % 128 > (pitch[None, :] + b[:, j, None]) % 128
+                        table &= up | ~valid[:, j, None]
                 per_anchor.append(torch.from_numpy(np.ascontiguousarray(table.T)))
             tables.append(per_anchor)
         return tables
@@ -333,8 +354,10 @@ class Constraints:
 
     def row_mask(self, row: RowState) -> torch.Tensor:
         """Bool (V,): tokens allowed for this row: :meth:`mask` of its state, and with a relative tokenizer
-        the pitch range and key for the pitches its tokens would get here."""
-        if self._rel is None:
+        the pitch range and key for the pitches its tokens would get here, and chord notes rising (no interval
+        that wraps past 127) where any token can (the grammar may have committed to a chord note that cannot rise
+        within the range: then the range wins)."""
+        if self._rel is None and self._rise is None:
             return self.mask(row.state)
         new_onset = row.cursor + (self._partial_step(row) or 0) != row.chord_pos
         key = (row.state, new_onset, row.prev, row.group_first)
@@ -342,12 +365,18 @@ class Constraints:
         if m is not None:
             return m
         m = self.mask(row.state)
-        for anchor, table in zip((row.prev, row.group_first), self._rel[new_onset]):
+        for anchor, table in zip((row.prev, row.group_first), self._rel[new_onset] if self._rel else ()):
             if table is not None:
                 m = m & table[anchor]
         if not m.any():
             raise ConstraintError("no token can continue under these constraints (pitch_range/key too narrow "
                                   "for this tokenizer's vocabulary)")
+        rising = m
+        for anchor, table in zip((row.prev, row.group_first), self._rise[new_onset] if self._rise else ()):
+            if table is not None:
+                rising = rising & table[anchor]
+        if rising.any():
+            m = rising
         if len(self._row_masks) >= self._row_masks_cap:
             self._row_masks.clear()
         self._row_masks[key] = m
