@@ -265,6 +265,19 @@ def test_optuna_sweep_of_two_trials(data_root, demo_midi, tmp_path):
     assert "best_value" in result
 
 
+@pytest.mark.slow
+def test_demo_search_runs_trials_within_a_wall_clock_budget(data_root, demo_midi, tmp_path):
+    """hparams_search=demo (issue 7.3): Optuna over the demo's shape/lr/batch/vocab/steps, each trial cut at
+    trainer.max_time and validated once; here 2 trials of a 3-second budget (~1 min)."""
+    out = cli(data_root, demo_midi, "-m", "experiment=demo", "hparams_search=demo", "hydra.sweeper.n_trials=2",
+              "hydra.sweeper.sampler.n_startup_trials=2", "trainer.max_time=00:00:00:03", "debug=limit",
+              "~hydra.sweeper.params.tokenizer", f"hydra.sweep.dir={tmp_path / 'search'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = (tmp_path / "search" / "optimization_results.yaml").read_text()
+    assert "best_value" in result and "model.model.n_layer" in result
+    assert (out.stdout + out.stderr).count("val/bits_per_note =") == 2
+
+
 # the base experiments convert music21's folk tune books first (~10 min once on 2 cores): slow. experiment=finetune
 # needs a base checkpoint (init_from): tests/test_finetune.py runs it end to end.
 @pytest.mark.parametrize("experiment", [
