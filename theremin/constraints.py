@@ -113,8 +113,8 @@ class Constraints:
         self.n_groups = len(self.factors.groups) if self.factors is not None else 0
         # the interval's anchor depends on the note's step, and the row's last pitch is updated as a note
         # completes: the pitch must come in the last factor group (the step in it or before it)
-        if self.relative and len(allowed) < 128 and self.factors is not None and \
-                "pitch" not in self.factors.groups[-1]:
+        pitch_last = self.factors is None or "pitch" in self.factors.groups[-1]
+        if self.relative and len(allowed) < 128 and not pitch_last:
             raise ConstraintError(f"pitch_range and key with a relative tokenizer need a factor_layout with the "
                                   f"pitch in its last group (e.g. step+vel,dur,pitch), not {self.factors.layout!r}")
         self.V = tokenizer.vocab_size
@@ -126,9 +126,8 @@ class Constraints:
         self._live = self._live_states()
         self._lead_pitch, self._lead_factor_pitch = self._lead_pitches()
         # relative tokens: the pitches (range, key) and the rising chord order are only known per row
-        last_pitch = self.factors is None or "pitch" in self.factors.groups[-1]
-        self._rel = self._relative_tables(self.allowed_pitches) if self.relative and len(allowed) < 128 else None
-        self._rise = self._relative_tables(None) if self.relative and last_pitch else None
+        self._rel, self._rise = (self._relative_tables(len(allowed) < 128) if self.relative and pitch_last
+                                 else (None, None))
         self._row_masks: dict[tuple, torch.Tensor] = {}  # (state, new onset, prev, group_first) → row_mask
         # a server keeps dozens of Constraints (serve's max_constraint_sets): at most ~4 MB of masks each; a miss
         # costs ~30 us, so a small cache does
@@ -275,47 +274,52 @@ class Constraints:
             moved, step, opening = False, 0, False
         return out, rising
 
-    def _relative_tables(self, allowed: set[int] | None) -> list[list[torch.Tensor | None]]:
-        """[new_onset][anchor]: bool (128, V), entry [p, t] true when every note of token t anchored there
-        lands on an ``allowed`` pitch with that anchor at pitch p (None: no token has such notes). A row's pitch
-        mask is then tables[new][0][prev] & tables[new][1][group_first]: two lookups per step. ``allowed`` None:
-        the same for the rising order of chord notes instead (see _relative_notes)."""
-        shifted = np.ones((129, 128), dtype=bool)  # [offset, anchor]: anchor + offset allowed; row 128 = padding
+    def _relative_tables(self, with_range: bool) -> tuple[list | None, list]:
+        """Lookup tables [new_onset][anchor]: bool (128, V), entry [p, t] true when every note of token t anchored
+        there is fine with that anchor at pitch p (None: no token has such notes), so a row's mask is
+        tables[new][0][prev] & tables[new][1][group_first]: two lookups per step. Two sets from one decoding of
+        the vocabulary: notes on an allowed pitch (only ``with_range``), and chord notes rising (see
+        _relative_notes)."""
         ok = np.zeros(128, dtype=bool)
-        ok[sorted(allowed if allowed is not None else range(128))] = True
-        for o in range(128):
-            shifted[o] = np.roll(ok, -o)
+        ok[sorted(self.allowed_pitches)] = True
+        # [offset, anchor]: anchor + offset allowed; row 128 pads tokens with fewer notes
+        shifted = np.stack([np.roll(ok, -o) for o in range(128)] + [np.ones(128, dtype=bool)])
         pitch = np.arange(128)
-        tables = []
+        ranges, rises = [], []
         for new_onset in (False, True):
             decoded = [self._relative_notes(p, new_onset) if p else ([], []) for p in self.pieces]
-            per_anchor = []
+            in_range, rising = [], []
             for anchor in (0, 1):
                 offs = [[o for a, o in ns if a == anchor] for ns, _ in decoded]
                 pairs = [[(b, e) for a, b, e in rs if a == anchor] for _, rs in decoded]
-                width, rises = max(map(len, offs), default=0), max(map(len, pairs), default=0)
-                if width == 0:
-                    per_anchor.append(None)
-                    continue
-                m = np.full((self.V, width), 128)
-                for t, os_ in enumerate(offs):
-                    m[t, : len(os_)] = os_
-                table = np.ones((self.V, 128), dtype=bool)
-                for j in range(width):
-                    table &= shifted[m[:, j]]
-                if rises and allowed is None:  # [token, pair]: offsets around the interval; valid: a real pair
-                    b = np.zeros((self.V, rises), dtype=np.int64)
-                    e = np.zeros((self.V, rises), dtype=np.int64)
-                    valid = np.zeros((self.V, rises), dtype=bool)
+                width, n_pairs = max(map(len, offs), default=0), max(map(len, pairs), default=0)
+                table = None
+                if with_range and width:
+                    m = np.full((self.V, width), 128)
+                    for t, os_ in enumerate(offs):
+                        m[t, : len(os_)] = os_
+                    table = np.ones((self.V, 128), dtype=bool)
+                    for j in range(width):
+                        table &= shifted[m[:, j]]
+                    table = torch.from_numpy(np.ascontiguousarray(table.T))
+                in_range.append(table)
+                table = None
+                if n_pairs:  # [token, pair]: offsets before/after the interval; valid: a real pair
+                    b = np.zeros((self.V, n_pairs), dtype=np.int64)
+                    e = np.zeros((self.V, n_pairs), dtype=np.int64)
+                    valid = np.zeros((self.V, n_pairs), dtype=bool)
                     for t, ps in enumerate(pairs):
                         for j, (ob, oe) in enumerate(ps):
                             b[t, j], e[t, j], valid[t, j] = ob, oe, True
-                    for j in range(rises):
+                    table = np.ones((self.V, 128), dtype=bool)
+                    for j in range(n_pairs):
                         up = (pitch[None, :] + e[:, j, None]) % 128 > (pitch[None, :] + b[:, j, None]) % 128
                         table &= up | ~valid[:, j, None]
-                per_anchor.append(torch.from_numpy(np.ascontiguousarray(table.T)))
-            tables.append(per_anchor)
-        return tables
+                    table = torch.from_numpy(np.ascontiguousarray(table.T))
+                rising.append(table)
+            ranges.append(in_range)
+            rises.append(rising)
+        return (ranges if with_range else None), rises
 
     def _chord_mask(self, row: RowState) -> torch.Tensor | None:
         """Bool (V,): tokens that would repeat a pitch already sounding from the current onset."""
