@@ -102,11 +102,12 @@ def test_masks_allow_exactly_the_tokens_that_keep_the_text_decodable(toks):
 SAMPLING = {"temperature": 1.0, "top_k": None, "top_p": None, "min_p": None}
 
 
-def roll_rows(cons: Constraints, tok, seed: int, n_notes: int, prompt: str = "") -> list[str]:
+def roll_rows(cons: Constraints, tok, seed: int, n_notes: int, prompt: str = "",
+              register: tuple[int, int] | None = None) -> list[str]:
     """Texts sampled through ``apply`` from random logits (4 rows), each prompt + continuation, decoded whole."""
     gen = torch.Generator().manual_seed(seed)
     prompt_ids = tok.encode(prompt)
-    base = RowState()
+    base = RowState(register=register)
     for t in prompt_ids:
         cons.advance(base, t)
     texts = []
@@ -177,6 +178,48 @@ def test_relative_chords_rise_also_from_a_high_prompt(toks, name):
             grid = CODEC.decode_grid(text)[0]
             for (pos, _, pitch, _), (pos2, _, pitch2, _) in itertools.pairwise(grid):
                 assert pos2 > pos or pitch2 > pitch, (pos, pitch, pitch2)
+
+
+@pytest.mark.parametrize("name", ["relative", "relative_bytes", "factored", "bytes"])
+def test_a_register_window_keeps_sampled_notes_inside_it(toks, name):
+    """The soft register window (sampling.register_margin) keeps new notes inside it where tokens can (a chord
+    note committed at the window's top must still rise: it goes just above); without it the same random logits
+    wander far outside (the window is narrower than the corpus's 55-70)."""
+    tok = toks[name]
+    cons = Constraints(tok)
+    prompt = CODEC.encode(Piece([Note(i * 480, i * 480 + 480, p, 80) for i, p in enumerate((60, 62, 64, 62))], 480))
+    old = {(n.start, n.pitch) for n in CODEC.decode(prompt).notes}
+
+    def new_pitches(register):
+        return [n.pitch for seed in range(3) for text in roll_rows(cons, tok, seed, 24, prompt, register)
+                for n in CODEC.decode(text).notes if (n.start, n.pitch) not in old]
+
+    kept = new_pitches((58, 66))
+    assert len(kept) >= 3 * 4 * 24 and all(52 <= p <= 72 for p in kept), sorted(set(kept))
+    assert sum(58 <= p <= 66 for p in kept) >= 0.95 * len(kept)
+    free = new_pitches(None)
+    assert sum(58 <= p <= 66 for p in free) < 0.8 * len(free)
+
+
+def test_the_roller_takes_its_register_from_the_prompt(toks):
+    """register_margin=M: new notes stay within M semitones of the prompt's lowest and highest notes; an
+    explicit pitch_range replaces the window; None lets them go anywhere."""
+    tok = toks["relative"]
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=128, n_layer=1, n_head=1, n_embd=16)).eval()
+    roller = Roller(model, tok, CODEC)
+    prompt = Piece([Note(i * 480, i * 480 + 480, p, 80) for i, p in enumerate((60, 64, 67, 64))], 480)
+
+    def new_pitches(**kw):
+        res = roller.roll(prompt, SamplingSettings(n=3, length=16, seed=2, top_p=None, temperature=2.0, **kw))
+        return [n.pitch for v in res.variations for n in v.piece.notes if (n.start, n.pitch) not in v.prompt_notes]
+
+    assert roller.register(CODEC.encode(prompt), SamplingSettings(register_margin=5)) == (55, 72)
+    assert roller.register("", SamplingSettings()) == (21, 108)
+    assert roller.register(CODEC.encode(prompt), SamplingSettings(pitch_range=(40, 50))) is None
+    assert all(55 <= p <= 72 for p in new_pitches(register_margin=5))
+    assert all(40 <= p <= 50 for p in new_pitches(register_margin=5, pitch_range=(40, 50)))
+    assert not all(55 <= p <= 72 for p in new_pitches(register_margin=None))
 
 
 def test_relative_row_counts_absolute_pitches(toks):

@@ -178,7 +178,7 @@ def test_the_png_is_drawn_from_the_roll_layout(roller, prompt, tmp_path, monkeyp
     ("length", float("inf"), "finite"), ("temperature", float("nan"), "finite"), ("n", 2.5, "integer"),
     ("n", "4", "integer"), ("seed", -1, ">= 0"), ("top_p", 0.0, "> 0"), ("top_k", 0, ">= 1"),
     ("min_p", 1.5, "<= 1"), ("keep_bars", -1, ">= 0"), ("pitch_range", (60,), "two MIDI pitches"),
-    ("max_polyphony", 0, ">= 1"),
+    ("max_polyphony", 0, ">= 1"), ("register_margin", -1, ">= 0"), ("register_margin", 200, "<= 127"),
 ])
 def test_settings_are_bounded_and_typed(field, value, message):
     """Issue 8.9: every field is checked, with a message naming it, before anything is allocated."""

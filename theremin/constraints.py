@@ -79,10 +79,13 @@ class RowState:
     # note on the latest onset; the next note's interval counts from one of them
     prev: int = 60
     group_first: int = 60
+    # [lo, hi]: a soft pitch window (sampling.register_margin around the prompt): notes stay inside it wherever
+    # some allowed token can, so a roll keeps the prompt's register (a relative tokenizer's intervals drift)
+    register: tuple[int, int] | None = None
 
     def copy(self) -> RowState:
         return RowState(self.state, self.cursor, list(self.ends), self.notes, self.chord_pos, set(self.chord),
-                        list(self.partial), self.done, self.pending, self.prev, self.group_first)
+                        list(self.partial), self.done, self.pending, self.prev, self.group_first, self.register)
 
 
 class Constraints:
@@ -126,9 +129,13 @@ class Constraints:
         self._live = self._live_states()
         self._lead_pitch, self._lead_factor_pitch = self._lead_pitches()
         # relative tokens: the pitches (range, key) and the rising chord order are only known per row
+        self._rel_offsets: list | None = None  # [new_onset][anchor]: (V, notes) intervals, -1 pads (register)
         self._rel, self._rise = (self._relative_tables(len(allowed) < 128) if self.relative and pitch_last
                                  else (None, None))
-        self._row_masks: dict[tuple, torch.Tensor] = {}  # (state, new onset, prev, group_first) → row_mask
+        # absolute tokenizers: (V, notes) pitches of each token's notes, -1 pads (register)
+        self._pitches = None if self.relative else self._token_pitches()
+        self._register_masks: dict[tuple[int, int], torch.Tensor] = {}
+        self._row_masks: dict[tuple, torch.Tensor] = {}  # (state, new onset, prev, group_first, register) → mask
         # a server keeps dozens of Constraints (serve's max_constraint_sets): at most ~4 MB of masks each; a miss
         # costs ~30 us, so a small cache does
         self._row_masks_cap = max(64, (4 << 20) // self.V)
@@ -285,19 +292,20 @@ class Constraints:
         # [offset, anchor]: anchor + offset allowed; row 128 pads tokens with fewer notes
         shifted = np.stack([np.roll(ok, -o) for o in range(128)] + [np.ones(128, dtype=bool)])
         pitch = np.arange(128)
-        ranges, rises = [], []
+        ranges, rises, self._rel_offsets = [], [], []
         for new_onset in (False, True):
             decoded = [self._relative_notes(p, new_onset) if p else ([], []) for p in self.pieces]
-            in_range, rising = [], []
+            in_range, rising, offsets = [], [], []
             for anchor in (0, 1):
                 offs = [[o for a, o in ns if a == anchor] for ns, _ in decoded]
                 pairs = [[(b, e) for a, b, e in rs if a == anchor] for _, rs in decoded]
                 width, n_pairs = max(map(len, offs), default=0), max(map(len, pairs), default=0)
                 table = None
+                m = np.full((self.V, width), 128)
+                for t, os_ in enumerate(offs):
+                    m[t, : len(os_)] = os_
+                offsets.append(np.where(m == 128, -1, m) if width else None)
                 if with_range and width:
-                    m = np.full((self.V, width), 128)
-                    for t, os_ in enumerate(offs):
-                        m[t, : len(os_)] = os_
                     table = np.ones((self.V, 128), dtype=bool)
                     for j in range(width):
                         table &= shifted[m[:, j]]
@@ -319,7 +327,49 @@ class Constraints:
                 rising.append(table)
             ranges.append(in_range)
             rises.append(rising)
+            self._rel_offsets.append(offsets)
         return (ranges if with_range else None), rises
+
+    def _token_pitches(self) -> np.ndarray:
+        """(V, notes): the absolute pitches each token's notes (note chars, pitch factor chars) get, -1 pads."""
+        per = []
+        for piece in self.pieces:
+            ps = []
+            for ch in piece or "":
+                if (fg := self._factor_group(ch)) is not None:
+                    if (p := self._factor_pitch(*fg)) is not None:
+                        ps.append(p)
+                elif self.codec.char_class(ch) == NOTE:
+                    ps.append((ord(ch) - BASE) % 128)
+            per.append(ps)
+        out = np.full((self.V, max(map(len, per), default=0)), -1)
+        for t, ps in enumerate(per):
+            out[t, : len(ps)] = ps
+        return out
+
+    def _register_mask(self, row: RowState, new_onset: bool, window: tuple[int, int]) -> torch.Tensor | None:
+        """Bool (V,): tokens whose notes all land in ``window`` from this row (None: a tokenizer whose notes'
+        pitches are not known per token)."""
+        lo, hi = window
+
+        def inside(pitches: np.ndarray, pad: np.ndarray) -> np.ndarray:
+            return (pad | ((pitches >= lo) & (pitches <= hi))).all(axis=1)
+
+        if not self.relative:
+            m = self._register_masks.get(window)
+            if m is None:
+                if len(self._register_masks) >= 256:
+                    self._register_masks.clear()
+                m = self._register_masks[window] = torch.from_numpy(
+                    inside(self._pitches, self._pitches < 0))
+            return m
+        if self._rel_offsets is None:
+            return None
+        ok = np.ones(self.V, dtype=bool)
+        for anchor, offs in zip((row.prev, row.group_first), self._rel_offsets[new_onset]):
+            if offs is not None:
+                ok &= inside((anchor + offs) % 128, offs < 0)
+        return torch.from_numpy(ok)
 
     def _chord_mask(self, row: RowState) -> torch.Tensor | None:
         """Bool (V,): tokens that would repeat a pitch already sounding from the current onset."""
@@ -360,11 +410,12 @@ class Constraints:
         """Bool (V,): tokens allowed for this row: :meth:`mask` of its state, and with a relative tokenizer
         the pitch range and key for the pitches its tokens would get here, and chord notes rising (no interval
         that wraps past 127) where any token can (the grammar may have committed to a chord note that cannot rise
-        within the range: then the range wins)."""
-        if self._rel is None and self._rise is None:
+        within the range: then the range wins). The row's register window, last, where any token keeps it."""
+        if self._rel is None and self._rise is None and row.register is None:
             return self.mask(row.state)
         new_onset = row.cursor + (self._partial_step(row) or 0) != row.chord_pos
-        key = (row.state, new_onset, row.prev, row.group_first)
+        key = (row.state, new_onset, row.prev, row.group_first, row.register) if self.relative else \
+            (row.state, row.register)
         m = self._row_masks.get(key)
         if m is not None:
             return m
@@ -381,9 +432,24 @@ class Constraints:
                 rising = rising & table[anchor]
         if rising.any():
             m = rising
+        if row.register is not None:
+            m = self._in_register(row, new_onset, m)
         if len(self._row_masks) >= self._row_masks_cap:
             self._row_masks.clear()
         self._row_masks[key] = m
+        return m
+
+    def _in_register(self, row: RowState, new_onset: bool, m: torch.Tensor) -> torch.Tensor:
+        """``m`` cut to the tokens that keep the row's register window; where none can (a chord note committed
+        at the window's top must still rise), the window widened in steps of a tritone until some can."""
+        lo, hi = row.register
+        for widen in range(0, 128, 6):
+            window = (max(0, lo - widen), min(127, hi + widen))
+            inside = self._register_mask(row, new_onset, window)
+            if inside is None or window == (0, 127):
+                return m
+            if (m & inside).any():
+                return m & inside
         return m
 
     # ---- dynamic part -----------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from theremin.model import GPT
 log = logging.getLogger("theremin.sample")
 
 PROMPT_NOTES_MARKER = "prompt notes"  # MIDI marker: how many of a variation's notes came from the prompt
+PIANO_KEYS = (21, 108)  # the register of a roll from nothing (A0-C8)
 
 
 class GenerateError(ThereminError):
@@ -82,6 +83,9 @@ class SamplingSettings:
     max_new_tokens: int | None = None  # cap (default: from the length)
     keep_bars: int | None = None  # re-roll: keep the prompt's first K bars
     pitch_range: tuple[int, int] | None = None
+    # without a pitch_range: notes keep within this many semitones of the prompt's lowest and highest notes
+    # where they can (a soft bound; the piano's keys with no prompt); None: anywhere
+    register_margin: int | None = 12
     key: str | None = None
     max_polyphony: int | None = None
 
@@ -99,7 +103,7 @@ class SamplingSettings:
             raise GenerateError(f"sampling.length={self.length}: at least 1 note")
         optional = (("top_k", 1, None, True, False), ("top_p", 0, 1, False, True), ("min_p", 0, 1, False, False),
                     ("max_new_tokens", 1, lim.max_new_tokens, True, False), ("keep_bars", 0, None, True, False),
-                    ("max_polyphony", 1, 128, True, False))
+                    ("max_polyphony", 1, 128, True, False), ("register_margin", 0, 127, True, False))
         for name, lo, hi, integer, lo_open in optional:
             if getattr(self, name) is not None:
                 _check_number(f"sampling.{name}", getattr(self, name), lo, hi, integer=integer, lo_open=lo_open,
@@ -240,6 +244,15 @@ class Roller:
                       self.codec.ticks_per_beat, [(p * k, us) for p, us in tempos])
         return self.codec.encode(piece)
 
+    def register(self, text: str, s: SamplingSettings) -> tuple[int, int] | None:
+        """The soft pitch window of a roll (see SamplingSettings.register_margin): none with a pitch_range."""
+        if s.pitch_range is not None or s.register_margin is None:
+            return None
+        pitches = [n[2] for n in self.codec.decode_grid(text)[0]]
+        if not pitches:
+            return PIANO_KEYS
+        return max(0, min(pitches) - s.register_margin), min(127, max(pitches) + s.register_margin)
+
     def bar_steps(self, ts: tuple[int, int]) -> float:
         return ts[0] * 4 / ts[1] * self.codec.grid
 
@@ -269,6 +282,7 @@ class Roller:
         if not cons.complete(base):
             raise GenerateError("the prompt does not end on a complete event (internal error)")
         prompt_notes = base.notes
+        base.register = self.register(text, s)
         tempo_us = ([us for _, us in self.codec.decode_grid(text)[1]] or [500_000])[-1]
         if s.unit == "notes":
             target_notes, end_pos = int(s.length), None

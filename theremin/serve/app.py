@@ -88,6 +88,7 @@ ROLL_FORM = {  # the OpenAPI description of POST /api/rolls' form (the route par
             "key": {"type": "string", "example": "D dorian"},
             "pitch_range": {"type": "string", "example": "48,84"},
             "max_polyphony": {"type": "integer"}, "max_new_tokens": {"type": "integer"},
+            "register_margin": {"type": "integer", "description": "semitones around the prompt's range (none: off)"},
         }}}}},
 }
 

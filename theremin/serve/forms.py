@@ -138,12 +138,13 @@ def parse_settings(form: Mapping[str, str], presets: dict[str, dict], limits: Li
         "pitch_range": _pitch_range,
         "key": lambda v: _key(v, limits),
         "max_polyphony": lambda v: _int("max_polyphony", v, 1, limits.max_polyphony),
+        "register_margin": lambda v: _int("register_margin", v, 0, 127),
     }
     for name, value in values.items():
         if name not in parse:
             continue  # a route's own field (prompt, demo_prompt)
         if value.lower() in NONE_WORDS and name in ("top_k", "top_p", "min_p", "keep_bars", "pitch_range", "key",
-                                                    "max_polyphony", "max_new_tokens"):
+                                                    "max_polyphony", "max_new_tokens", "register_margin"):
             s[name] = None
         else:
             s[name] = parse[name](value)
