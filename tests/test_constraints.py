@@ -182,9 +182,10 @@ def test_relative_chords_rise_also_from_a_high_prompt(toks, name):
 
 @pytest.mark.parametrize("name", ["relative", "relative_bytes", "factored", "bytes"])
 def test_a_register_window_keeps_sampled_notes_inside_it(toks, name):
-    """The soft register window (sampling.register_margin) keeps new notes inside it where tokens can (a chord
-    note committed at the window's top must still rise: it goes just above); without it the same random logits
-    wander far outside (the window is narrower than the corpus's 55-70)."""
+    """The soft register window (sampling.register_margin) keeps every new note inside it: a relative token that
+    opens a chord note (its factor group with the step comes before the one with the pitch) needs room above the
+    note below it, else the chord note, bound to rise, left the window (a pop roll stacked chords up to C9).
+    Without it the same random logits wander outside (the window is narrower than the corpus's 55-70)."""
     tok = toks[name]
     cons = Constraints(tok)
     prompt = CODEC.encode(Piece([Note(i * 480, i * 480 + 480, p, 80) for i, p in enumerate((60, 62, 64, 62))], 480))
@@ -195,8 +196,7 @@ def test_a_register_window_keeps_sampled_notes_inside_it(toks, name):
                 for n in CODEC.decode(text).notes if (n.start, n.pitch) not in old]
 
     kept = new_pitches((58, 66))
-    assert len(kept) >= 3 * 4 * 24 and all(52 <= p <= 72 for p in kept), sorted(set(kept))
-    assert sum(58 <= p <= 66 for p in kept) >= 0.95 * len(kept)
+    assert len(kept) >= 3 * 4 * 24 and all(58 <= p <= 66 for p in kept), sorted(set(kept))
     free = new_pitches(None)
     assert sum(58 <= p <= 66 for p in free) < 0.8 * len(free)
 

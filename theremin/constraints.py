@@ -130,6 +130,7 @@ class Constraints:
         self._lead_pitch, self._lead_factor_pitch = self._lead_pitches()
         # relative tokens: the pitches (range, key) and the rising chord order are only known per row
         self._rel_offsets: list | None = None  # [new_onset][anchor]: (V, notes) intervals, -1 pads (register)
+        self._rel_open: list = []  # [new_onset]: (V, 2) chord notes left open by a token (_relative_notes)
         self._rel, self._rise = (self._relative_tables(len(allowed) < 128) if self.relative and pitch_last
                                  else (None, None))
         # absolute tokenizers: (V, notes) pitches of each token's notes, -1 pads (register)
@@ -245,17 +246,20 @@ class Constraints:
                 lead_factor[t] = 128 if pitch is None else pitch
         return lead, lead_factor
 
-    def _relative_notes(self, piece: str, new_onset: bool) -> tuple[list[tuple[int, int]], list[tuple[int, int, int]]]:
+    def _relative_notes(self, piece: str, new_onset: bool) -> tuple[list[tuple[int, int]], list[tuple[int, int, int]],
+                                                                    tuple[int, int] | None]:
         """The pitches a token's notes get, decoded back to absolute (see tokenizer._relative): per note
         (anchor, offset), its pitch being (the row's ``prev`` if anchor is 0 else its ``group_first``) + offset,
         mod 128. ``new_onset``: whether a first note of step 0 with no rest before it would start a new onset
         (the row's cursor, plus a step already in its unfinished factor group, is past its latest onset).
         Also, per note on the same onset as the note before it, (anchor, offset before, offset after): a chord
         rises (canonical order), so its pitch must be above the one before, i.e. the interval must not wrap
-        past 127 (a wrapped interval decodes to a note far below the chord)."""
+        past 127 (a wrapped interval decodes to a note far below the chord). Last, when the token ends inside a
+        factor group whose note joins the current onset, the (anchor, offset) its pitch must rise above (else
+        None): the note is committed before its pitch is known."""
         c = self.codec
         prev, first = (0, 0), (1, 0)  # (anchor, offset) of the row's prev and group_first while in the token
-        out, rising, moved, step, opening = [], [], False, 0, True
+        out, rising, moved, step, opening, pending = [], [], False, 0, True, False
         for ch in piece:
             cls, fg = c.char_class(ch), self._factor_group(ch)
             if fg is not None:
@@ -263,6 +267,7 @@ class Constraints:
                 step = step if s is None else c.steps[s]
                 rel = self._factor_field(*fg, "pitch")
                 if rel is None:
+                    pending = True
                     continue
             elif cls == NOTE:
                 step_i, _, _, rel = c.split_note(ch)
@@ -278,8 +283,9 @@ class Constraints:
             else:
                 rising.append((before[0], before[1], prev[1]))
             out.append(prev)
-            moved, step, opening = False, 0, False
-        return out, rising
+            moved, step, opening, pending = False, 0, False, False
+        joins = pending and not (moved or step != 0 or (opening and new_onset))
+        return out, rising, (prev if joins else None)
 
     def _relative_tables(self, with_range: bool) -> tuple[list | None, list]:
         """Lookup tables [new_onset][anchor]: bool (128, V), entry [p, t] true when every note of token t anchored
@@ -292,13 +298,15 @@ class Constraints:
         # [offset, anchor]: anchor + offset allowed; row 128 pads tokens with fewer notes
         shifted = np.stack([np.roll(ok, -o) for o in range(128)] + [np.ones(128, dtype=bool)])
         pitch = np.arange(128)
-        ranges, rises, self._rel_offsets = [], [], []
+        ranges, rises, self._rel_offsets, self._rel_open = [], [], [], []
         for new_onset in (False, True):
-            decoded = [self._relative_notes(p, new_onset) if p else ([], []) for p in self.pieces]
+            decoded = [self._relative_notes(p, new_onset) if p else ([], [], None) for p in self.pieces]
+            # a chord note left open by the token: [anchor of its lower neighbour + 1 (0: none), offset]
+            self._rel_open.append(np.array([(0, 0) if o is None else (o[0] + 1, o[1]) for *_, o in decoded]))
             in_range, rising, offsets = [], [], []
             for anchor in (0, 1):
-                offs = [[o for a, o in ns if a == anchor] for ns, _ in decoded]
-                pairs = [[(b, e) for a, b, e in rs if a == anchor] for _, rs in decoded]
+                offs = [[o for a, o in ns if a == anchor] for ns, _, _ in decoded]
+                pairs = [[(b, e) for a, b, e in rs if a == anchor] for _, rs, _ in decoded]
                 width, n_pairs = max(map(len, offs), default=0), max(map(len, pairs), default=0)
                 table = None
                 m = np.full((self.V, width), 128)
@@ -366,9 +374,14 @@ class Constraints:
         if self._rel_offsets is None:
             return None
         ok = np.ones(self.V, dtype=bool)
-        for anchor, offs in zip((row.prev, row.group_first), self._rel_offsets[new_onset]):
+        anchors = (row.prev, row.group_first)
+        for anchor, offs in zip(anchors, self._rel_offsets[new_onset]):
             if offs is not None:
                 ok &= inside((anchor + offs) % 128, offs < 0)
+        # a chord note left open must still find a rising pitch inside: its lower neighbour below the top
+        which, off = self._rel_open[new_onset].T
+        for a, anchor in enumerate(anchors):
+            ok &= ~((which == a + 1) & ((anchor + off) % 128 >= hi))
         return torch.from_numpy(ok)
 
     def _chord_mask(self, row: RowState) -> torch.Tensor | None:
