@@ -12,7 +12,7 @@ from theremin.constraints import ConstraintError, Constraints, RowState, parse_k
 from theremin.midi import Note, Piece
 from theremin.midichar import BASE, DUR_EXT, NOTE, REST, START, TEMPO_HI, TEMPO_LO, CodecError, MidiChar
 from theremin.model import GPT, GPTConfig
-from theremin.sample import Roller, SamplingSettings
+from theremin.sample import Roller, SamplingSettings, register_window
 from theremin.tokenizer import MidiTokenizer
 
 CODEC = MidiChar()
@@ -214,9 +214,9 @@ def test_the_roller_takes_its_register_from_the_prompt(toks):
         res = roller.roll(prompt, SamplingSettings(n=3, length=16, seed=2, top_p=None, temperature=2.0, **kw))
         return [n.pitch for v in res.variations for n in v.piece.notes if (n.start, n.pitch) not in v.prompt_notes]
 
-    assert roller.register(CODEC.encode(prompt), SamplingSettings(register_margin=5)) == (55, 72)
-    assert roller.register("", SamplingSettings()) == (21, 108)
-    assert roller.register(CODEC.encode(prompt), SamplingSettings(pitch_range=(40, 50))) is None
+    assert register_window([60, 64, 67, 64], SamplingSettings(register_margin=5)) == (55, 72)
+    assert register_window([], SamplingSettings()) == (21, 108)
+    assert register_window([60, 64, 67, 64], SamplingSettings(pitch_range=(40, 50))) is None
     assert all(55 <= p <= 72 for p in new_pitches(register_margin=5))
     assert all(40 <= p <= 50 for p in new_pitches(register_margin=5, pitch_range=(40, 50)))
     assert not all(55 <= p <= 72 for p in new_pitches(register_margin=None))

@@ -244,15 +244,6 @@ class Roller:
                       self.codec.ticks_per_beat, [(p * k, us) for p, us in tempos])
         return self.codec.encode(piece)
 
-    def register(self, text: str, s: SamplingSettings) -> tuple[int, int] | None:
-        """The soft pitch window of a roll (see SamplingSettings.register_margin): none with a pitch_range."""
-        if s.pitch_range is not None or s.register_margin is None:
-            return None
-        pitches = [n[2] for n in self.codec.decode_grid(text)[0]]
-        if not pitches:
-            return PIANO_KEYS
-        return max(0, min(pitches) - s.register_margin), min(127, max(pitches) + s.register_margin)
-
     def bar_steps(self, ts: tuple[int, int]) -> float:
         return ts[0] * 4 / ts[1] * self.codec.grid
 
@@ -282,8 +273,9 @@ class Roller:
         if not cons.complete(base):
             raise GenerateError("the prompt does not end on a complete event (internal error)")
         prompt_notes = base.notes
-        base.register = self.register(text, s)
-        tempo_us = ([us for _, us in self.codec.decode_grid(text)[1]] or [500_000])[-1]
+        prompt_grid, prompt_tempos = self.codec.decode_grid(text)
+        base.register = register_window([pitch for _, _, pitch, _ in prompt_grid], s)
+        tempo_us = ([us for _, us in prompt_tempos] or [500_000])[-1]
         if s.unit == "notes":
             target_notes, end_pos = int(s.length), None
         else:
@@ -321,7 +313,7 @@ class Roller:
             log.warning("variation(s) %s stopped at %d tokens before reaching sampling.length=%s %s",
                         ", ".join(map(str, short)), max_new, s.length, s.unit)
         k = self.codec.ticks_per_beat // self.codec.grid
-        prompt_keys = frozenset((pos * k, pitch) for pos, _, pitch, _ in self.codec.decode_grid(text)[0])
+        prompt_keys = frozenset((pos * k, pitch) for pos, _, pitch, _ in prompt_grid)
         n_prompt = self.codec.count_notes(text)
         variations = []
         for b in range(s.n):
@@ -383,6 +375,15 @@ class Roller:
                                                 title=f"variation {v.index + 1} (seed {s.seed})")
             if render.get("wav", True):
                 v.files["wav"] = render_wav(v.piece, stem.with_suffix(".wav"), soundfont=render.get("soundfont"))
+
+
+def register_window(prompt_pitches: list[int], s: SamplingSettings) -> tuple[int, int] | None:
+    """The soft pitch window of a roll (see SamplingSettings.register_margin): none with a pitch_range."""
+    if s.pitch_range is not None or s.register_margin is None:
+        return None
+    if not prompt_pitches:
+        return PIANO_KEYS
+    return max(0, min(prompt_pitches) - s.register_margin), min(127, max(prompt_pitches) + s.register_margin)
 
 
 def _read_prompt(path: str | os.PathLike) -> Piece:
