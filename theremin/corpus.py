@@ -15,7 +15,8 @@ split → write. What it guarantees:
   exception keeps both splits usable: with 2+ files and none hashed into val, the file of smallest hash
   moves to val (and with none in train, the val file of largest hash moves to train); the manifest says so;
 - optional transposition augmentation of train only: each train piece also appears moved by every k in
-  ``transpose=(lo, hi)`` (inclusive, k != 0) that keeps its notes within MIDI's 0..127;
+  ``transpose=(lo, hi)`` (inclusive, k != 0) that keeps its notes within MIDI's 0..127; with ``humanize``
+  (theremin.humanize), a share of those copies is played or sequenced first (seeded by the file's hash);
 - outputs are written to temp files and moved into place together once all are complete (a full disk or a
   kill leaves the previous corpus as it was; the next build removes the temp files a killed one left); a
   re-run over unchanged input with the same codec and settings reuses them without encoding (``reused``);
@@ -32,6 +33,7 @@ import errno
 import hashlib
 import json
 import os
+import random
 import re
 import signal
 import stat
@@ -47,6 +49,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from theremin.cli import ThereminError
+from theremin.humanize import HumanizeConfig, humanize
 from theremin.midi import (
     MAX_NOTES,
     MidiError,
@@ -86,6 +89,7 @@ class CorpusSettings:
     transpose: tuple[int, int] | None = None  # (lo, hi) semitones, inclusive; 0 excluded
     min_notes: int = 8
     max_notes: int = MAX_NOTES
+    humanize: HumanizeConfig | None = None  # a share of the transposed copies played or sequenced first
 
     def __post_init__(self):
         if not 0.0 <= self.val_fraction < 1.0:
@@ -98,6 +102,10 @@ class CorpusSettings:
             if len(self.transpose) != 2 or int(self.transpose[0]) > int(self.transpose[1]):
                 raise CorpusError(f"data.transpose must be [lo, hi] semitones with lo <= hi, got {self.transpose!r}")
             object.__setattr__(self, "transpose", (int(self.transpose[0]), int(self.transpose[1])))
+        object.__setattr__(self, "humanize", HumanizeConfig.from_config(self.humanize))
+        if self.humanize is not None and not self.shifts:
+            raise CorpusError("data.humanize plays a share of the transposed copies of train pieces: it needs "
+                              "data.transpose too")
 
     @property
     def shifts(self) -> list[int]:
@@ -113,6 +121,8 @@ class CorpusSettings:
              list(self.transpose), "min_notes": int(self.min_notes)}
         if self.max_notes != MAX_NOTES:
             d["max_notes"] = int(self.max_notes)
+        if self.humanize is not None:  # recorded only when set: corpora made before it keep their fingerprint
+            d["humanize"] = self.humanize.as_dict()
         return d
 
 
@@ -283,9 +293,26 @@ def split_of(sha256: str, val_fraction: float) -> str:
     return "val" if hash_fraction(sha256) < val_fraction else "train"
 
 
-def _transpositions(codec, text: str, ks: Sequence[int]) -> tuple[list[str], int]:
-    out = [t for t in (codec.transpose(text, k) for k in ks) if t is not None]
-    return out, len(ks) - len(out)
+def _augmented(codec, text: str, sha: str, settings: CorpusSettings) -> tuple[list[str], int]:
+    """A train piece's copies, one per transposition that keeps 0..127, and how many were left out. With
+    ``settings.humanize``, each copy is humanized first with probability ``share``, from a generator seeded
+    by the file's hash (a rebuild writes the same corpus)."""
+    h = settings.humanize
+    rng = random.Random(sha) if h is not None else None
+    piece, out = None, []
+    for k in settings.shifts:
+        src = text
+        if h is not None and rng.random() < h.share:
+            try:
+                if piece is None:
+                    piece = codec.decode(text)
+                src = codec.encode(humanize(piece, rng, h))
+            except ThereminError:  # a copy the codec refuses (e.g. a performed piece too long): keep it plain
+                src = text
+        t = codec.transpose(src, k)
+        if t is not None:
+            out.append(t)
+    return out, len(settings.shifts) - len(out)
 
 
 def _encode_one(codec, path: str, settings: CorpusSettings) -> _Encoded:
@@ -303,7 +330,7 @@ def _encode_one(codec, path: str, settings: CorpusSettings) -> _Encoded:
         notes = codec.count_notes(text)
         augmented, skipped = None, 0
         if settings.shifts and split_of(sha, settings.val_fraction) == "train":
-            augmented, skipped = _transpositions(codec, text, settings.shifts)
+            augmented, skipped = _augmented(codec, text, sha, settings)
     except ThereminError as e:  # MidiError, CodecError: the file's reason
         return _Encoded(sha, None, 0, getattr(e, "reason", None) or str(e), None, 0)
     except Exception as e:  # anything else is a reader/codec bug on this file: report it, go on
@@ -530,7 +557,7 @@ def balance_splits(tally: _Tally, staged: dict[str, Path], codec, settings: Corp
     elif rows and not in_train:
         row = max(in_val, key=lambda r: (hash_fraction(r["sha256"]), r["sha256"]))
         (text,), tally.split_chars["val"] = _move_lines(staged[VAL_FILE], VAL_FILE, _start_line(rows, row), 1)
-        augmented, skipped = _transpositions(codec, text, settings.shifts)
+        augmented, skipped = _augmented(codec, text, row["sha256"], settings)
         sink = _Sink(staged[TRAIN_FILE], TRAIN_FILE)
         sink.write([text, *augmented])
         sink.close()
@@ -753,6 +780,7 @@ def build_corpus(
     transpose: Sequence[int] | None = None,
     min_notes: int = 8,
     max_notes: int = MAX_NOTES,
+    humanize: dict | HumanizeConfig | None = None,
     progress: bool = True,
 ) -> CorpusReport:
     """Encode every MIDI file under ``input_dir`` into ``out_dir``/{train,val}.txt + manifest.json.
@@ -760,7 +788,9 @@ def build_corpus(
     ``codec``: a MidiChar (default: ``MidiChar()``); workers re-create it from ``codec.config``.
     ``workers``: processes (None: all cores; 1: this process). ``transpose=(lo, hi)``: augment train with
     every transposition lo..hi semitones (inclusive, 0 excluded). ``min_notes``/``max_notes``: a file with
-    fewer/more notes fails. Raises :class:`CorpusError` (after writing the manifest) when no file is usable.
+    fewer/more notes fails. ``humanize`` (:class:`~theremin.humanize.HumanizeConfig` or its mapping): a share
+    of the transposed copies played or sequenced first. Raises :class:`CorpusError` (after writing the manifest)
+    when no file is usable.
     """
     from tqdm import tqdm
 
@@ -769,7 +799,7 @@ def build_corpus(
 
         codec = MidiChar()
     settings = CorpusSettings(val_fraction=float(val_fraction), min_notes=int(min_notes), max_notes=int(max_notes),
-                              transpose=None if transpose is None else tuple(transpose))
+                              transpose=None if transpose is None else tuple(transpose), humanize=humanize)
     input_dir = Path(input_dir).resolve()
     out_dir = Path(out_dir).resolve()
     if not input_dir.is_dir():

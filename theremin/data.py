@@ -108,6 +108,7 @@ class MidiDataModule(pl.LightningDataModule):
         transpose: list[int] | None = None,
         min_notes: int = 8,
         max_notes: int = MAX_NOTES,
+        humanize: dict | None = None,
         demo: dict | None = None,
         tokenizer_dir: str | None = None,
     ):
@@ -118,6 +119,7 @@ class MidiDataModule(pl.LightningDataModule):
         self.tokenizer_cfg = plain(tokenizer)
         self.codec_cfg = {k: v for k, v in plain(codec or {}).items() if k != "_target_"}
         self.transpose = plain(transpose)
+        self.humanize = plain(humanize)
         self.tokenizer_cache = Path(tokenizer_cache) if tokenizer_cache else self.corpus_dir / "tokenizers"
         self.block_size, self.batch_size, self.num_workers = block_size, batch_size, num_workers
         self.seed, self.val_fraction, self.min_notes, self.max_notes = seed, val_fraction, min_notes, max_notes
@@ -153,7 +155,8 @@ class MidiDataModule(pl.LightningDataModule):
     def _build_corpus(self, codec: MidiChar) -> None:
         # the same call as theremin-prep's: one corpus definition (conf/data), so each reuses the other's build
         build_configured(self.input_dir, self.corpus_dir, codec, demo=self.demo, val_fraction=self.val_fraction,
-                         transpose=self.transpose, min_notes=self.min_notes, max_notes=self.max_notes)
+                         transpose=self.transpose, min_notes=self.min_notes, max_notes=self.max_notes,
+                         humanize=self.humanize)
 
     def _tokenize(self, codec: MidiChar) -> None:
         meta_path = self.token_dir / "tokens.json"

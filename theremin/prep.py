@@ -49,7 +49,7 @@ def prep(cfg: DictConfig) -> CorpusReport:
     report = build_configured(
         data.input_dir, data.corpus_dir, codec, demo=plain(data.demo), workers=cfg.workers,
         progress=bool(cfg.progress), val_fraction=float(data.val_fraction), transpose=plain(data.transpose),
-        min_notes=int(data.min_notes), max_notes=int(data.max_notes),
+        min_notes=int(data.min_notes), max_notes=int(data.max_notes), humanize=plain(data.get("humanize")),
     )
     print(report.summary())
     advice = corpus_advice(report.notes, input_dir=printable(str(report.input_dir)))
