@@ -172,6 +172,7 @@ def test_base_finetune_score(tiny_base, tmp_path):
     base_ckpt, root = tiny_base
     base = open_checkpoint(base_ckpt)
     assert len(list((root / "base_midi" / "essen").glob("*.mid"))) == 20
+    assert load_manifest(root / "corpus" / "base")["settings"]["humanize"]["styles"] == ["performed", "sequenced"]
     folk = tmp_path / "irish"
     r = base_data.build_heldout_midi(folk, "essenFolksong", ["irl.abc"], limit=14, workers=1, progress=False)
     assert r["written"] == 14

@@ -104,6 +104,9 @@ def test_the_corpus_humanizes_a_share_of_train_copies_only(tmp_path):
     vel_levels = {codec.split_note(c)[2] for line in train_h for c in line if codec.is_note(c)}
     assert len(vel_levels) >= 3  # the source files have one velocity
     m = json.loads((tmp_path / "hum" / "manifest.json").read_text())
+    # the totals count the copies as written (a humanized copy may merge two notes and needs other rest chars)
+    assert m["totals"]["train"]["notes"] == sum(map(codec.count_notes, train_h)) == hum.train_notes
+    assert m["totals"]["train"]["chars"] == sum(map(len, train_h))
     assert m["settings"]["humanize"]["share"] == 0.5 and "humanize" not in json.loads(
         (tmp_path / "plain" / "manifest.json").read_text())["settings"]
     with pytest.raises(CorpusError, match=r"data\.humanize .* needs data.transpose"):

@@ -282,6 +282,7 @@ class _Encoded(NamedTuple):
     reason: str | None
     augmented: list[str] | None  # transpositions, made only for a file whose hash puts it in train
     skipped: int  # transpositions left out (a note would leave 0..127)
+    copy_notes: int | None = None  # notes of the augmented lines, counted when humanized copies may differ
 
 
 def hash_fraction(sha256: str) -> float:
@@ -328,14 +329,15 @@ def _encode_one(codec, path: str, settings: CorpusSettings) -> _Encoded:
         if not text or min(text) < FIRST_CHAR:  # one piece per line needs a non-empty line without breaks
             raise ValueError("the codec returned an empty text or characters below U+10000")
         notes = codec.count_notes(text)
-        augmented, skipped = None, 0
+        augmented, skipped, copy_notes = None, 0, None
         if settings.shifts and split_of(sha, settings.val_fraction) == "train":
             augmented, skipped = _augmented(codec, text, sha, settings)
+            copy_notes = sum(map(codec.count_notes, augmented)) if settings.humanize else None
     except ThereminError as e:  # MidiError, CodecError: the file's reason
         return _Encoded(sha, None, 0, getattr(e, "reason", None) or str(e), None, 0)
     except Exception as e:  # anything else is a reader/codec bug on this file: report it, go on
         return _Encoded(sha, None, 0, f"unexpected {type(e).__name__}: {e}"[:300], None, 0)
-    return _Encoded(sha, text, notes, None, augmented, skipped)
+    return _Encoded(sha, text, notes, None, augmented, skipped, copy_notes)
 
 
 def die_with_parent(parent: int) -> None:
@@ -505,6 +507,8 @@ def write_splits(outcomes: Iterable[_Outcome], staged: dict[str, Path], val_frac
             tally.rows.append({"path": rel, "sha256": r.sha256, "split": split, "notes": r.notes,
                                "chars": len(r.text), "lines": len(block),
                                "transpose_skipped": r.skipped if split == "train" else 0})
+            if split == "train" and r.copy_notes is not None:  # humanized copies: counted, not multiplied
+                tally.rows[-1].update(copy_notes=r.copy_notes, copy_chars=sum(map(len, block[1:])))
     finally:
         for sink in sinks.values():
             sink.close()
@@ -552,6 +556,7 @@ def balance_splits(tally: _Tally, staged: dict[str, Path], codec, settings: Corp
         sink.close()
         tally.split_chars["val"] = set(block[0])
         row.update(split="val", lines=1, transpose_skipped=0)
+        row.pop("copy_notes", None), row.pop("copy_chars", None)
         tally.moves.append({"path": row["path"], "to": "val",
                             "why": "no file hashed into val: the file of smallest hash moved there"})
     elif rows and not in_train:
@@ -563,6 +568,8 @@ def balance_splits(tally: _Tally, staged: dict[str, Path], codec, settings: Corp
         sink.close()
         tally.split_chars["train"] = set(text).union(*augmented)
         row.update(split="train", lines=1 + len(augmented), transpose_skipped=skipped)
+        if settings.humanize:
+            row.update(copy_notes=sum(map(codec.count_notes, augmented)), copy_chars=sum(map(len, augmented)))
         tally.moves.append({"path": row["path"], "to": "train",
                             "why": "no file hashed into train: the val file of largest hash moved there"})
     return tally
@@ -630,8 +637,8 @@ def _manifest(input_dir: Path, out_dir: Path, codec, settings: CorpusSettings, f
     def split_totals(name: str) -> dict:
         rs = [r for r in rows if r["split"] == name]
         return {"pieces": len(rs), "lines": sum(r["lines"] for r in rs),
-                "notes": sum(r["notes"] * r["lines"] for r in rs),
-                "chars": sum(r["chars"] * r["lines"] for r in rs),
+                "notes": sum(r["notes"] + r.get("copy_notes", r["notes"] * (r["lines"] - 1)) for r in rs),
+                "chars": sum(r["chars"] + r.get("copy_chars", r["chars"] * (r["lines"] - 1)) for r in rs),
                 "distinct_chars": len(tally.split_chars[name]),
                 "augmented_lines": sum(r["lines"] - 1 for r in rs),
                 "transpose_skipped": sum(r["transpose_skipped"] for r in rs)}
