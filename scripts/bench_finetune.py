@@ -79,6 +79,9 @@ def main() -> None:
     ap.add_argument("--rolls", action="store_true", help="also roll 2 variations of 4 bars from each, with PNGs")
     ap.add_argument("--max-steps", type=int, default=None,
                     help="cap the fine-tuning plan (finetune.max_steps): the budget both runs get")
+    ap.add_argument("--patience", type=int, default=None,
+                    help="early stopping's patience (validations) in both runs; a large one turns it off: at a "
+                         "small budget a from-scratch run's early plateau would otherwise end it")
     ap.add_argument("--reuse", action="store_true", help="reuse finished runs of the same command (bench.json)")
     ap.add_argument("--scratch-first", metavar="NAME=STEPS", action="append", default=None,
                     help="only train the from-scratch run of NAME with STEPS steps (before the base exists; "
@@ -93,6 +96,8 @@ def main() -> None:
         train_dir, test = (Path(d).resolve() for d in dirs.split(":"))
         ft_dir, sc_dir = out / name / "finetune", out / name / "scratch"
         common = ["experiment=finetune", "data=folder", f"data.input_dir={train_dir}"]
+        if args.patience is not None:
+            common.append(f"callbacks.early_stopping.patience={args.patience}")
         steps = args.scratch_steps.get(name)
         if steps is None or args.scratch_first is False:
             cap = [f"finetune.max_steps={args.max_steps}"] if args.max_steps else []
