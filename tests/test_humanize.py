@@ -111,3 +111,28 @@ def test_the_corpus_humanizes_a_share_of_train_copies_only(tmp_path):
         (tmp_path / "plain" / "manifest.json").read_text())["settings"]
     with pytest.raises(CorpusError, match=r"data\.humanize .* needs data.transpose"):
         build_corpus(src, tmp_path / "x", None, 1, val_fraction=0.3, humanize={"share": 0.5}, progress=False)
+
+
+@pytest.mark.parametrize("style", ["performed", "sequenced"])
+def test_long_rests_and_many_tempos_cost_no_time(style):
+    """A hostile file (a rest of a million beats, a tempo change on every note) is humanized in bounded time and
+    memory: the random walks step beat by beat only near notes; the rest is played at the score's tempo."""
+
+    class Counting(random.Random):
+        draws = 0
+
+        def gauss(self, mu=0.0, sigma=1.0):
+            Counting.draws += 1
+            return super().gauss(mu, sigma)
+
+    tpb, gap = 480, 1_000_000
+    notes = [Note(i * tpb, (i + 1) * tpb, 60 + i % 12, 80) for i in range(2000)]
+    notes += [Note((gap + i) * tpb, (gap + i + 1) * tpb, 60, 80) for i in range(8)]
+    piece = Piece(notes=notes, ticks_per_beat=tpb, tempos=[(i * tpb, 400_000 + 50 * i) for i in range(2000)])
+    out = humanize(piece, Counting(0), style=style)
+    assert Counting.draws < 10 * len(notes)  # stepping the walks over the rest would draw a million times
+    assert len(out.notes) == len(notes)
+    if style == "performed":  # the rest lasts what the score says, over the played tempo (0.8-1.6x)
+        seconds = (out.notes[-8].start - out.notes[1999].start) / (2 * NOMINAL_TPB)
+        score = piece.seconds(gap * tpb) - piece.seconds(1999 * tpb)
+        assert score / 1.6 / 1.05 < seconds < score / 0.8 * 1.05

@@ -26,6 +26,7 @@ from theremin.midi import DEFAULT_TEMPO_US, Note, Piece
 
 STYLES = ("performed", "sequenced")
 NOMINAL_TPB = 480  # a performance's own resolution (ticks per beat at 120 bpm: 960 per second)
+WALK_BEATS = 64  # random walks (rubato, dynamics) step beat by beat at most this far across a rest
 
 
 class HumanizeError(ThereminError):
@@ -110,6 +111,8 @@ def _velocities(notes: list[Note], tpb: int, rng: random.Random, level: float, c
     out, curve, beat = [], 0.0, None
     for n, role in zip(notes, roles):
         b = n.start // tpb
+        if beat is not None and b - beat > WALK_BEATS:  # a long rest: the curve has forgotten where it was
+            beat = b - WALK_BEATS
         while beat is None or beat < b:  # the dynamic curve moves once per beat
             beat = b if beat is None else beat + 1
             curve = 0.9 * curve + rng.gauss(0.0, cfg.phrase_sd)
@@ -120,25 +123,58 @@ def _velocities(notes: list[Note], tpb: int, rng: random.Random, level: float, c
     return out
 
 
-def _performed(piece: Piece, rng: random.Random, cfg: HumanizeConfig) -> Piece:
-    tpb, notes = piece.ticks_per_beat, piece.notes
-    last = max(n.end for n in notes)
-    n_beats = last // tpb + 2
-    lo, hi = cfg.tempo_range
-    speed = math.exp(rng.uniform(math.log(lo), math.log(hi)))
-    # warped time of each beat boundary: the score's seconds per beat, scaled by the played tempo and a rubato walk
-    bounds, walk, t = [0.0], 0.0, 0.0
-    tempo_ticks = [at for at, _ in piece.tempos]
-    for b in range(n_beats):
-        i = bisect.bisect_right(tempo_ticks, b * tpb) - 1
-        us = piece.tempos[i][1] if i >= 0 else DEFAULT_TEMPO_US
-        walk = 0.85 * walk + rng.gauss(0.0, cfg.rubato)
-        t += us / 1e6 / speed * math.exp(walk)
-        bounds.append(t)
+def _beat_times(piece: Piece, rng: random.Random, speed: float, rubato: float):
+    """``at(tick)``: the played time in seconds of each tick, asked in rising order. Each beat lasts the score's
+    beat at its tempo, divided by ``speed``, times a rubato walk (AR(1) in log beat length). Beats are walked
+    one by one only near notes: across a gap of more than :data:`WALK_BEATS` beats the walk has forgotten its
+    start, so the gap is played at the mean tempo (a file's long rests cost no time or memory)."""
+    tpb = piece.ticks_per_beat
+    # the score's tempo map as (tick, us, seconds at tick): each lookup a bisection, however many tempos
+    segments, t, last_tick, us = [(0, DEFAULT_TEMPO_US, 0.0)], 0.0, 0, DEFAULT_TEMPO_US
+    for tick, tempo in piece.tempos:
+        t += (tick - last_tick) * us / 1e6 / tpb
+        last_tick, us = tick, tempo
+        segments.append((tick, tempo, t))
+    starts = [seg[0] for seg in segments]
+
+    def segment(tick: int) -> tuple[int, int, float]:
+        return segments[bisect.bisect_right(starts, tick) - 1]
+
+    def score_seconds(tick: int) -> float:
+        at, us, sec = segment(tick)
+        return sec + (tick - at) * us / 1e6 / tpb
+
+    def beat_seconds(b: int) -> float:
+        return segment(b * tpb)[1] / 1e6 / speed
+
+    walk = rng.gauss(0.0, rubato)
+    state = {"beat": 0, "start": 0.0, "walk": walk, "length": beat_seconds(0) * math.exp(walk)}
 
     def at(tick: int) -> float:
         b, r = divmod(tick, tpb)
-        return bounds[b] + (bounds[b + 1] - bounds[b]) * r / tpb
+        if b - state["beat"] > WALK_BEATS:  # the gap up to WALK_BEATS beats before b, at the score's tempo
+            skip_to = b - WALK_BEATS
+            state["start"] += state["length"] + (score_seconds(skip_to * tpb) - score_seconds(
+                (state["beat"] + 1) * tpb)) / speed
+            state["beat"], state["walk"] = skip_to, 0.0
+            state["length"] = beat_seconds(skip_to)
+        while state["beat"] < b:
+            state["start"] += state["length"]
+            state["beat"] += 1
+            state["walk"] = 0.85 * state["walk"] + rng.gauss(0.0, rubato)
+            state["length"] = beat_seconds(state["beat"]) * math.exp(state["walk"])
+        return state["start"] + state["length"] * r / tpb
+
+    return at
+
+
+def _performed(piece: Piece, rng: random.Random, cfg: HumanizeConfig) -> Piece:
+    tpb, notes = piece.ticks_per_beat, piece.notes
+    lo, hi = cfg.tempo_range
+    speed = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    at = _beat_times(piece, rng, speed, cfg.rubato)
+    played = {t: at(t) for t in sorted({n.start for n in notes} | {n.end for n in notes})}
+    at((max(played) // tpb + 1) * tpb)  # one beat past the end: the random stream corpora were built with
 
     roles = _chord_roles(notes)
     a_lo, a_hi = cfg.articulation
@@ -147,8 +183,8 @@ def _performed(piece: Piece, rng: random.Random, cfg: HumanizeConfig) -> Piece:
     per_s = 2 * NOMINAL_TPB  # ticks per second at 120 bpm
     out = []
     for n, role, v in zip(notes, roles, vels):
-        start = at(n.start) + rng.gauss(0.0, cfg.onset_jitter_s) - (cfg.lead_s if role == 1 else 0.0)
-        length = (at(n.end) - at(n.start)) * articulation * math.exp(rng.gauss(0.0, cfg.length_jitter))
+        start = played[n.start] + rng.gauss(0.0, cfg.onset_jitter_s) - (cfg.lead_s if role == 1 else 0.0)
+        length = (played[n.end] - played[n.start]) * articulation * math.exp(rng.gauss(0.0, cfg.length_jitter))
         s = max(0, round(start * per_s))
         out.append(Note(s, s + max(1, round(max(0.025, length) * per_s)), n.pitch, v))
     out.sort(key=lambda n: (n.start, n.pitch))
