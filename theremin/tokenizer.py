@@ -329,22 +329,29 @@ class MidiTokenizer:
                                  f"(e.g. U+{ord(bad[0]):04X}), which are not midichars")
             # single-char pieces may take at most char_budget of the vocab (the rest is for merges): keep the
             # most frequent notes that fit, factor the others
-            fixed = N_META + factors.n_chars + sum(1 for c in counts if not codec.is_note(c))
-            room = int(opts["char_budget"] * vocab_size) - fixed
+            others = sorted((c for c in counts if not codec.is_note(c)), key=lambda c: (-counts[c], c))
+            fixed = N_META + factors.n_chars + len(others)
+            room = int(opts["char_budget"] * vocab_size) - N_META - factors.n_chars
             if room < 0:
                 need = -(-fixed // opts["char_budget"]) if opts["char_budget"] else float("inf")
                 raise TokenizerError(
                     f"vocab_size {vocab_size} is too small for {text_file} with the factored fallback: "
-                    f"{N_META} special and byte pieces + {factors.n_chars} factor chars + "
-                    f"{fixed - N_META - factors.n_chars} other chars must fit in char_budget="
-                    f"{opts['char_budget']} of it; use vocab_size >= {need:.0f} (or a larger char_budget)")
+                    f"{N_META} special and byte pieces + {factors.n_chars} factor chars must fit in char_budget="
+                    f"{opts['char_budget']} of it (and {len(others)} other chars should); use vocab_size >= "
+                    f"{need:.0f} (or a larger char_budget)")
+            # rests, duration extensions and tempos are single-char pieces while they fit in the room; beyond it
+            # (performances hold hundreds of rest and extension amounts) the rarest are left out of training and
+            # spelled by byte fallback, keeping half the room for notes
+            dropped = set(others[room // 2:]) if len(others) > room else set()
+            room -= len(others) - len(dropped)
             notes = sorted((c for c, n in counts.items() if codec.is_note(c)), key=lambda c: (-counts[c], c))
             keep = [c for c in notes if counts[c] >= opts["min_count"]][:room]
             rare = set(notes) - set(keep)
             n_factored = sum(counts[c] for c in rare)
-            if rare:
-                table = str.maketrans({c: factors.factor(c) for c in rare})
+            if rare or dropped:
+                table = str.maketrans({**{c: factors.factor(c) for c in rare}, **{c: None for c in dropped}})
                 lines = [ln.translate(table) for ln in lines]
+            rare |= dropped
             # one factor char per line: each becomes a piece without adding pairs for BPE to count
             extra_lines = factors.chars()
             n_chars = len(set(counts) - rare | set(extra_lines))
