@@ -282,7 +282,7 @@ class _Encoded(NamedTuple):
     reason: str | None
     augmented: list[str] | None  # transpositions, made only for a file whose hash puts it in train
     skipped: int  # transpositions left out (a note would leave 0..127)
-    copy_notes: int | None = None  # notes of the augmented lines, counted when humanized copies may differ
+    copies: dict | None = None  # notes and chars of the augmented lines when counted (_copy_counts)
 
 
 def hash_fraction(sha256: str) -> float:
@@ -316,6 +316,15 @@ def _augmented(codec, text: str, sha: str, settings: CorpusSettings) -> tuple[li
     return out, len(settings.shifts) - len(out)
 
 
+def _copy_counts(codec, copies: list[str], settings: CorpusSettings) -> dict:
+    """A manifest row's notes and chars of a train piece's copies as written: recorded only when humanized
+    copies may differ from the original (a copy can merge two notes and needs other rest chars); otherwise the
+    totals are the original's times its lines."""
+    if settings.humanize is None:
+        return {}
+    return {"copy_notes": sum(map(codec.count_notes, copies)), "copy_chars": sum(map(len, copies))}
+
+
 def _encode_one(codec, path: str, settings: CorpusSettings) -> _Encoded:
     """Read (never blocking), hash, parse, encode and transpose one file; every failure becomes its reason."""
     try:
@@ -329,15 +338,15 @@ def _encode_one(codec, path: str, settings: CorpusSettings) -> _Encoded:
         if not text or min(text) < FIRST_CHAR:  # one piece per line needs a non-empty line without breaks
             raise ValueError("the codec returned an empty text or characters below U+10000")
         notes = codec.count_notes(text)
-        augmented, skipped, copy_notes = None, 0, None
+        augmented, skipped, copies = None, 0, None
         if settings.shifts and split_of(sha, settings.val_fraction) == "train":
             augmented, skipped = _augmented(codec, text, sha, settings)
-            copy_notes = sum(map(codec.count_notes, augmented)) if settings.humanize else None
+            copies = _copy_counts(codec, augmented, settings)
     except ThereminError as e:  # MidiError, CodecError: the file's reason
         return _Encoded(sha, None, 0, getattr(e, "reason", None) or str(e), None, 0)
     except Exception as e:  # anything else is a reader/codec bug on this file: report it, go on
         return _Encoded(sha, None, 0, f"unexpected {type(e).__name__}: {e}"[:300], None, 0)
-    return _Encoded(sha, text, notes, None, augmented, skipped, copy_notes)
+    return _Encoded(sha, text, notes, None, augmented, skipped, copies)
 
 
 def die_with_parent(parent: int) -> None:
@@ -507,8 +516,8 @@ def write_splits(outcomes: Iterable[_Outcome], staged: dict[str, Path], val_frac
             tally.rows.append({"path": rel, "sha256": r.sha256, "split": split, "notes": r.notes,
                                "chars": len(r.text), "lines": len(block),
                                "transpose_skipped": r.skipped if split == "train" else 0})
-            if split == "train" and r.copy_notes is not None:  # humanized copies: counted, not multiplied
-                tally.rows[-1].update(copy_notes=r.copy_notes, copy_chars=sum(map(len, block[1:])))
+            if split == "train":  # humanized copies: counted, not multiplied
+                tally.rows[-1].update(r.copies or {})
     finally:
         for sink in sinks.values():
             sink.close()
@@ -568,8 +577,7 @@ def balance_splits(tally: _Tally, staged: dict[str, Path], codec, settings: Corp
         sink.close()
         tally.split_chars["train"] = set(text).union(*augmented)
         row.update(split="train", lines=1 + len(augmented), transpose_skipped=skipped)
-        if settings.humanize:
-            row.update(copy_notes=sum(map(codec.count_notes, augmented)), copy_chars=sum(map(len, augmented)))
+        row.update(_copy_counts(codec, augmented, settings))
         tally.moves.append({"path": row["path"], "to": "train",
                             "why": "no file hashed into train: the val file of largest hash moved there"})
     return tally

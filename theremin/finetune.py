@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from theremin.cli import ThereminError
@@ -51,14 +51,9 @@ class FinetuneRules:
 
     @classmethod
     def from_config(cls, cfg) -> FinetuneRules:
-        from theremin.resolvers import plain
+        from theremin.resolvers import known_settings
 
-        d = dict(plain(cfg) or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise FinetuneError(f"finetune.{unknown[0]} is not a fine-tuning setting (known: {sorted(known)})")
-        return cls(**d)
+        return cls(**known_settings(cls, cfg, "finetune", "a fine-tuning setting", FinetuneError))
 
 
 @dataclass(frozen=True)

@@ -74,17 +74,11 @@ class HumanizeConfig:
     @classmethod
     def from_config(cls, cfg) -> HumanizeConfig | None:
         """From ``data.humanize`` (a mapping, or null for none); an unknown key is refused by name."""
-        from theremin.resolvers import plain
+        from theremin.resolvers import known_settings
 
-        if cfg is None:
-            return None
-        if isinstance(cfg, HumanizeConfig):
+        if cfg is None or isinstance(cfg, HumanizeConfig):
             return cfg
-        d = dict(plain(cfg))
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise HumanizeError(f"data.humanize.{unknown[0]} is not a humanize setting (known: {sorted(known)})")
+        d = known_settings(cls, cfg, "data.humanize", "a humanize setting", HumanizeError)
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
     def as_dict(self) -> dict:
@@ -108,13 +102,12 @@ def _chord_roles(notes: list[Note]) -> list[int]:
 
 def _velocities(notes: list[Note], tpb: int, rng: random.Random, level: float, cfg: HumanizeConfig) -> list[int]:
     roles = _chord_roles(notes)
-    out, curve, beat = [], 0.0, None
+    out, curve, beat = [], 0.0, notes[0].start // tpb - 1
     for n, role in zip(notes, roles):
         b = n.start // tpb
-        if beat is not None and b - beat > WALK_BEATS:  # a long rest: the curve has forgotten where it was
-            beat = b - WALK_BEATS
-        while beat is None or beat < b:  # the dynamic curve moves once per beat
-            beat = b if beat is None else beat + 1
+        beat = max(beat, b - WALK_BEATS)  # across a long rest the curve has forgotten where it was
+        while beat < b:  # the dynamic curve moves once per beat
+            beat += 1
             curve = 0.9 * curve + rng.gauss(0.0, cfg.phrase_sd)
         v = level + curve + rng.gauss(0.0, cfg.velocity_jitter)
         v += cfg.accent if n.start % tpb == 0 else 0
@@ -128,42 +121,28 @@ def _beat_times(piece: Piece, rng: random.Random, speed: float, rubato: float):
     beat at its tempo, divided by ``speed``, times a rubato walk (AR(1) in log beat length). Beats are walked
     one by one only near notes: across a gap of more than :data:`WALK_BEATS` beats the walk has forgotten its
     start, so the gap is played at the mean tempo (a file's long rests cost no time or memory)."""
-    tpb = piece.ticks_per_beat
-    # the score's tempo map as (tick, us, seconds at tick): each lookup a bisection, however many tempos
-    segments, t, last_tick, us = [(0, DEFAULT_TEMPO_US, 0.0)], 0.0, 0, DEFAULT_TEMPO_US
-    for tick, tempo in piece.tempos:
-        t += (tick - last_tick) * us / 1e6 / tpb
-        last_tick, us = tick, tempo
-        segments.append((tick, tempo, t))
-    starts = [seg[0] for seg in segments]
+    tpb, score_seconds, tempo_ticks = piece.ticks_per_beat, piece.clock(), [at for at, _ in piece.tempos]
 
-    def segment(tick: int) -> tuple[int, int, float]:
-        return segments[bisect.bisect_right(starts, tick) - 1]
-
-    def score_seconds(tick: int) -> float:
-        at, us, sec = segment(tick)
-        return sec + (tick - at) * us / 1e6 / tpb
-
-    def beat_seconds(b: int) -> float:
-        return segment(b * tpb)[1] / 1e6 / speed
+    def beat_seconds(b: int) -> float:  # a beat at the tempo its start is in, played at ``speed``
+        i = bisect.bisect_right(tempo_ticks, b * tpb) - 1
+        return (piece.tempos[i][1] if i >= 0 else DEFAULT_TEMPO_US) / 1e6 / speed
 
     walk = rng.gauss(0.0, rubato)
-    state = {"beat": 0, "start": 0.0, "walk": walk, "length": beat_seconds(0) * math.exp(walk)}
+    beat, start, length = 0, 0.0, beat_seconds(0) * math.exp(walk)
 
     def at(tick: int) -> float:
+        nonlocal beat, start, length, walk
         b, r = divmod(tick, tpb)
-        if b - state["beat"] > WALK_BEATS:  # the gap up to WALK_BEATS beats before b, at the score's tempo
+        if b - beat > WALK_BEATS:  # the gap up to WALK_BEATS beats before b, at the score's tempo
             skip_to = b - WALK_BEATS
-            state["start"] += state["length"] + (score_seconds(skip_to * tpb) - score_seconds(
-                (state["beat"] + 1) * tpb)) / speed
-            state["beat"], state["walk"] = skip_to, 0.0
-            state["length"] = beat_seconds(skip_to)
-        while state["beat"] < b:
-            state["start"] += state["length"]
-            state["beat"] += 1
-            state["walk"] = 0.85 * state["walk"] + rng.gauss(0.0, rubato)
-            state["length"] = beat_seconds(state["beat"]) * math.exp(state["walk"])
-        return state["start"] + state["length"] * r / tpb
+            start += length + (score_seconds(skip_to * tpb) - score_seconds((beat + 1) * tpb)) / speed
+            beat, walk, length = skip_to, 0.0, beat_seconds(skip_to)
+        while beat < b:
+            start += length
+            beat += 1
+            walk = 0.85 * walk + rng.gauss(0.0, rubato)
+            length = beat_seconds(beat) * math.exp(walk)
+        return start + length * r / tpb
 
     return at
 

@@ -71,10 +71,11 @@ def note_name(pitch: int) -> str:
 def _note_events(piece: Piece, sample_rate: int) -> tuple[list[tuple[int, int, int, int]], int]:
     """Note-on/off events as (frame, on, pitch, velocity), sorted; and the frame the last note ends."""
     cache: dict[int, int] = {}
+    seconds = piece.clock()
 
     def frame(tick: int) -> int:
         if tick not in cache:
-            cache[tick] = round(piece.seconds(tick) * sample_rate)
+            cache[tick] = round(seconds(tick) * sample_rate)
         return cache[tick]
 
     min_frames = max(1, round(MIN_NOTE_SECONDS * sample_rate))
@@ -313,7 +314,7 @@ def piano_roll_png(
     far = max(n.end for n in notes) * 4 + 1000 * tpb if notes else 1000 * tpb
     bp_ticks = sorted({0, far, *(t for t, _ in piece.tempos if 0 < t < far)})
     bp_beats = np.array(bp_ticks, dtype=float) / tpb
-    bp_secs = np.array([piece.seconds(t) for t in bp_ticks])
+    bp_secs = np.array(list(map(piece.clock(), bp_ticks)))
     top = ax.secondary_xaxis(
         "top",
         functions=(lambda b: np.interp(b, bp_beats, bp_secs), lambda s: np.interp(s, bp_secs, bp_beats)),

@@ -16,6 +16,19 @@ def plain(x):
     return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x
 
 
+def known_settings(cls, cfg, where: str, what: str, error: type[Exception]) -> dict:
+    """A config mapping (None: empty) as a plain dict of ``cls``'s dataclass fields; an unknown key is refused
+    by name: ``<where>.<key> is not <what> (known: [...])``."""
+    from dataclasses import fields
+
+    d = dict(plain(cfg) or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise error(f"{where}.{unknown[0]} is not {what} (known: {sorted(known)})")
+    return d
+
+
 def run_name(overrides: str = "") -> str:
     """A folder name for a command line's overrides that can be pasted back into any override: only letters,
     digits, '.', '_' and '-' (no '=' or ','). 'default' for none; else the overrides made readable
