@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from theremin.midichar import MidiChar
-from theremin.paths import data_dir
-from theremin.tokenizer import MidiTokenizer, compression
+from theremin.codec.midichar import MidiChar
+from theremin.config import data_dir
+from theremin.codec.tokenizer import MidiTokenizer, compression
 
 DEFAULT_VARIANTS = ["bytes", "bytes+aug", "factored", "factored+aug"]
 TARGET = {"bach": 2.0, "other": 1.5}
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if not bach_dir.exists():
         sys.exit(f"{bach_dir} not found: run `theremin-demo-data --composer bach` first")
     if not other_dir.exists() or not any(other_dir.glob("*.mid")):
-        from theremin.demo_data import build_demo_midi
+        from theremin.data.demo import build_demo_midi
 
         build_demo_midi(other_dir, composer=args.other, limit=args.other_limit)
     bach = encoded_texts(bach_dir, codec, args.cache)

@@ -18,10 +18,10 @@ import time
 
 import torch
 
-from theremin.constraints import Constraints
-from theremin.model import GPT, GPTConfig
-from theremin.sample import Roller, SamplingSettings
-from theremin.tokenizer import MidiTokenizer
+from theremin.roll.constraints import Constraints
+from theremin.model.gpt import GPT, GPTConfig
+from theremin.roll.roller import Roller, SamplingSettings
+from theremin.codec.tokenizer import MidiTokenizer
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""The demo data step: music21's ``score.write("midi")`` vs theremin.score_to_midi, file by file, checked equal.
+"""The demo data step: music21's ``score.write("midi")`` vs theremin.music.scores, file by file, checked equal.
 
     .venv/bin/python scripts/bench_demo_data.py [--limit N] [--folder essenFolksong --per-book 20] [--quiet]
 
@@ -6,8 +6,8 @@ Each score is parsed twice (one copy per path, so neither sees the other's cache
 conversion (parse excluded, one process) are printed side by side, then the totals and their ratio, how many
 files the fast path handed to music21 and why, and how many files differ after ``read_midi`` (notes, tempos,
 time signatures, ticks per beat; must be 0; the first differences are printed). Default: music21's Bach
-chorales (theremin.demo_data.corpus_paths); ``--folder``: the abc tune books of a music21 corpus folder (the
-base corpus, theremin.base_data), the first ``--per-book`` tunes of each.
+chorales (theremin.data.demo.corpus_paths); ``--folder``: the abc tune books of a music21 corpus folder (the
+base corpus, theremin.data.base), the first ``--per-book`` tunes of each.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from theremin.midi import MidiError, atomic_write, read_midi  # noqa: E402
-from theremin.score_to_midi import write_score_midi  # noqa: E402
+from theremin.music.midi import MidiError, read_midi  # noqa: E402
+from theremin.fsio import atomic_write
+from theremin.music.scores import write_score_midi  # noqa: E402
 
 
 def _read(path: Path):
@@ -55,7 +56,7 @@ def _chorales(limit):
     """(name, parse CPU seconds per copy, copy for the fast path, copy for music21) per chorale."""
     from music21 import converter
 
-    from theremin.demo_data import corpus_paths
+    from theremin.data.demo import corpus_paths
 
     for p in corpus_paths()[:limit]:
         t = time.process_time()
@@ -67,7 +68,7 @@ def _tunes(folder: str, per_book: int, limit):
     """The same for the first ``per_book`` tunes of each book (a book's parse time shared by its tunes)."""
     from music21 import converter, stream
 
-    from theremin.base_data import _separate_time_signatures, book_paths
+    from theremin.data.base import _separate_time_signatures, book_paths
 
     n = 0
     for book in book_paths(folder, ["han*.abc", "test*.abc"]):
@@ -82,7 +83,7 @@ def _tunes(folder: str, per_book: int, limit):
                 break
             n += 1
             for score in (a, b):
-                _separate_time_signatures(score)  # as theremin.base_data does before writing
+                _separate_time_signatures(score)  # as theremin.data.base does before writing
             yield f"{book.name}#{i}", parse, a, b
         if limit is not None and n >= limit:
             return

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from theremin.midi import Note, Piece
-from theremin.sample import Roller, SamplingSettings
+from theremin.music.midi import Note, Piece
+from theremin.roll.roller import Roller, SamplingSettings
 
 
 def bench_trim(roller: Roller) -> None:

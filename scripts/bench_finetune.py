@@ -6,7 +6,7 @@
 For each corpus (a train folder and a test folder of other files, split by file):
 
 1. fine-tuned: ``theremin-train experiment=finetune init_from=<base> data=folder data.input_dir=<train>``; the
-   step count is the one the fine-tuning rules pick from the corpus size (theremin/finetune.py);
+   step count is the one the fine-tuning rules pick from the corpus size (theremin/model/finetune.py);
 2. from scratch: the same recipe (augmentation, early stopping, best checkpoint) and the same number of steps of
    the same model size, from random weights, with a tokenizer trained on the folder (``--scratch-vocab``);
 3. ``theremin-score`` of each best checkpoint on the test folder; wall time of each training (CPU minutes);

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from theremin.model import GPT, GPTConfig
+from theremin.model.gpt import GPT, GPTConfig
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

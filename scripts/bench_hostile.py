@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import midi_factory as mf  # noqa: E402
 
-from theremin.corpus import MANIFEST_FILE, build_corpus  # noqa: E402
-from theremin.midi import is_midi_path  # noqa: E402
-from theremin.midichar import MidiChar  # noqa: E402
+from theremin.data.corpus import MANIFEST_FILE, build_corpus  # noqa: E402
+from theremin.music.midi import is_midi_path  # noqa: E402
+from theremin.codec.midichar import MidiChar  # noqa: E402
 
 
 def midi_named_entries(root: Path) -> set[str]:

@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from theremin.corpus import build_corpus, find_midi_files  # noqa: E402
-from theremin.midichar import MidiChar  # noqa: E402
+from theremin.data.corpus import build_corpus, find_midi_files  # noqa: E402
+from theremin.codec.midichar import MidiChar  # noqa: E402
 
 _tokenizer = None
 
@@ -64,7 +64,7 @@ def bench_remi(paths: list[str], workers: int) -> tuple[float, float, int, int]:
         _init_remi()
         tokens, failures = _remi_chunk(paths)
     else:
-        # same chunking rule as theremin.corpus: ~8 chunks per worker
+        # same chunking rule as theremin.data.corpus: ~8 chunks per worker
         size = max(1, min(64, len(paths) // (workers * 8)))
         chunks = [paths[i: i + size] for i in range(0, len(paths), size)]
         with ProcessPoolExecutor(max_workers=workers, initializer=_init_remi) as pool:
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
 
     folder = Path(args.folder)
     if not folder.is_dir() and folder == ROOT / "data" / "demo_midi" / "bach":
-        from theremin.demo_data import build_demo_midi
+        from theremin.data.demo import build_demo_midi
 
         build_demo_midi(folder)
     paths = [e.path for e in find_midi_files(folder)[0]]

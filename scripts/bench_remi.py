@@ -8,7 +8,7 @@ multirun directory) it prints one table row:
   top-p 0.95, piece boundaries masked) from the start of the first val piece, ``--new-tokens`` tokens, the
   median of ``--repeats`` runs; the notes are those of the decoded continuation (``decode(errors='ignore')``,
   so tokens that break REMI's grammar count for nothing), decoding time included. The same path for both
-  codecs: no grammar masks (theremin.sample.Roller is midichar-only).
+  codecs: no grammar masks (theremin.roll.roller.Roller is midichar-only).
 
 With ``--grid-check`` it also reports, for each REMI tokenizer, how decode(encode(piece)) differs from each val
 piece on the grid (notes missing / added / clipped, tempos binned).
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from theremin.model import GPT, GPTConfig
-from theremin.tokenizer_kinds import load_configured
+from theremin.model.gpt import GPT, GPTConfig
+from theremin.codec.kinds import load_configured
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -106,7 +106,7 @@ def notes_per_second(model: GPT, tok, prompt: list[int], args: argparse.Namespac
 
 
 def grid_check(tok, lines: list[str]) -> dict:
-    from theremin.remi import grid_mismatches
+    from theremin.codec.remi import grid_mismatches
 
     total = Counter()
     for t in lines:

@@ -1,14 +1,14 @@
 """Benchmark: Lightning training step vs a bare PyTorch loop on the same model and batches (not a test).
 
 Both loops train the same GPT (same seed, so the same initial weights) on the same micro-batches (synthetic
-uint16 tokens served by ``theremin.data.RandomWindows`` through ``DataLoader(batch_size=None)``, same seed),
+uint16 tokens served by ``theremin.data.datamodule.RandomWindows`` through ``DataLoader(batch_size=None)``, same seed),
 with the same AdamW (``model.param_groups(0.1)``, lr 1e-3, betas 0.9/0.95), the same warm-up + cosine
-``LambdaLR`` (``theremin.lit.warmup_cosine``), gradient clipping at 1.0, and bf16 autocast around the forward
+``LambdaLR`` (``theremin.model.lit.warmup_cosine``), gradient clipping at 1.0, and bf16 autocast around the forward
 when ``--precision bf16-mixed``. The bare loop is
 
     loss.backward(); clip_grad_norm_(1.0); opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
 
-and the Lightning run is ``theremin.lit.LitGPT`` under ``pl.Trainer`` (no logger, no checkpointing, no
+and the Lightning run is ``theremin.model.lit.LitGPT`` under ``pl.Trainer`` (no logger, no checkpointing, no
 progress bar, no validation). A third variant, ``nolog``, is LitGPT with its per-step ``self.log`` calls
 (loss, bits/token, lr, tokens/s) removed, to price that logging.
 
@@ -48,9 +48,9 @@ from torch.utils.data import DataLoader
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from theremin.data import RandomWindows  # noqa: E402
-from theremin.lit import LitGPT, warmup_cosine  # noqa: E402
-from theremin.model import GPT, GPTConfig  # noqa: E402
+from theremin.data.datamodule import RandomWindows  # noqa: E402
+from theremin.model.lit import LitGPT, warmup_cosine  # noqa: E402
+from theremin.model.gpt import GPT, GPTConfig  # noqa: E402
 
 LR, BETAS, WEIGHT_DECAY, CLIP = 1e-3, (0.9, 0.95), 0.1, 1.0
 VARIANTS = ("bare", "lightning", "nolog")

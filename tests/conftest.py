@@ -52,7 +52,7 @@ def midi_dir(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def bach_midi(tmp_path_factory) -> Path:
     """30 Bach chorales from music21's corpus, written to MIDI once per test session (real, score-like MIDI)."""
-    from theremin.demo_data import build_demo_midi
+    from theremin.data.demo import build_demo_midi
 
     return build_demo_midi(tmp_path_factory.mktemp("bach_midi") / "bach", limit=30, progress=False)
 
@@ -65,9 +65,9 @@ def trained(tmp_path_factory, bach_midi):
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
 
-    from theremin import resolvers  # noqa: F401
-    from theremin.paths import conf_dir
-    from theremin.train import train
+    from theremin import config as resolvers  # noqa: F401
+    from theremin.config import conf_dir
+    from theremin.apps.train import train
 
     midi = bach_midi
     root = tmp_path_factory.mktemp("sdata")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from theremin.midi import read_midi, write_midi
+from theremin.music.midi import read_midi, write_midi
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 ROOT = Path(__file__).resolve().parent.parent

@@ -36,7 +36,7 @@ def read_records(folder: Path) -> tuple[object, list[dict], list[object], object
     """read_run's records and the run's exit record."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    from theremin.sweeps import _records
+    from theremin.metrics.sweeps import _records
 
     wandb.teardown()  # the wandb-core service writes the file; in a long-lived process only its teardown flushes it
     (path,) = folder.rglob("run-*.wandb")
@@ -67,7 +67,7 @@ def media(rows: list[dict], key: str) -> list[dict]:
 
 
 def train_with_wandb(data_root, demo_midi, out):  # noqa: F811
-    from theremin.train import train
+    from theremin.apps.train import train
 
     return train(make_cfg(data_root, demo_midi, out, "logger=wandb", "trainer.max_steps=4",
                           "trainer.val_check_interval=2", "+trainer.limit_val_batches=1"))
@@ -103,14 +103,14 @@ def test_each_validation_logs_audio_piano_roll_and_a_table_row(data_root, demo_m
 
 def test_without_fluidsynth_the_rest_is_logged_after_one_warning(data_root, demo_midi, tmp_path,  # noqa: F811
                                                                  offline_wandb, monkeypatch, caplog):
-    from theremin import render
+    from theremin.music import render
 
     def missing():
         raise render.RenderError(render._MISSING_LIBRARY)
 
     monkeypatch.setattr(render, "_import_fluidsynth", missing)
     out = tmp_path / "run"
-    with caplog.at_level(logging.WARNING, logger="theremin.train"):
+    with caplog.at_level(logging.WARNING, logger="theremin.apps.train"):
         metrics = train_with_wandb(data_root, demo_midi, out)
     assert metrics["val/bits_per_note"] > 0
     _, rows, _ = read_run(out)
@@ -122,7 +122,7 @@ def test_without_fluidsynth_the_rest_is_logged_after_one_warning(data_root, demo
 
 
 def test_csv_logger_gets_the_figures_and_no_audio(data_root, demo_midi, tmp_path):  # noqa: F811
-    from theremin.train import train
+    from theremin.apps.train import train
 
     train(make_cfg(data_root, demo_midi, tmp_path, "trainer.max_steps=2", "trainer.val_check_interval=2",
                    "+trainer.limit_val_batches=1"))
@@ -144,7 +144,7 @@ def test_a_multirun_is_one_wandb_group_tagged_with_its_choices(data_root, demo_m
 
 
 def test_a_failed_job_finishes_its_wandb_run_as_failed(tmp_path, offline_wandb):
-    from theremin.train import wandb_run_closed
+    from theremin.apps.train import wandb_run_closed
 
     with pytest.raises(RuntimeError), wandb_run_closed():
         wandb.init(dir=str(tmp_path), project="theremin")

@@ -14,9 +14,9 @@ import pytest
 import torch
 from test_train import make_cfg
 
-from theremin.checkpoint import CheckpointError, open_checkpoint, save_atomic
-from theremin.cli import ThereminError
-from theremin.tokenizer import MidiTokenizer, TokenizerError
+from theremin.model.checkpoint import CheckpointError, open_checkpoint, save_atomic
+from theremin.errors import ThereminError
+from theremin.codec.tokenizer import MidiTokenizer, TokenizerError
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -32,7 +32,7 @@ def data_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, bach_midi, data_root):
     """The folder of a 4-step run (last.ckpt and best-*.ckpt)."""
-    from theremin.train import train
+    from theremin.apps.train import train
 
     out = tmp_path_factory.mktemp("ckrun")
     train(make_cfg(data_root, bach_midi, out, *SHORT))
@@ -127,7 +127,7 @@ def test_files_that_are_no_checkpoint_are_named(run, ckpt, tmp_path, what, bach_
 
 
 def test_a_cut_off_last_ckpt_stops_the_same_command_with_the_way_out(run, bach_midi, data_root, tmp_path):
-    from theremin.train import train
+    from theremin.apps.train import train
 
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
@@ -163,7 +163,7 @@ class _FullDisk:
 
 
 def test_a_full_disk_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
-    import theremin.checkpoint as ckmod
+    import theremin.model.checkpoint as ckmod
 
     target = tmp_path / "last.ckpt"
     save_atomic({"step": 1, "w": torch.zeros(10)}, target)
@@ -175,8 +175,8 @@ def test_a_full_disk_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch)
 
 
 def test_a_full_disk_during_training_is_one_clear_error(run, bach_midi, data_root, tmp_path, monkeypatch):
-    import theremin.checkpoint as ckmod
-    from theremin.train import train
+    import theremin.model.checkpoint as ckmod
+    from theremin.apps.train import train
 
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
@@ -220,15 +220,15 @@ def test_a_damaged_tokenizer_folder_is_named(ckpt, tmp_path):
 # ---- checkpoints travel -------------------------------------------------------------------------------------
 def test_a_checkpoint_rolls_with_the_data_folder_moved_away(tmp_path, bach_midi, caplog):
     """Train, move the data folder away, roll from the checkpoint alone (issue 11.9)."""
-    from theremin.sample import Roller, SamplingSettings
-    from theremin.train import train
+    from theremin.roll.roller import Roller, SamplingSettings
+    from theremin.apps.train import train
 
     data = tmp_path / "data"
     train(make_cfg(data, bach_midi, tmp_path / "run", *SHORT, "trainer.max_steps=2"))
     ckpt = shutil.copy(tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "travelled.ckpt")
     shutil.move(data, tmp_path / "elsewhere")
     shutil.rmtree(tmp_path / "run")
-    with caplog.at_level(logging.WARNING, logger="theremin.sample"):
+    with caplog.at_level(logging.WARNING, logger="theremin.roll.roller"):
         roller = Roller.load(ckpt)
     assert roller.corpus_dir is None and "training corpus" in caplog.text and "not on this machine" in caplog.text
     result = roller.roll(None, SamplingSettings(n=2, length=8, seed=1))

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from theremin.cli import EXIT_USER_ERROR, ThereminError, report_and_exit, user_error
+from theremin.apps.cli import EXIT_USER_ERROR, report_and_exit
+from theremin.errors import ThereminError, user_error
 
 
 def test_user_errors_are_recognised_and_bugs_are_not():
@@ -28,7 +29,7 @@ def test_an_error_raised_inside_hydra_instantiate_is_answered_by_its_cause():
     import hydra
 
     with pytest.raises(Exception) as wrapped:
-        hydra.utils.instantiate({"_target_": "theremin.midichar.MidiChar", "gird": 12})
+        hydra.utils.instantiate({"_target_": "theremin.codec.midichar.MidiChar", "gird": 12})
     ue = user_error(wrapped.value)
     assert ue is not None and "codec.gird" in str(ue)
 
@@ -44,7 +45,7 @@ def test_report_prints_one_line_and_exits_2(capsys, monkeypatch):
 
 
 def test_console_script_answers_a_bad_setting_without_traceback(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "theremin.prep", "+codec.gird=12", f"paths.data_dir={tmp_path}"],
+    r = subprocess.run([sys.executable, "-m", "theremin.apps.prep", "+codec.gird=12", f"paths.data_dir={tmp_path}"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == EXIT_USER_ERROR
     assert r.stderr.strip().splitlines()[-1].startswith("theremin-prep: error: unknown codec setting codec.gird")

@@ -1,4 +1,4 @@
-"""theremin.corpus / theremin-prep: walking, de-duplication, split by file, reuse, augmentation, and a folder
+"""theremin.data.corpus / theremin-prep: walking, de-duplication, split by file, reuse, augmentation, and a folder
 of broken files next to good ones (every good file kept, every bad one used correctly or reported)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import midi_factory as mf
 import pytest
 
-from theremin.corpus import (
+from theremin.data.corpus import (
     MANIFEST_FILE,
     TRAIN_FILE,
     VAL_FILE,
@@ -23,7 +23,7 @@ from theremin.corpus import (
     find_midi_files,
     hash_fraction,
 )
-from theremin.midichar import MidiChar
+from theremin.codec.midichar import MidiChar
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -183,7 +183,7 @@ def test_parallel_equals_serial(mixed, tmp_path):
 
 
 def test_shared_fixtures_write_what_they_say(make_midi, write_smf, midi_dir):
-    from theremin.midi import read_midi
+    from theremin.music.midi import read_midi
 
     p = make_midi("t/tempo.mid", mf.scale(48), tempos=[(0, 100.0), (960, 150.0)], drums=mf.drum_pattern(1),
                   extra_tracks=[{"notes": mf.chords(), "program": 40}])
@@ -456,7 +456,7 @@ def compose_prep(overrides: list[str], app: str = "prep"):
 
 
 def test_prep_builds_from_config(midi_dir, tmp_path):
-    from theremin.prep import prep
+    from theremin.apps.prep import prep
 
     cfg = compose_prep(["data=folder", f"data.input_dir={midi_dir}", f"paths.data_dir={tmp_path / 'data'}",
                         "workers=1", "progress=false", "data.transpose=[-1,1]", "data.val_fraction=0.0"])
@@ -467,8 +467,8 @@ def test_prep_builds_from_config(midi_dir, tmp_path):
 
 
 def test_prep_builds_the_demo_folder_only_when_missing(tmp_path, monkeypatch):
-    import theremin.demo_data
-    from theremin.prep import prep
+    import theremin.data.demo
+    from theremin.apps.prep import prep
 
     calls = []
 
@@ -477,7 +477,7 @@ def test_prep_builds_the_demo_folder_only_when_missing(tmp_path, monkeypatch):
         mf.build_good_set(Path(out_dir))
         return Path(out_dir)
 
-    monkeypatch.setattr(theremin.demo_data, "build_demo_midi", fake_demo)
+    monkeypatch.setattr(theremin.data.demo, "build_demo_midi", fake_demo)
     cfg = compose_prep([f"paths.data_dir={tmp_path}", "workers=1", "progress=false"])
     assert prep(cfg).out_dir == (tmp_path / "corpus" / "bach").resolve()
     assert prep(cfg).reused and calls == ["bach"]
@@ -490,9 +490,9 @@ def test_prep_builds_the_demo_folder_only_when_missing(tmp_path, monkeypatch):
 def test_one_corpus_definition_for_prep_tokenize_and_train(midi_dir, tmp_path):
     """Issue 13: the three apps compose the same corpus (folder, settings, codec, tokenizer) from the same
     overrides, and a corpus prep built is what training reuses (nothing rebuilt)."""
-    from theremin.data import MidiDataModule
-    from theremin.prep import prep
-    from theremin.resolvers import plain
+    from theremin.data.datamodule import MidiDataModule
+    from theremin.apps.prep import prep
+    from theremin.config import plain
 
     base = ["data=folder", f"data.input_dir={midi_dir}", f"paths.data_dir={tmp_path}"]
     cfgs = {app: compose_prep(base, app) for app in ("prep", "tokenize", "train")}
@@ -517,7 +517,7 @@ def test_one_corpus_definition_for_prep_tokenize_and_train(midi_dir, tmp_path):
 
 def test_prep_command_line(midi_dir, tmp_path):
     exe = Path(sys.executable).parent / "theremin-prep"  # the console script, as installed
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "theremin.prep"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "theremin.apps.prep"]
     base = [*cmd, f"paths.log_dir={tmp_path / 'logs'}", f"data.corpus_dir={tmp_path / 'corpus'}", "workers=1",
             "data=folder"]
     ok = subprocess.run([*base, f"data.input_dir={midi_dir}"], capture_output=True, text=True, timeout=120)
@@ -536,7 +536,7 @@ def test_prep_command_line(midi_dir, tmp_path):
 
 def test_prep_short_forms_build_the_same_corpus(midi_dir, tmp_path):
     """theremin-prep's first spelling (input_dir=, name=, transpose=) keeps working: the same corpus as data.*."""
-    cmd = [sys.executable, "-m", "theremin.prep", f"paths.data_dir={tmp_path / 'data'}", "workers=1",
+    cmd = [sys.executable, "-m", "theremin.apps.prep", f"paths.data_dir={tmp_path / 'data'}", "workers=1",
            "progress=false", "hydra.output_subdir=null", f"paths.log_dir={tmp_path / 'logs'}"]
     short = subprocess.run([*cmd, f"input_dir={midi_dir}", "name=mine", "transpose=null"], capture_output=True,
                            text=True, timeout=120)
@@ -555,7 +555,7 @@ def test_prep_short_forms_build_the_same_corpus(midi_dir, tmp_path):
 
 @pytest.mark.timeout(60)  # a read that blocks would hang here: fail instead
 def test_reading_never_blocks_on_a_fifo_or_a_device(tmp_path):
-    from theremin.midi import MidiError, read_midi
+    from theremin.music.midi import MidiError, read_midi
 
     os.mkfifo(tmp_path / "fifo.mid")  # nobody writes to it: an open() for reading would wait forever
     os.symlink("/dev/zero", tmp_path / "zero.mid")  # a read would never end
@@ -570,8 +570,8 @@ def test_reading_never_blocks_on_a_fifo_or_a_device(tmp_path):
 KILLED_BUILD = """
 import os, sys, time
 from pathlib import Path
-from theremin.corpus import build_corpus
-from theremin.midichar import MidiChar
+from theremin.data.corpus import build_corpus
+from theremin.codec.midichar import MidiChar
 
 class Slow(MidiChar):  # each worker says it is busy, then takes its time
     def encode(self, piece):
@@ -632,7 +632,7 @@ def test_a_killed_build_takes_its_workers_along_and_the_next_cleans_up(tmp_path,
 def test_a_full_disk_is_one_clear_message_and_changes_nothing(tmp_path, codec, monkeypatch):
     import errno
 
-    import theremin.corpus
+    import theremin.data.corpus
 
     src, out = tmp_path / "in", tmp_path / "out"
     distinct_files(src, range(12))
@@ -653,7 +653,7 @@ def test_a_full_disk_is_one_clear_message_and_changes_nothing(tmp_path, codec, m
         def close(self):
             self.f.close()
 
-    monkeypatch.setattr(theremin.corpus, "open", lambda *a, **k: FillsUp(open(*a, **k)), raising=False)  # noqa: SIM115
+    monkeypatch.setattr(theremin.data.corpus, "open", lambda *a, **k: FillsUp(open(*a, **k)), raising=False)  # noqa: SIM115
     with pytest.raises(CorpusError) as e:
         build(src, out, codec, transpose=(-5, 6))
     assert str(e.value).startswith(f"{out / TRAIN_FILE}: cannot write the corpus: No space left on device")
@@ -669,7 +669,7 @@ def test_prep_command_line_on_a_full_disk(tmp_path):
 
     src, out = tmp_path / "in", tmp_path / "corpus"
     distinct_files(src, range(30))
-    base = [sys.executable, "-m", "theremin.prep", "data=folder", f"data.input_dir={src}", f"data.corpus_dir={out}",
+    base = [sys.executable, "-m", "theremin.apps.prep", "data=folder", f"data.input_dir={src}", f"data.corpus_dir={out}",
             "workers=1", "progress=false", "hydra.output_subdir=null", f"paths.log_dir={tmp_path / 'logs'}"]
     first = subprocess.run([*base, "data.transpose=null"], capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
@@ -740,7 +740,7 @@ def test_train_with_data_folder_requires_data_input_dir(tmp_path):
     from hydra.utils import instantiate
     from omegaconf.errors import MissingMandatoryValue
 
-    from theremin.cli import user_error
+    from theremin.errors import user_error
 
     cfg = compose_prep(["data=folder", f"paths.data_dir={tmp_path}"], "train")
     with pytest.raises(MissingMandatoryValue) as e:
@@ -771,7 +771,7 @@ def test_one_build_of_a_corpus_folder_at_a_time(tmp_path, codec, capfd):
 
 
 def test_tokenize_command_line_without_a_corpus(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "theremin.tokenize_app", f"data.corpus_dir={tmp_path}",
+    r = subprocess.run([sys.executable, "-m", "theremin.apps.tokenize", f"data.corpus_dir={tmp_path}",
                         "hydra.output_subdir=null", f"paths.log_dir={tmp_path / 'logs'}"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
@@ -781,7 +781,7 @@ def test_tokenize_command_line_without_a_corpus(tmp_path):
 
 
 def test_demo_data_command_line_answers_a_bad_setting_in_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-c", "from theremin.demo_data import main; main()", "--composer", "nobody",
+    r = subprocess.run([sys.executable, "-c", "from theremin.apps.demo_data import main; main()", "--composer", "nobody",
                         "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip() == "theremin-demo-data: error: music21's corpus has no works for composer 'nobody'"
@@ -789,7 +789,7 @@ def test_demo_data_command_line_answers_a_bad_setting_in_one_line(tmp_path):
 
 def test_write_midi_refuses_a_gap_a_midi_file_cannot_store(tmp_path):
     """A delta time over 2^28 - 1 ticks used to be written anyway and read back as a corrupt file."""
-    from theremin.midi import MAX_DELTA_TICKS, MidiError, Note, Piece, read_midi, write_midi
+    from theremin.music.midi import MAX_DELTA_TICKS, MidiError, Note, Piece, read_midi, write_midi
 
     ok = Piece(notes=[Note(0, 10, 60, 80), Note(MAX_DELTA_TICKS, MAX_DELTA_TICKS + 10, 62, 80)], ticks_per_beat=1)
     assert [n.pitch for n in read_midi(write_midi(ok, tmp_path / "ok.mid")).notes] == [60, 62]
@@ -802,7 +802,7 @@ def test_write_midi_refuses_a_gap_a_midi_file_cannot_store(tmp_path):
 
 def test_the_umask_is_read_without_changing_it(monkeypatch):
     """Reading the umask must not set it, even briefly: a server thread could create a world-writable file."""
-    from theremin.midi import current_umask
+    from theremin.fsio import current_umask
 
     old = os.umask(0o027)
     try:

@@ -1,4 +1,4 @@
-"""The demo/base corpus writer (theremin.score_to_midi): what it writes reads back exactly as music21's own
+"""The demo/base corpus writer (theremin.music.scores): what it writes reads back exactly as music21's own
 ``score.write("midi")`` does (notes, tempos, time signatures, in ticks), and what it does not model goes to
 music21. Scores come from music21's corpus at run time or are built here."""
 
@@ -22,9 +22,9 @@ from music21 import (
     tie,
 )
 
-from theremin.demo_data import _convert
-from theremin.midi import read_midi
-from theremin.score_to_midi import write_score_midi
+from theremin.data.demo import _convert
+from theremin.music.midi import read_midi
+from theremin.music.scores import write_score_midi
 
 
 def both_ways(make, tmp_path):

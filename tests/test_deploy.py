@@ -28,10 +28,10 @@ DATA_MOUNT, OUTPUTS_MOUNT = "/data", "/app/outputs"
 # the oldest Kubernetes still widely run, and the newest kubernetes-validate knows (None)
 KUBE_VERSIONS = ("1.28.0", None)
 # Hydra apps: console script or `-m` module -> config name in conf/
-APPS = {"theremin-train": "train", "theremin.train": "train", "theremin-prep": "prep", "theremin.prep": "prep",
-        "theremin-tokenize": "tokenize", "theremin.tokenize_app": "tokenize",
-        "theremin-generate": "generate", "theremin.generate": "generate",
-        "theremin-serve": "serve", "theremin.serve.cli": "serve"}
+APPS = {"theremin-train": "train", "theremin.apps.train": "train", "theremin-prep": "prep", "theremin.apps.prep": "prep",
+        "theremin-tokenize": "tokenize", "theremin.apps.tokenize": "tokenize",
+        "theremin-generate": "generate", "theremin.apps.generate": "generate",
+        "theremin-serve": "serve", "theremin.apps.serve": "serve"}
 PET_VARS = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
 
 
@@ -106,7 +106,7 @@ def compose(app: str, overrides: list[str]):
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from theremin import resolvers  # noqa: F401  (the ${run_name:}, ${wandb_mode:} resolvers)
+    from theremin import config as resolvers  # noqa: F401  (the ${run_name:}, ${wandb_mode:} resolvers)
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

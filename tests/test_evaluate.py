@@ -9,23 +9,20 @@ import time
 import numpy as np
 import pytest
 
-from theremin.cli import ThereminError
-from theremin.corpus import build_corpus
-from theremin.evaluate import (
-    CopyIndex,
-    _suffix_array,
-    _SuffixArray,
+from theremin.errors import ThereminError
+from theremin.data.corpus import build_corpus
+from theremin.metrics.copies import CopyIndex, _suffix_array, _SuffixArray, longest_copied_run
+from theremin.metrics.style import (
     decode_notes,
     evaluate,
     kde_overlap,
     load_corpus,
-    longest_copied_run,
-    main,
     pitch_class_overlap,
     texture_figures,
 )
-from theremin.midi import Note, Piece
-from theremin.midichar import MidiChar
+from theremin.apps.evaluate import main
+from theremin.music.midi import Note, Piece
+from theremin.codec.midichar import MidiChar
 
 CODEC = MidiChar()
 G = CODEC.grid
@@ -112,7 +109,7 @@ def test_kde_overlap_extremes_and_degenerate_inputs():
 
 def test_kde_matches_scipy():
     stats = pytest.importorskip("scipy.stats")
-    from theremin.evaluate import _kde
+    from theremin.metrics.style import _kde
 
     v = np.random.default_rng(1).gamma(2.0, 1.0, 300)
     x = np.linspace(-2, 15, 200)
@@ -378,9 +375,9 @@ def test_the_prompt_length_marked_in_a_variation_is_used_by_default(built_corpus
     reads it, so its figures are those of the generated part, as theremin-generate prints them."""
     import json
 
-    from theremin.evaluate import marked_prompt_notes
-    from theremin.midi import write_midi
-    from theremin.sample import PROMPT_NOTES_MARKER
+    from theremin.metrics.style import marked_prompt_notes
+    from theremin.music.midi import write_midi
+    from theremin.music.midi import PROMPT_NOTES_MARKER
 
     codec = MidiChar()
     train = load_corpus(built_corpus)

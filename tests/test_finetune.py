@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from theremin import base_data, finetune
-from theremin.cli import ThereminError
-from theremin.data import DataConfigError
-from theremin.finetune import FinetuneError, FinetuneRules, corpus_advice, plan
+from theremin.data import base as base_data
+from theremin.model import finetune
+from theremin.errors import ThereminError
+from theremin.data.datamodule import DataConfigError
+from theremin.model.finetune import FinetuneError, FinetuneRules, corpus_advice, plan
 
 TUNE_BOOK = """X:1
 T: Pickup in four-two
@@ -130,8 +131,8 @@ def _train(overrides: list[str], out: Path) -> dict:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
 
-    from theremin.paths import conf_dir
-    from theremin.train import train
+    from theremin.config import conf_dir
+    from theremin.apps.train import train
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
@@ -165,9 +166,9 @@ def test_base_finetune_score(tiny_base, tmp_path):
 
     import torch
 
-    from theremin.checkpoint import open_checkpoint
-    from theremin.corpus import load_manifest
-    from theremin.score import score_folder
+    from theremin.model.checkpoint import open_checkpoint
+    from theremin.data.corpus import load_manifest
+    from theremin.model.scoring import score_folder
 
     base_ckpt, root = tiny_base
     base = open_checkpoint(base_ckpt)
@@ -230,8 +231,8 @@ def test_prep_says_small_corpus(midi_dir, tmp_path, capsys):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from theremin.paths import conf_dir
-    from theremin.prep import prep
+    from theremin.config import conf_dir
+    from theremin.apps.prep import prep
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
@@ -245,8 +246,8 @@ def test_prep_says_small_corpus(midi_dir, tmp_path, capsys):
 def test_copy_warnings(make_midi, midi_factory, tmp_path):
     """A roll that replays 4 bars of a training piece is reported (notes, bars, which piece) and warned about;
     a roll copying less than warn_bars is reported without a warning."""
-    from theremin.corpus import build_corpus
-    from theremin.midichar import MidiChar
+    from theremin.data.corpus import build_corpus
+    from theremin.codec.midichar import MidiChar
 
     codec = MidiChar()
     folder = tmp_path / "m"
@@ -267,8 +268,8 @@ def test_copy_warnings(make_midi, midi_factory, tmp_path):
 
 def test_generate_reports_copied_runs(tiny_base, caplog):
     """theremin-generate's report gives each variation's longest copied run; over warn_copied_bars it warns."""
-    from theremin.generate import copied_figures, report
-    from theremin.sample import Roller, SamplingSettings
+    from theremin.apps.generate import copied_figures, report
+    from theremin.roll.roller import Roller, SamplingSettings
 
     ckpt, root = tiny_base
     roller = Roller.load(ckpt)
@@ -281,8 +282,8 @@ def test_generate_reports_copied_runs(tiny_base, caplog):
 
 def test_unknown_notes_are_measured_and_warned(tiny_base):
     """A folder whose notes the base tokenizer mostly never saw gets a message naming it and the share."""
-    from theremin.checkpoint import open_checkpoint
-    from theremin.midi import Note, Piece
+    from theremin.model.checkpoint import open_checkpoint
+    from theremin.music.midi import Note, Piece
 
     base_ckpt, root = tiny_base
     tok = open_checkpoint(base_ckpt).tokenizer
@@ -317,7 +318,7 @@ def test_finetune_requires_init_from(tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from theremin.paths import conf_dir
+    from theremin.config import conf_dir
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):

@@ -1,4 +1,4 @@
-"""Humanized copies (theremin.humanize) and the corpus's data.humanize: played and sequenced versions of score-like
+"""Humanized copies (theremin.music.humanize) and the corpus's data.humanize: played and sequenced versions of score-like
 pieces keep their notes, spread timing and velocity the way such files do, and stay reproducible."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from collections import Counter
 import midi_factory as mf
 import pytest
 
-from theremin.corpus import CorpusError, build_corpus
-from theremin.humanize import NOMINAL_TPB, HumanizeConfig, HumanizeError, humanize
-from theremin.midi import Note, Piece
-from theremin.midichar import MidiChar
+from theremin.data.corpus import CorpusError, build_corpus
+from theremin.music.humanize import NOMINAL_TPB, HumanizeConfig, HumanizeError, humanize
+from theremin.music.midi import Note, Piece
+from theremin.codec.midichar import MidiChar
 
 
 def chorale(bars: int = 8, tpb: int = 480) -> Piece:

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from theremin.cli import ThereminError
-from theremin.midi import DEFAULT_TEMPO_US, MidiError, Note, Piece, clean_tempos, read_midi, write_midi
-from theremin.midichar import BASE, CodecConfig, CodecError, MidiChar
+from theremin.errors import ThereminError
+from theremin.music.midi import DEFAULT_TEMPO_US, MidiError, Note, Piece, clean_tempos, read_midi, write_midi
+from theremin.codec.midichar import BASE, CodecConfig, CodecError, MidiChar
 
 CODEC = MidiChar()
 K = CODEC.ticks_per_beat // CODEC.grid  # ticks per grid step in decoded files
@@ -75,9 +75,9 @@ RECORDED = {
 
 
 def test_defaults_live_in_code_not_in_a_config_file(monkeypatch, tmp_path):
-    import theremin.paths
+    import theremin.config
 
-    monkeypatch.setattr(theremin.paths, "conf_dir", lambda: tmp_path / "no-conf-here")  # e.g. a bare install
+    monkeypatch.setattr(theremin.config, "conf_dir", lambda: tmp_path / "no-conf-here")  # e.g. a bare install
     assert MidiChar().config == RECORDED
 
 
@@ -94,12 +94,12 @@ def test_the_yaml_only_overrides_the_defaults_in_code():
     import hydra
     from omegaconf import OmegaConf
 
-    from theremin.paths import conf_dir
+    from theremin.config import conf_dir
 
     yaml = OmegaConf.load(conf_dir() / "codec" / "default.yaml")
     defaults = {f.name: f.default for f in dataclasses.fields(CodecConfig)}
     spelled = {k: tuple(v) if isinstance(v, list) else v for k, v in OmegaConf.to_container(yaml).items()}
-    assert spelled.pop("_target_") == "theremin.midichar.MidiChar"
+    assert spelled.pop("_target_") == "theremin.codec.midichar.MidiChar"
     assert spelled == defaults  # the file spells the defaults out for the command line; it must not drift
     for convert in ("none", "all"):  # Hydra hands over ListConfig unless told to convert
         assert hydra.utils.instantiate(yaml, _convert_=convert).config == RECORDED

@@ -1,4 +1,4 @@
-"""Tests for theremin.model: shapes, loss, parameter bookkeeping and KV-cache generation."""
+"""Tests for theremin.model.gpt: shapes, loss, parameter bookkeeping and KV-cache generation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 
-from theremin.model import GPT, GPTConfig, KVCache, window_start
+from theremin.model.gpt import GPT, GPTConfig, KVCache, window_start
 
 VOCAB = 100  # pads to 128: 28 padded ids that must never come out
 

@@ -39,7 +39,7 @@ def _run(installed: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_wheel_carries_the_configs_and_the_codec_defaults(installed):
-    code = ("import theremin, theremin.paths as p; from theremin.midichar import MidiChar;"
+    code = ("import theremin, theremin.config as p; from theremin.codec.midichar import MidiChar;"
             "print(theremin.__file__); print(p.conf_dir()); c = MidiChar(); print(len(c.encode_file.__name__))")
     r = _run(installed, "-c", code)
     assert r.returncode == 0, r.stderr
@@ -49,7 +49,7 @@ def test_wheel_carries_the_configs_and_the_codec_defaults(installed):
     assert conf.startswith(site) and (Path(conf) / "train.yaml").is_file()
 
 
-@pytest.mark.parametrize("module", ["theremin.train", "theremin.prep", "theremin.generate"])
+@pytest.mark.parametrize("module", ["theremin.apps.train", "theremin.apps.prep", "theremin.apps.generate"])
 def test_hydra_apps_compose_from_the_wheel(installed, module):
     r = _run(installed, "-m", module, "--cfg", "job")
     assert r.returncode == 0, r.stderr

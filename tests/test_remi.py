@@ -1,4 +1,4 @@
-"""The REMI baseline tokenizer (theremin/remi.py): same notes on the grid, exact note counts, caching, settings
+"""The REMI baseline tokenizer (theremin/codec/remi.py): same notes on the grid, exact note counts, caching, settings
 that cannot work, and the whole training pipeline with tokenizer=remi_bpe."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from midi_factory import chords, random_notes, scale
 
-from theremin.cli import ThereminError
-from theremin.midi import Note, Piece
-from theremin.midichar import MidiChar
-from theremin.remi import RemiTokenizer, get_or_train, grid_mismatches
-from theremin.tokenizer_kinds import get_or_train_configured, kind_of, load_configured
+from theremin.errors import ThereminError
+from theremin.music.midi import Note, Piece
+from theremin.codec.midichar import MidiChar
+from theremin.codec.remi import RemiTokenizer, get_or_train, grid_mismatches
+from theremin.codec.kinds import get_or_train_configured, kind_of, load_configured
 
 SMALL = {"max_duration_beats": 4, "use_tempos": True}  # a small base vocabulary keeps training quick
 
@@ -104,9 +104,9 @@ def test_theremin_tokenize_measures_a_remi_tokenizer(tok, corpus, texts, codec, 
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from theremin import resolvers  # noqa: F401
-    from theremin.paths import conf_dir
-    from theremin.tokenize_app import tokenize
+    from theremin import config as resolvers  # noqa: F401
+    from theremin.config import conf_dir
+    from theremin.apps.tokenize import tokenize
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
@@ -123,8 +123,8 @@ def test_theremin_tokenize_measures_a_remi_tokenizer(tok, corpus, texts, codec, 
 def test_a_remi_checkpoint_is_refused_by_name_where_midichar_is_needed(tok, codec, tmp_path):
     import torch
 
-    from theremin.checkpoint import CheckpointError, open_checkpoint, tokenizer_files
-    from theremin.model import GPT, GPTConfig
+    from theremin.model.checkpoint import CheckpointError, open_checkpoint, tokenizer_files
+    from theremin.model.gpt import GPT, GPTConfig
 
     config = {"n_layer": 1, "n_head": 1, "n_embd": 8, "block_size": 16, "vocab_size": tok.vocab_size}
     state = {f"model.{k}": v for k, v in GPT(GPTConfig(**config)).state_dict().items()}
@@ -137,7 +137,7 @@ def test_a_remi_checkpoint_is_refused_by_name_where_midichar_is_needed(tok, code
 
 
 def test_a_midichar_loader_refuses_a_remi_tokenizer(tok):
-    from theremin.tokenizer import MidiTokenizer
+    from theremin.codec.tokenizer import MidiTokenizer
 
     with pytest.raises(ThereminError, match="is a remi tokenizer, not midichar"):
         MidiTokenizer.load(tok.dir)
@@ -169,10 +169,10 @@ def test_decoding_sampled_ids(tok, texts):
 
 
 def test_the_sampling_callback_skips_a_remi_run(tok, tmp_path):
-    """Rolling (theremin.sample.Roller) is midichar-only: the default callback must not break a REMI run."""
+    """Rolling (theremin.roll.roller.Roller) is midichar-only: the default callback must not break a REMI run."""
     from types import SimpleNamespace
 
-    from theremin.callbacks import SampleMidi
+    from theremin.roll.callbacks import SampleMidi
 
     cb = SampleMidi(out_dir=str(tmp_path / "samples"))
     trainer = SimpleNamespace(sanity_checking=False, fast_dev_run=False, datamodule=SimpleNamespace(tokenizer=tok),
@@ -191,9 +191,9 @@ def test_training_on_remi_reports_bits_per_note_over_the_same_notes(bach_midi, t
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
 
-    from theremin import resolvers  # noqa: F401
-    from theremin.paths import conf_dir
-    from theremin.train import train
+    from theremin import config as resolvers  # noqa: F401
+    from theremin.config import conf_dir
+    from theremin.apps.train import train
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):

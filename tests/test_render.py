@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from theremin.midi import Note, Piece
-from theremin.render import (
+from theremin.music.midi import Note, Piece
+from theremin.music.render import (
     GENERATED_COLOR,
     PROMPT_COLOR,
     RenderError,
@@ -202,7 +202,7 @@ def test_default_soundfont_is_the_one_in_pretty_midi():
 
 
 def test_importing_render_stays_cheap():
-    code = "import sys, theremin.render; print(sorted({'matplotlib', 'fluidsynth'} & set(sys.modules)))"
+    code = "import sys, theremin.music.render; print(sorted({'matplotlib', 'fluidsynth'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

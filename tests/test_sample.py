@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from theremin.constraints import ConstraintError, parse_key
-from theremin.midi import Note, Piece, read_midi, write_midi
-from theremin.render import roll_layout
-from theremin.sample import GenerateError, Roller, SamplingLimits, SamplingSettings
+from theremin.roll.constraints import ConstraintError, parse_key
+from theremin.music.midi import Note, Piece, read_midi, write_midi
+from theremin.music.render import roll_layout
+from theremin.roll.roller import GenerateError, Roller, SamplingLimits, SamplingSettings
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -161,7 +161,7 @@ def test_piano_roll_data_splits_by_origin_and_ends_at_the_kept_bars(roller, prom
 
 
 def test_the_png_is_drawn_from_the_roll_layout(roller, prompt, tmp_path, monkeypatch):
-    import theremin.render as render
+    import theremin.music.render as render
 
     seen = []
     real = render.roll_layout
@@ -204,7 +204,7 @@ def test_unbounded_requests_are_refused_before_allocating(roller, prompt, monkey
 
 def test_the_token_budget_cuts_a_roll_short_and_says_so(roller, prompt, monkeypatch, caplog):
     monkeypatch.setattr(roller, "limits", SamplingLimits(max_new_tokens=8))
-    with caplog.at_level("WARNING", logger="theremin.sample"):
+    with caplog.at_level("WARNING", logger="theremin.roll.roller"):
         res = roller.roll(prompt, SamplingSettings(n=2, length=64, keep_bars=1))
     assert all(v.generated_notes < 64 for v in res.variations)
     assert "stopped at 8 tokens before reaching sampling.length=64 notes" in caplog.text
@@ -247,7 +247,7 @@ def test_a_prompt_with_chars_the_tokenizer_never_saw(roller, make_midi):
     from miditok's test files): a tempo (175 bpm) or rest the training corpus never had is spelled in byte
     tokens, which the constraint automaton skipped, so it stopped inside the tempo's two chars. Here: the same
     in code, a 175 bpm prompt with a rest of an odd length."""
-    from theremin.constraints import RowState
+    from theremin.roll.constraints import RowState
 
     gap = 437 * 40  # 437 grid steps: more than the longest step, so a REST char carries the remainder
     notes = [(i * 480, (i + 1) * 480, 60 + i % 5, 80) for i in range(8)] + [(8 * 480 + gap, 9 * 480 + gap, 67, 80)]
@@ -352,9 +352,9 @@ def test_generate_and_evaluate_give_the_same_figures(trained, prompt, tmp_path):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from theremin.evaluate import main as evaluate_main
-    from theremin.generate import generate
-    from theremin.paths import conf_dir
+    from theremin.apps.evaluate import main as evaluate_main
+    from theremin.apps.generate import generate
+    from theremin.config import conf_dir
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
@@ -370,7 +370,7 @@ def test_generate_and_evaluate_give_the_same_figures(trained, prompt, tmp_path):
 
 
 def test_generate_cli(trained, prompt, tmp_path):
-    cmd = [sys.executable, "-m", "theremin.generate", f"ckpt_path={trained[0]}", f"prompt={prompt}",
+    cmd = [sys.executable, "-m", "theremin.apps.generate", f"ckpt_path={trained[0]}", f"prompt={prompt}",
            "sampling=conservative", "sampling.n=2", "sampling.length=8", f"hydra.run.dir={tmp_path}",
            "render.wav=false"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

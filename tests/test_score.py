@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from theremin.checkpoint import open_checkpoint
-from theremin.corpus import load_manifest
-from theremin.score import ScoreError, score_folder
+from theremin.model.checkpoint import open_checkpoint
+from theremin.data.corpus import load_manifest
+from theremin.model.scoring import ScoreError, score_folder
 
 SCORE = str(Path(sys.executable).parent / "theremin-score")
 

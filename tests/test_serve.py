@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from theremin.midi import Note, Piece, read_midi, write_midi
-from theremin.sample import Roller, SamplingSettings
+from theremin.music.midi import Note, Piece, read_midi, write_midi
+from theremin.roll.roller import Roller, SamplingSettings
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 fastapi = pytest.importorskip("fastapi", reason="pip install -e .[dev]")
@@ -189,7 +189,7 @@ def test_concurrent_rolls_share_forward_passes_and_match_a_roll_alone(service, t
 
 def test_engine_batches_rows_of_different_lengths_exactly_like_generate():
     """float64, so the batched and the model's own generate agree exactly; some windows jump (block_size 32)."""
-    from theremin.model import GPT, GPTConfig
+    from theremin.model.gpt import GPT, GPTConfig
     from theremin.serve.engine import BatchEngine
 
     torch.manual_seed(0)

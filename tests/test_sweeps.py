@@ -1,4 +1,4 @@
-"""Reading multirun folders (theremin/sweeps.py, used by notebooks/sweeps.ipynb): CSV logs, wandb offline runs,
+"""Reading multirun folders (theremin/metrics/sweeps.py, used by notebooks/sweeps.ipynb): CSV logs, wandb offline runs,
 failed runs, and folders with nothing to read."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from theremin.cli import ThereminError
-from theremin.sweeps import best_runs, load_sweep, read_wandb, table
+from theremin.errors import ThereminError
+from theremin.metrics.sweeps import best_runs, load_sweep, read_wandb, table
 
 
 def _job(root, name, config: str, overrides=("model=nano",), metrics: str | None = None, params: int | None = None):

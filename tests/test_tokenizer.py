@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from theremin.midichar import BASE, PLANE_SPAN, MidiChar
-from theremin.tokenizer import (
+from theremin.codec.midichar import BASE, PLANE_SPAN, MidiChar
+from theremin.codec.tokenizer import (
     DEFAULT_OPTIONS,
     FACTOR_LO,
     N_META,
@@ -259,7 +259,7 @@ def _compose(*overrides):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from theremin.paths import conf_dir
+    from theremin.config import conf_dir
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
@@ -278,7 +278,7 @@ def test_presets_compose_to_valid_options(preset, size):
 
 
 def test_tokenize_app_trains_then_reuses(corpus, tmp_path, capsys):
-    from theremin.tokenize_app import tokenize
+    from theremin.apps.tokenize import tokenize
 
     cdir = tmp_path / "corpus"
     cdir.mkdir()
@@ -295,7 +295,7 @@ def test_tokenize_app_trains_then_reuses(corpus, tmp_path, capsys):
 
 
 def test_tokenize_app_without_corpus(tmp_path):
-    from theremin.tokenize_app import tokenize
+    from theremin.apps.tokenize import tokenize
 
     with pytest.raises(ValueError, match="theremin-prep"):
         tokenize(_compose(f"data.corpus_dir={tmp_path}"))

@@ -19,8 +19,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
-from theremin import resolvers  # noqa: F401
-from theremin.paths import conf_dir
+from theremin import config as resolvers  # noqa: F401
+from theremin.config import conf_dir
 
 TINY = [
     "model=nano",
@@ -59,7 +59,7 @@ def make_cfg(data_root, demo_midi, out_dir, *overrides):
 
 def cli(data_root, demo_midi, *args, **kw):
     multirun = ["-m"] if "-m" in args else []  # Hydra's flags come before the overrides
-    cmd = [sys.executable, "-m", "theremin.train", *multirun, *TINY, f"paths.data_dir={data_root}",
+    cmd = [sys.executable, "-m", "theremin.apps.train", *multirun, *TINY, f"paths.data_dir={data_root}",
            f"data.input_dir={demo_midi}", *(a for a in args if a != "-m")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=kw.get("timeout", 600),
@@ -132,13 +132,13 @@ def test_callbacks_instantiate(data_root, demo_midi, tmp_path):
 
 # ---- training ---------------------------------------------------------------------------------------------
 def test_fast_dev_run(data_root, demo_midi, tmp_path):
-    from theremin.train import train
+    from theremin.apps.train import train
 
     train(make_cfg(data_root, demo_midi, tmp_path, "debug=fdr"))
 
 
 def test_limit_run_reports_bits_per_note_and_writes_checkpoints_and_samples(data_root, demo_midi, tmp_path):
-    from theremin.train import train
+    from theremin.apps.train import train
 
     metrics = train(make_cfg(data_root, demo_midi, tmp_path, "debug=limit"))
     assert 0 < metrics["val/bits_per_note"] < 40
@@ -167,7 +167,7 @@ def test_limit_run_reports_bits_per_note_and_writes_checkpoints_and_samples(data
 )
 def test_bad_settings_stop_before_training_with_one_clear_sentence(data_root, demo_midi, tmp_path, overrides,
                                                                       message, monkeypatch):
-    from theremin.train import train
+    from theremin.apps.train import train
 
     if "trainer=ddp_sim" in overrides:
         monkeypatch.setenv("WORLD_SIZE", "2")  # what the DDP launcher sets, checked before any process starts
@@ -176,7 +176,7 @@ def test_bad_settings_stop_before_training_with_one_clear_sentence(data_root, de
 
 
 def test_checkpoint_from_another_tokenizer_is_refused(data_root, demo_midi, tmp_path):
-    from theremin.train import train
+    from theremin.apps.train import train
 
     train(make_cfg(data_root, demo_midi, tmp_path / "a", "debug=limit", "trainer.max_steps=2"))
     ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
@@ -192,7 +192,7 @@ def test_resume_after_sigkill_continues_step_and_loss_curve(data_root, demo_midi
     assert ref.returncode == 0, ref.stderr[-3000:]
     # killed mid-run, then the same command again
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "theremin.train", *TINY, f"paths.data_dir={data_root}",
+    cmd = [sys.executable, "-m", "theremin.apps.train", *TINY, f"paths.data_dir={data_root}",
            f"data.input_dir={demo_midi}", *args, f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -284,7 +284,7 @@ def test_demo_search_runs_trials_within_a_wall_clock_budget(data_root, demo_midi
     pytest.param(e, marks=pytest.mark.slow) if e.startswith("base") else e
     for e in group_options("experiment") if e != "finetune"])
 def test_every_experiment_runs(data_root, demo_midi, tmp_path, experiment):
-    from theremin.train import train
+    from theremin.apps.train import train
 
     # a GPU preset on a machine without one: everything but the accelerator still runs
     cpu = ["trainer=cpu"] if experiment.endswith("_gpu") and not torch.cuda.is_available() else []
@@ -293,7 +293,7 @@ def test_every_experiment_runs(data_root, demo_midi, tmp_path, experiment):
 
 # ---- one run directory, one process (issue 8.6) -------------------------------------------------------------
 def test_a_run_directory_is_locked_by_the_launching_process_only(tmp_path, monkeypatch):
-    from theremin.train import TrainConfigError, run_lock
+    from theremin.apps.train import TrainConfigError, run_lock
 
     with run_lock(tmp_path):
         assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
@@ -317,7 +317,7 @@ def _signal_then_sleep(started) -> None:
 def test_a_worker_forked_by_the_run_does_not_keep_its_lock(tmp_path):
     import multiprocessing
 
-    from theremin.train import run_lock
+    from theremin.apps.train import run_lock
 
     ctx = multiprocessing.get_context("fork")  # how corpus and DataLoader workers start on Linux
     started = ctx.Event()
@@ -336,11 +336,11 @@ def test_a_worker_forked_by_the_run_does_not_keep_its_lock(tmp_path):
 @pytest.mark.slow
 def test_the_same_command_twice_stops_the_second_with_the_pid(data_root, demo_midi, tmp_path):
     """Two processes, one run directory, end to end (about 1-2 minutes on 2 cores)."""
-    from theremin.train import run_lock
+    from theremin.apps.train import run_lock
 
     run_dir = tmp_path / "run"
     args = ["trainer.max_steps=100000", "callbacks=none", f"hydra.run.dir={run_dir}"]
-    cmd = [sys.executable, "-m", "theremin.train", *TINY, f"paths.data_dir={data_root}",
+    cmd = [sys.executable, "-m", "theremin.apps.train", *TINY, f"paths.data_dir={data_root}",
            f"data.input_dir={demo_midi}", *args]
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -364,7 +364,7 @@ def test_the_same_command_twice_stops_the_second_with_the_pid(data_root, demo_mi
 
 # ---- what a run reports (issue 11.3) ------------------------------------------------------------------------
 def test_the_final_figure_is_the_validation_of_the_final_weights(data_root, demo_midi, tmp_path):
-    from theremin.train import build, train
+    from theremin.apps.train import build, train
 
     args = ["trainer.max_steps=6", "trainer.val_check_interval=4", "callbacks.last_checkpoint.every_n_train_steps=4",
             "~callbacks.sample_midi", "trainer.log_every_n_steps=1"]
@@ -386,7 +386,7 @@ def test_the_final_figure_is_the_validation_of_the_final_weights(data_root, demo
 def test_run_folder_names_paste_back_into_an_override():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from theremin.resolvers import run_name
+    from theremin.config import run_name
 
     overrides = ["", "model=mini,tokenizer=8k", "model=mini_tokenizer=8k", "model=mini,tokenizer=8k,seed=1",
                  "data.input_dir=/tmp/my songs (live),data.name=mine", "data.transpose=[-5,6]", "x=" + "y" * 300]
@@ -424,7 +424,7 @@ def test_a_bad_setting_is_one_line_without_traceback(data_root, demo_midi, tmp_p
 
 
 def test_no_logger_with_the_default_callbacks(data_root, demo_midi, tmp_path):
-    from theremin.train import train
+    from theremin.apps.train import train
 
     metrics = train(make_cfg(data_root, demo_midi, tmp_path, "logger=none", "callbacks=default",
                              "trainer.max_steps=2", "trainer.val_check_interval=2"))
@@ -433,15 +433,15 @@ def test_no_logger_with_the_default_callbacks(data_root, demo_midi, tmp_path):
 
 # ---- progress (issue 11.7) -----------------------------------------------------------------------------------------
 def test_progress_counts_steps_to_max_steps_also_after_a_resume(data_root, demo_midi, tmp_path, capfd, caplog):
-    from theremin.train import train
+    from theremin.apps.train import train
 
     def run(max_steps):
         cfg = make_cfg(data_root, demo_midi, tmp_path, "trainer.enable_progress_bar=true",
                        f"trainer.max_steps={max_steps}", "trainer.val_check_interval=4", "~callbacks.sample_midi",
                        "callbacks.last_checkpoint.every_n_train_steps=2")
         with open_dict(cfg):
-            cfg.callbacks.progress_log = {"_target_": "theremin.callbacks.ProgressLog", "every_n_steps": 2}
-        with caplog.at_level(logging.INFO, logger="theremin.train"):
+            cfg.callbacks.progress_log = {"_target_": "theremin.model.callbacks.ProgressLog", "every_n_steps": 2}
+        with caplog.at_level(logging.INFO, logger="theremin.apps.train"):
             train(cfg)
         out = capfd.readouterr()
         return out.out + out.err, caplog.text
@@ -456,10 +456,10 @@ def test_progress_counts_steps_to_max_steps_also_after_a_resume(data_root, demo_
 
 
 def test_the_demo_prints_its_progress():
-    from theremin.demo import demo_config
+    from theremin.apps.demo import demo_config
 
     cfg = demo_config([])
-    assert cfg.callbacks.progress_log._target_ == "theremin.callbacks.ProgressLog"
+    assert cfg.callbacks.progress_log._target_ == "theremin.model.callbacks.ProgressLog"
     # the demo's own run, and another one for other settings (a shorter demo never resumes into the real one)
     other = demo_config(["trainer.max_steps=40"]).paths.output_dir
     assert Path(cfg.paths.output_dir).parts[-2:] == ("demo", "train") and other != cfg.paths.output_dir
@@ -467,7 +467,7 @@ def test_the_demo_prints_its_progress():
 
 
 def test_the_demo_answers_a_bad_setting_in_one_line(capsys):
-    from theremin.demo import main
+    from theremin.apps.demo import main
 
     with pytest.raises(SystemExit) as e:
         main(["model=nope"])

@@ -23,7 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 
-from theremin.cli import ThereminError
+from theremin.errors import ThereminError
 from theremin.serve.engine import RollTimeout
 from theremin.serve.forms import SETTINGS_FIELDS, FieldError, UnknownFieldError
 from theremin.serve.service import Busy, RollService

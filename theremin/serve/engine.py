@@ -8,7 +8,7 @@ to end), runs ONE forward pass per step for all active rows, then samples each r
 request's own logits hook, filters and ``torch.Generator``. A request thus draws exactly the random numbers it
 would draw alone: same seed, same notes (up to float rounding of the batched matrix products).
 
-The context window follows :func:`theremin.model.window_start` per request, as ``GPT.generate`` does: when a
+The context window follows :func:`theremin.model.gpt.window_start` per request, as ``GPT.generate`` does: when a
 request's window jumps, its rows' cache is refilled from the new window before the shared step.
 """
 
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from theremin.model import GPT, KVCache, filter_logits, window_start
+from theremin.model.gpt import GPT, KVCache, filter_logits, window_start
 
 log = logging.getLogger("theremin.serve")
 
@@ -52,7 +52,7 @@ class _Job:
     stop: object
     deadline: float | None
     future: Future = field(default_factory=Future)
-    start: int = 0  # context window start (theremin.model.window_start)
+    start: int = 0  # context window start (theremin.model.gpt.window_start)
     pos: int = 0  # window position of the token fed next (= cached tokens of the window)
 
     @property
@@ -65,7 +65,7 @@ def decode_step(model: GPT, tokens: Tensor, pos: Tensor, ks: list[Tensor], vs: l
 
     Row r feeds ``tokens[r]`` at window position ``pos[r]``, after ``pos[r]`` keys/values already cached in
     ``ks[layer][r, :, :pos[r]]`` (and ``vs``), which it extends. The same arithmetic as the model's own blocks
-    (theremin.model.Block, eval mode), with a per-row key mask so rows of different lengths share the pass.
+    (theremin.model.gpt.Block, eval mode), with a per-row key mask so rows of different lengths share the pass.
     """
     r = tokens.size(0)
     rows = torch.arange(r, device=tokens.device)

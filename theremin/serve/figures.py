@@ -1,4 +1,4 @@
-"""Per-variation style and memorisation figures against the model's training corpus (theremin.evaluate).
+"""Per-variation style and memorisation figures against the model's training corpus (theremin.metrics.style).
 
 The corpus side (histograms, the copy index) is built once when the server starts, so a roll pays only for its
 own notes: milliseconds. The same definitions as ``theremin-evaluate``, on each variation's generated notes.
@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from theremin.evaluate import (
-    CopyIndex,
+from theremin.codec.midichar import MidiChar
+from theremin.metrics.copies import CopyIndex
+from theremin.metrics.style import (
     _generated,
     decode_notes,
     histogram_overlap,
@@ -18,7 +19,6 @@ from theremin.evaluate import (
     load_corpus,
     pitch_class_histogram,
 )
-from theremin.midichar import MidiChar
 
 log = logging.getLogger("theremin.serve")
 

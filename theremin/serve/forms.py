@@ -16,10 +16,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from theremin.cli import ThereminError
-from theremin.constraints import ConstraintError, parse_key
-from theremin.paths import conf_dir
-from theremin.sample import SamplingSettings
+from theremin.config import conf_dir
+from theremin.errors import ThereminError
+from theremin.roll.constraints import ConstraintError, parse_key
+from theremin.roll.roller import SamplingSettings
 
 SETTINGS_FIELDS = tuple(f.name for f in fields(SamplingSettings))
 NONE_WORDS = {"none", "null", "off"}  # an explicit "no filter" for top_k/top_p/min_p/... over a preset's value

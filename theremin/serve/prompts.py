@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from theremin.midi import Note, Piece
-from theremin.midichar import MidiChar
+from theremin.codec.midichar import MidiChar
+from theremin.music.midi import Note, Piece
 
 TPB = 480
 BARS = 2  # bars of a corpus piece kept as its prompt
@@ -33,7 +33,7 @@ def from_corpus(corpus_dir: Path | None, codec: MidiChar, count: int = 4) -> dic
     """The first ``count`` validation pieces, cut to their first BARS bars, named after their files."""
     if corpus_dir is None or not (Path(corpus_dir) / "val.txt").is_file():
         return {}
-    from theremin.corpus import load_manifest
+    from theremin.data.corpus import load_manifest
 
     lines = [ln for ln in (Path(corpus_dir) / "val.txt").read_text(encoding="utf-8").split("\n") if ln]
     manifest = load_manifest(corpus_dir) or {}

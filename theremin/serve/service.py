@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from theremin.cli import ThereminError
-from theremin.midi import MidiError, Piece, read_midi, write_midi
-from theremin.sample import Roller, SamplingSettings
+from theremin.errors import ThereminError
+from theremin.music.midi import MidiError, Piece, read_midi, write_midi
+from theremin.roll.roller import Roller, SamplingSettings
 from theremin.serve.engine import BatchedModel, BatchEngine, RollTimeout, set_deadline
 from theremin.serve.figures import Figures
 from theremin.serve.forms import FieldError, Limits, load_presets, parse_settings
@@ -226,8 +226,8 @@ class RollService:
 
     def _make_file(self, folder: Path, path: Path) -> None:
         """A variation's MIDI (Roller.write: markers with checkpoint, seed, settings), WAV or PNG, from roll.json."""
-        from theremin.render import piano_roll_png, render_wav
-        from theremin.sample import RollResult, Variation
+        from theremin.music.render import piano_roll_png, render_wav
+        from theremin.roll.roller import RollResult, Variation
 
         meta = json.loads((folder / "roll.json").read_text())
         index = int(path.stem.rsplit("_", 1)[1])

@@ -19,8 +19,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from theremin.cli import ThereminError
-from theremin.midi import atomic_write
+from theremin.errors import ThereminError
+from theremin.fsio import atomic_write
 
 log = logging.getLogger("theremin.serve")
 

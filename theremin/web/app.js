@@ -6,7 +6,7 @@ const $ = (id) => document.getElementById(id);
 const MODES = ["major", "minor", "dorian", "mixolydian", "lydian", "phrygian", "locrian", "harmonic_minor",
   "melodic_minor", "major_pentatonic", "minor_pentatonic", "blues"];
 const TONICS = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"];
-const FIGURES = {  // the style/memorisation figures of theremin.evaluate, in a musician's words
+const FIGURES = {  // the style/memorisation figures of theremin.metrics.style, in a musician's words
   "style/pitch_class_overlap": "pitch classes like the corpus", "style/interval_oa": "intervals like the corpus",
   "memo/longest_copied_notes": "longest run copied from the corpus (notes)",
 };

@@ -1,0 +1,56 @@
+"""theremin-serve: a thin Hydra entrypoint (conf/serve.yaml) that loads a checkpoint and runs uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from theremin import config as resolvers  # noqa: F401
+from theremin.apps.cli import hydra_app
+from theremin.config import plain
+
+log = logging.getLogger("theremin.serve")
+
+
+def build_service(cfg: DictConfig):
+    """The RollService a config describes (checkpoint `latest` = the newest last.ckpt under paths.log_dir)."""
+    from theremin.apps.generate import latest_checkpoint
+    from theremin.serve.forms import Limits
+    from theremin.serve.service import RollService, ServeSettings
+    from theremin.serve.store import StoreLimits
+
+    ckpt = latest_checkpoint(cfg.paths.log_dir) if cfg.ckpt_path == "latest" else Path(cfg.ckpt_path)
+    c = plain(cfg)
+    store = dict(c["store"])
+    prune_every_s = float(store.pop("prune_every_s", 1.0))
+    settings = ServeSettings(
+        rolls_dir=c["rolls_dir"], device=c["device"], max_upload_bytes=int(c["max_upload_bytes"]),
+        timeout_s=float(c["timeout_s"]), retry_after_s=int(c["retry_after_s"]), queue_size=int(c["queue_size"]),
+        workers=int(c["workers"]), max_batch_rows=int(c["max_batch_rows"]),
+        max_constraint_sets=int(c["max_constraint_sets"]), threads=c.get("threads"),
+        prune_every_s=prune_every_s,
+        limits=Limits(**c["limits"]), store=StoreLimits(**store), render=c["render"])
+    return RollService(ckpt, settings)
+
+
+@hydra_app("serve")
+def main(cfg: DictConfig) -> None:
+    import uvicorn
+
+    from theremin.serve.app import create_app
+
+    service = build_service(cfg)
+    log.info("theremin-serve: %s on http://%s:%s (rolls in %s)", service.checkpoint, cfg.host, cfg.port,
+             service.store.root)
+    print(f"theremin-serve: open http://{cfg.host}:{cfg.port}/  (model {service.checkpoint})", flush=True)
+    try:
+        uvicorn.run(create_app(service), host=cfg.host, port=int(cfg.port), log_level=cfg.log_level,
+                    timeout_graceful_shutdown=5)
+    finally:
+        service.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Configuration: where theremin keeps things on disk, the OmegaConf resolvers conf/ uses (registered on
+import, once), :func:`plain` for config values and :func:`known_settings`, the one check of unknown settings."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+PACKAGE = Path(__file__).resolve().parent
+# a source checkout (pyproject.toml beside the package): generated data defaults to <checkout>/data there;
+# an installed wheel has no checkout, and uses the folder the command runs from
+_CHECKOUT = PACKAGE.parent if (PACKAGE.parent / "pyproject.toml").is_file() else None
+ROOT = _CHECKOUT or Path.cwd()
+
+
+def conf_dir() -> Path:
+    """The Hydra configs: inside the package, so a wheel installed anywhere finds them (<checkout>/conf is a
+    link here for the repository's layout)."""
+    return PACKAGE / "conf"
+
+
+def data_dir() -> Path:
+    """Generated data (demo MIDI, corpora, tokenizers): $THEREMIN_DATA, else <checkout>/data (git-ignored),
+    else ./data outside a checkout."""
+    return Path(os.environ.get("THEREMIN_DATA", ROOT / "data"))
+
+
+def plain(x):
+    """A config value as plain Python (dict/list/scalars, interpolations resolved): what checkpoints, caches
+    and JSON need. Hydra hands values over as DictConfig/ListConfig, even when given plain dicts."""
+    return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x
+
+
+def known_settings(cls, cfg, where: str, what: str, error: type[Exception]) -> dict:
+    """A config mapping (None: empty) as a plain dict of ``cls``'s dataclass fields; an unknown key is refused
+    by name: ``<where>.<key> is not <what> (known: [...])``."""
+    from dataclasses import fields
+
+    d = dict(plain(cfg) or {})
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise error(f"{where}.{unknown[0]} is not {what} (known: {sorted(known)})")
+    return d
+
+
+def run_name(overrides: str = "") -> str:
+    """A folder name for a command line's overrides that can be pasted back into any override: only letters,
+    digits, '.', '_' and '-' (no '=' or ','). 'default' for none; else the overrides made readable
+    (``model=mini,tokenizer=8k`` -> ``model-mini_tokenizer-8k``), at most 60 chars of them, then 8 hex chars of
+    their sha256: two command lines never share a folder, however alike their readable parts."""
+    if not overrides:
+        return "default"
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", overrides.replace("=", "-"))[:60].strip("._-")
+    digest = hashlib.sha256(overrides.encode()).hexdigest()[:8]
+    return f"{readable}-{digest}" if readable else digest
+
+
+def wandb_mode() -> str:
+    """WANDB_MODE when set; online when an API key is configured; offline otherwise (no network needed)."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+def _multirun_job():
+    """The job's Hydra config inside a multirun; None in a single run or outside Hydra (hydra.compose)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return HydraConfig.get()
+
+
+def wandb_group(task_name: str) -> str:
+    """A wandb group per sweep: ``<task_name>-<sweep folder>`` for every job of one multirun (the folder is its
+    start time by default), so two sweeps of one experiment are two groups; a single run's group is task_name."""
+    job = _multirun_job()
+    return f"{task_name}-{Path(job.sweep.dir).name}" if job is not None else task_name
+
+
+def wandb_tags(codec: str, vocab_size) -> list[str]:
+    """Tags for the choices sweeps vary: tokenizer kind and vocab size (from the config, which overrides may
+    change), and the model preset and experiment (from Hydra's choices, when run by Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    tags = [f"codec:{codec}", f"vocab:{vocab_size}"]
+    if HydraConfig.initialized():
+        choices = HydraConfig.get().runtime.choices
+        tags += [f"{group}:{choices[group]}" for group in ("model", "experiment") if choices.get(group)]
+    return tags
+
+
+for _name, _fn in (("run_name", run_name), ("wandb_mode", wandb_mode), ("wandb_group", wandb_group),
+                   ("wandb_tags", wandb_tags)):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn)

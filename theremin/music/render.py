@@ -1,0 +1,330 @@
+"""Turning a :class:`~theremin.music.midi.Piece` into something a musician can hear (WAV) and see (piano-roll PNG).
+
+Audio is rendered offline with FluidSynth (pyfluidsynth, no audio driver) and the General MIDI soundfont that
+ships inside the ``pretty_midi`` wheel; the WAV is written with the stdlib :mod:`wave` module. The piano roll
+is drawn with matplotlib's Agg canvas, without pyplot, so it never needs a display nor touches global state.
+Both heavy imports happen inside the functions: importing this module stays cheap.
+
+Every reason a render cannot be done is a :class:`RenderError` naming the input and the fix. Files are
+written atomically (:func:`theremin.fsio.atomic_write`): a failed render leaves no partial file behind.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import wave
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from theremin.errors import ThereminError
+from theremin.fsio import atomic_write
+from theremin.music.midi import Note, Piece
+
+PROMPT_COLOR = "#4c72b0"  # blue: the notes the model was given
+GENERATED_COLOR = "#dd8452"  # orange: the notes the model wrote
+PROMPT_END_COLOR = "#c44e52"
+
+MIN_NOTE_SECONDS = 0.05  # zero-length notes (see theremin.music.midi) still sound, briefly
+_CHUNK_FRAMES = 1 << 16  # frames pulled from the synth per call: few calls, bounded buffers
+_NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+_BLACK_KEYS = frozenset({1, 3, 6, 8, 10})
+
+_MISSING_LIBRARY = (
+    "rendering audio needs the FluidSynth library (libfluidsynth); "
+    "run `make setup` or `apt-get install libfluidsynth3`"
+)
+
+
+class RenderError(ThereminError):
+    """A WAV or PNG theremin cannot render; the message names the input and the fix."""
+
+
+def default_soundfont() -> Path:
+    """The General MIDI soundfont shipped inside the ``pretty_midi`` wheel (TimGM6mb.sf2)."""
+    # find_spec locates the package without importing it (pretty_midi pulls in numpy, mido, ...)
+    spec = importlib.util.find_spec("pretty_midi")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "TimGM6mb.sf2"
+        if path.is_file():
+            return path
+    raise RenderError(
+        "the default soundfont pretty_midi/TimGM6mb.sf2 was not found; "
+        "install pretty_midi (`pip install pretty_midi`) or pass a soundfont path"
+    )
+
+
+def _import_fluidsynth():
+    try:
+        import fluidsynth
+    except (ImportError, OSError) as e:
+        # pyfluidsynth raises ImportError when it cannot find the library, OSError when ctypes cannot load it
+        raise RenderError(_MISSING_LIBRARY) from e
+    return fluidsynth
+
+
+def note_name(pitch: int) -> str:
+    """MIDI pitch as a note name, middle C (60) = C4."""
+    return f"{_NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}"
+
+
+def _note_events(piece: Piece, sample_rate: int) -> tuple[list[tuple[int, int, int, int]], int]:
+    """Note-on/off events as (frame, on, pitch, velocity), sorted; and the frame the last note ends."""
+    cache: dict[int, int] = {}
+    seconds = piece.clock()
+
+    def frame(tick: int) -> int:
+        if tick not in cache:
+            cache[tick] = round(seconds(tick) * sample_rate)
+        return cache[tick]
+
+    min_frames = max(1, round(MIN_NOTE_SECONDS * sample_rate))
+    events = []
+    for n in piece.notes:
+        start = frame(n.start)
+        end = max(frame(n.end), start + min_frames)
+        events.append((start, 1, n.pitch, max(1, min(127, n.velocity))))
+        events.append((end, 0, n.pitch, 0))
+    # at one frame, offs (0) sort before ons (1): a repeated note is released, then struck again
+    events.sort()
+    return events, max(e[0] for e in events)
+
+
+def render_wav(
+    piece: Piece,
+    wav_path: str | os.PathLike,
+    soundfont: str | os.PathLike | None = None,
+    sample_rate: int = 44100,
+    program: int = 0,
+    tail_seconds: float = 1.0,
+    gain: float = 0.8,
+) -> Path:
+    """Render a piece to a 16-bit stereo WAV with FluidSynth; the tempo map sets when each note sounds.
+
+    The WAV lasts until the last note ends plus ``tail_seconds`` (release and reverb). ``program`` is the
+    General MIDI instrument (0 = acoustic grand piano); ``gain`` is FluidSynth's master gain: its own default
+    (0.2) is faint with this soundfont, while at 0.8 a ten-note chord at full velocity peaks near -6 dBFS.
+    """
+    wav_path = Path(wav_path)
+    if not piece.notes:
+        raise RenderError(f"cannot render {wav_path}: the piece has no notes; pass a piece with notes")
+    if not 0 <= program <= 127:
+        raise RenderError(f"cannot render {wav_path}: program={program} is outside General MIDI's 0..127")
+    if tail_seconds < 0:
+        raise RenderError(f"cannot render {wav_path}: tail_seconds={tail_seconds} must be >= 0")
+    sf_path = default_soundfont() if soundfont is None else Path(soundfont).expanduser()
+    if not sf_path.is_file():
+        raise RenderError(f"soundfont {sf_path} does not exist; pass an existing .sf2 file or leave it unset")
+    fluidsynth = _import_fluidsynth()
+
+    events, last_frame = _note_events(piece, sample_rate)
+    total_frames = last_frame + round(tail_seconds * sample_rate)
+
+    synth = fluidsynth.Synth(gain=float(gain), samplerate=float(sample_rate))
+    try:
+        # FluidSynth ignores an out-of-range rate and keeps 44100: the WAV header would then lie
+        actual_rate = synth.get_setting("synth.sample-rate")
+        if actual_rate is None or round(actual_rate) != sample_rate:
+            raise RenderError(
+                f"cannot render {wav_path}: FluidSynth does not support sample_rate={sample_rate}; "
+                "use a rate such as 22050, 44100 or 48000"
+            )
+        sfid = synth.sfload(str(sf_path))
+        if sfid < 0:
+            raise RenderError(f"soundfont {sf_path} could not be loaded; pass a valid .sf2 file")
+        if synth.program_select(0, sfid, 0, program) < 0:
+            raise RenderError(f"soundfont {sf_path} has no program {program} in bank 0; pick another program")
+
+        def write(tmp: Path) -> None:
+            with wave.open(str(tmp), "wb") as out:
+                out.setnchannels(2)
+                out.setsampwidth(2)
+                out.setframerate(sample_rate)
+                _render_events(synth, events, total_frames, out)
+
+        atomic_write(wav_path, write)
+    finally:
+        synth.delete()
+    return wav_path
+
+
+def _render_events(synth, events, total_frames: int, out: wave.Wave_write) -> None:
+    """Play the events, pulling the samples between them in chunks and streaming them to the WAV."""
+    sounding = [0] * 128  # overlapping notes of one pitch: release the key only when the last one ends
+    pos = 0
+
+    def pull(until: int) -> None:
+        nonlocal pos
+        while pos < until:
+            n = min(_CHUNK_FRAMES, until - pos)
+            # interleaved stereo int16 in native order; WAV wants little-endian
+            out.writeframesraw(synth.get_samples(n).astype("<i2", copy=False).tobytes())
+            pos += n
+
+    for frame, on, pitch, velocity in events:
+        pull(frame)
+        if on:
+            sounding[pitch] += 1
+            synth.noteon(0, pitch, velocity)
+        else:
+            sounding[pitch] -= 1
+            if sounding[pitch] == 0:
+                synth.noteoff(0, pitch)
+    pull(total_frames)
+
+
+def _bar_lines(piece: Piece, end_beat: float) -> list[float]:
+    """Bar starts in beats, following the time signatures (4/4 until the first one)."""
+    tpb = piece.ticks_per_beat
+    sigs = sorted(piece.time_signatures)
+    segments = [(0, 4, 4)] if not sigs or sigs[0][0] > 0 else []
+    segments += sigs
+    bars: list[float] = []
+    for i, (tick, num, den) in enumerate(segments):
+        start = tick / tpb
+        stop = segments[i + 1][0] / tpb if i + 1 < len(segments) else end_beat
+        length = num * 4 / den if num > 0 and den > 0 else 4.0
+        b = start
+        while b < stop and len(bars) < 10_000:
+            bars.append(b)
+            b += length
+    return bars
+
+
+@dataclass
+class RollLayout:
+    """What a piano roll draws: the notes in each colour and where the dashed "prompt end" line goes."""
+
+    prompt: list[Note]
+    generated: list[Note]
+    prompt_end_beat: float | None  # None: no line (no prompt)
+
+
+def roll_layout(
+    piece: Piece,
+    prompt_end_tick: int | None = None,
+    prompt_notes: Iterable[tuple[int, int]] | None = None,
+) -> RollLayout:
+    """Split a piece into prompt and generated notes.
+
+    ``prompt_notes``: (start tick, pitch) of the notes that came from the prompt; a model may add notes on the
+    prompt's last onset, so where a note starts cannot tell. Without it, notes starting before
+    ``prompt_end_tick`` count as the prompt. The line sits at ``prompt_end_tick`` (the end of the kept bars);
+    with it None or 0 there is no line and, without ``prompt_notes``, every note counts as generated.
+    """
+    split = prompt_end_tick or 0
+    if prompt_notes is not None:
+        keys = set(map(tuple, prompt_notes))
+        mine = [(n.start, n.pitch) in keys for n in piece.notes]
+    else:
+        mine = [n.start < split for n in piece.notes]
+    return RollLayout([n for n, m in zip(piece.notes, mine) if m], [n for n, m in zip(piece.notes, mine) if not m],
+                      split / piece.ticks_per_beat if split > 0 else None)
+
+
+def piano_roll_png(
+    piece: Piece,
+    png_path: str | os.PathLike,
+    prompt_end_tick: int | None = None,
+    title: str | None = None,
+    prompt_notes: Iterable[tuple[int, int]] | None = None,
+) -> Path:
+    """Draw a piano roll of :func:`roll_layout`: prompt and generated notes in their colours, a dashed line at
+    the prompt's end.
+
+    x is time in beats (quarter notes) with bar lines, and seconds (tempo map applied) along the top; y is
+    MIDI pitch; opacity follows velocity.
+    """
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.collections import PolyCollection
+    from matplotlib.colors import to_rgba
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    png_path = Path(png_path)
+    tpb = piece.ticks_per_beat
+    layout = roll_layout(piece, prompt_end_tick, prompt_notes)
+    notes = layout.prompt + layout.generated
+    colours = [PROMPT_COLOR] * len(layout.prompt) + [GENERATED_COLOR] * len(layout.generated)
+    line = layout.prompt_end_beat
+
+    fig = Figure(figsize=(12, 5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+
+    end_beat = max([n.end / tpb for n in notes] + [line or 0.0, 1.0])
+    pitches = [n.pitch for n in notes] or [60]
+    lo, hi = max(0, min(pitches) - 2), min(127, max(pitches) + 2)
+    ax.set_xlim(0, end_beat * 1.02)
+    ax.set_ylim(lo - 0.5, hi + 0.5)
+
+    # black-key rows lightly shaded, as on a keyboard, so pitches can be read off without a tick on each
+    rows = [p for p in range(lo, hi + 1) if p % 12 in _BLACK_KEYS]
+    ax.add_collection(
+        PolyCollection(
+            [
+                [(0, p - 0.5), (end_beat * 1.02, p - 0.5), (end_beat * 1.02, p + 0.5), (0, p + 0.5)]
+                for p in rows
+            ],
+            facecolors="#f0f0f0",
+            edgecolors="none",
+            zorder=0,
+        )
+    )
+    ax.vlines(_bar_lines(piece, end_beat), lo - 0.5, hi + 0.5, colors="#bbbbbb", linewidths=0.6, zorder=1)
+
+    if notes:
+        min_width = 1 / 16  # zero-length notes stay visible
+        verts = [
+            [(x0, n.pitch - 0.4), (x1, n.pitch - 0.4), (x1, n.pitch + 0.4), (x0, n.pitch + 0.4)]
+            for n in notes
+            for x0, x1 in [(n.start / tpb, max(n.end / tpb, n.start / tpb + min_width))]
+        ]
+        base = np.array([to_rgba(c) for c in colours])
+        faces = base.copy()
+        faces[:, 3] = 0.3 + 0.7 * np.array([n.velocity for n in notes]) / 127  # velocity 127 = opaque
+        ax.add_collection(PolyCollection(verts, facecolors=faces, edgecolors=base, linewidths=0.5, zorder=2))
+    else:
+        ax.text(0.5, 0.5, "(no notes)", transform=ax.transAxes, ha="center", va="center", color="#888888")
+
+    # the legend names only what is drawn: a prompt-only roll shows no "generated" swatch
+    handles = []
+    if layout.prompt:
+        handles.append(Patch(color=PROMPT_COLOR, label="prompt"))
+    if layout.generated:
+        handles.append(Patch(color=GENERATED_COLOR, label="generated"))
+    if line is not None:
+        ax.axvline(line, color=PROMPT_END_COLOR, linewidth=1.5, linestyle="--", zorder=3)
+        handles.append(Line2D([], [], color=PROMPT_END_COLOR, linestyle="--", label="prompt end"))
+    if handles:
+        # outside the axes: inside, it would hide the highest notes near the end
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1), fontsize=8, frameon=False)
+
+    # pitch names on as many rows as fit: every white key, C/E/G, or only the C's
+    span = hi - lo
+    classes = {0, 2, 4, 5, 7, 9, 11} if span <= 14 else {0, 4, 7} if span <= 30 else {0}
+    ticks = [p for p in range(lo, hi + 1) if p % 12 in classes]
+    ax.set_yticks(ticks, [note_name(p) for p in ticks])
+    ax.set_xlabel("time (beats = quarter notes; grey lines = bars)")
+    ax.set_ylabel("pitch")
+
+    # seconds along the top, through the tempo map (piecewise linear in beats)
+    far = max(n.end for n in notes) * 4 + 1000 * tpb if notes else 1000 * tpb
+    bp_ticks = sorted({0, far, *(t for t, _ in piece.tempos if 0 < t < far)})
+    bp_beats = np.array(bp_ticks, dtype=float) / tpb
+    bp_secs = np.array(list(map(piece.clock(), bp_ticks)))
+    top = ax.secondary_xaxis(
+        "top",
+        functions=(lambda b: np.interp(b, bp_beats, bp_secs), lambda s: np.interp(s, bp_secs, bp_beats)),
+    )
+    top.set_xlabel("seconds", fontsize=8)
+    top.tick_params(labelsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+
+    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png"))
+    return png_path

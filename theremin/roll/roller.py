@@ -1,0 +1,423 @@
+"""Rolling ideas: a checkpoint + a prompt MIDI (or none) → N variations as MIDI, WAV and piano roll PNG.
+
+    from theremin.roll.roller import Roller, SamplingSettings
+    roller = Roller.load("outputs/train/runs/default/checkpoints/last.ckpt")
+    result = roller.roll("prompt.mid", SamplingSettings(n=4, length=32, unit="notes"), out_dir="rolls/")
+
+Same checkpoint + prompt + settings + seed = the same notes. Every variation decodes to valid MIDI (see
+theremin.roll.constraints). "Continue" extends the whole prompt; ``keep_bars=K`` keeps the prompt's first K bars
+and re-rolls from bar K+1 (the dice-game move: keep what you like, roll the rest).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from theremin.codec.midichar import MidiChar
+from theremin.errors import ThereminError
+from theremin.model.gpt import GPT
+from theremin.music.midi import PROMPT_NOTES_MARKER, MidiError, Piece, is_midi_path, read_midi, write_midi
+from theremin.roll.constraints import Constraints, RowState
+
+log = logging.getLogger("theremin.roll.roller")
+
+PIANO_KEYS = (21, 108)  # the register of a roll from nothing (A0-C8)
+
+
+class GenerateError(ThereminError):
+    """Bad input to generation (checkpoint, prompt, settings); the message names the input."""
+
+
+@dataclass(frozen=True)
+class SamplingLimits:
+    """Upper bounds on one request, checked before anything is allocated (a server exposes every
+    SamplingSettings field). conf/generate.yaml ``limits`` overrides these defaults for theremin-generate;
+    a server sets its own on its :class:`Roller` (``roller.limits``)."""
+
+    max_n: int = 64  # variations per roll
+    max_notes: int = 4096  # length with unit=notes
+    max_bars: float = 256  # length with unit=bars
+    max_seconds: float = 1200  # length with unit=seconds
+    max_new_tokens: int = 32768  # tokens sampled per variation, whatever the length asked
+
+    def __post_init__(self) -> None:
+        for name in ("max_n", "max_notes", "max_new_tokens"):
+            _check_number(f"limits.{name}", getattr(self, name), 1, None, integer=True)
+        for name in ("max_bars", "max_seconds"):
+            _check_number(f"limits.{name}", getattr(self, name), 0, None, lo_open=True)
+
+    def max_length(self, unit: str) -> float:
+        return {"notes": self.max_notes, "bars": self.max_bars, "seconds": self.max_seconds}[unit]
+
+
+def _check_number(name: str, value, lo: float | None, hi: float | None, *, integer: bool = False,
+                  lo_open: bool = False, hint: str = "") -> None:
+    """A finite int (``integer``) or real in [lo, hi] (lo excluded with ``lo_open``), else GenerateError."""
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if not ok_type or isinstance(value, bool) or not math.isfinite(value):
+        raise GenerateError(f"{name}={value!r}: must be {'an integer' if integer else 'a finite number'}")
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        raise GenerateError(f"{name}={value}: must be {'>' if lo_open else '>='} {lo}{hint}")
+    if hi is not None and value > hi:
+        raise GenerateError(f"{name}={value}: must be <= {hi}{hint}")
+
+
+@dataclass
+class SamplingSettings:
+    n: int = 4  # variations
+    seed: int = 0
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = 0.95
+    min_p: float | None = None
+    length: float = 32  # in `unit`
+    unit: str = "notes"  # notes | bars | seconds
+    max_new_tokens: int | None = None  # cap (default: from the length)
+    keep_bars: int | None = None  # re-roll: keep the prompt's first K bars
+    pitch_range: tuple[int, int] | None = None
+    # without a pitch_range: notes keep within this many semitones of the prompt's lowest and highest notes
+    # where they can (a soft bound; the piano's keys with no prompt); None: anywhere
+    register_margin: int | None = 12
+    key: str | None = None
+    max_polyphony: int | None = None
+
+    def check(self, limits: SamplingLimits | None = None) -> None:
+        """Every field's type and range (bounded by ``limits``); messages name the field."""
+        lim = limits or SamplingLimits()
+        if self.unit not in ("notes", "bars", "seconds"):
+            raise GenerateError(f"sampling.unit={self.unit!r}: use notes, bars or seconds")
+        _check_number("sampling.n", self.n, 1, lim.max_n, integer=True, hint=" (limits.max_n)")
+        _check_number("sampling.seed", self.seed, 0, 2**63 - 1, integer=True)
+        _check_number("sampling.temperature", self.temperature, 0, None)
+        _check_number("sampling.length", self.length, 0, lim.max_length(self.unit), lo_open=True,
+                      hint=f" {self.unit} (limits.max_{self.unit})")
+        if self.unit == "notes" and int(self.length) < 1:
+            raise GenerateError(f"sampling.length={self.length}: at least 1 note")
+        optional = (("top_k", 1, None, True, False), ("top_p", 0, 1, False, True), ("min_p", 0, 1, False, False),
+                    ("max_new_tokens", 1, lim.max_new_tokens, True, False), ("keep_bars", 0, None, True, False),
+                    ("max_polyphony", 1, 128, True, False), ("register_margin", 0, 127, True, False))
+        for name, lo, hi, integer, lo_open in optional:
+            if getattr(self, name) is not None:
+                _check_number(f"sampling.{name}", getattr(self, name), lo, hi, integer=integer, lo_open=lo_open,
+                              hint=" (limits.max_new_tokens)" if name == "max_new_tokens" else "")
+        if self.pitch_range is not None and (
+                len(self.pitch_range) != 2 or not all(isinstance(p, int) and not isinstance(p, bool)
+                                                      for p in self.pitch_range)):
+            raise GenerateError(f"sampling.pitch_range={self.pitch_range!r}: use [lo, hi], two MIDI pitches")
+        if self.key is not None and not isinstance(self.key, str):
+            raise GenerateError(f"sampling.key={self.key!r}: use a key name such as 'D dorian'")
+
+
+class Prompt(NamedTuple):
+    text: str  # midichar: the kept bars, cut to the model's context
+    time_signature: tuple[int, int]
+    truncated: bool  # its oldest part was cut to fit the context
+    end: int  # grid position where the prompt ends: the end of the kept bars (``keep_bars``), else the end of
+    # the bar that holds its last onset. A length in bars or seconds is counted from here.
+
+
+@dataclass
+class Variation:
+    index: int
+    text: str  # prompt + continuation (midichar)
+    piece: Piece
+    prompt_end_tick: int  # the prompt's end (see Prompt.end), in ticks of ``piece``
+    generated_notes: int
+    files: dict[str, Path] = field(default_factory=dict)
+    # (start tick, pitch) of the notes that came from the prompt: a note the model adds on the prompt's last
+    # onset starts before the prompt's end yet is generated
+    prompt_notes: frozenset[tuple[int, int]] = frozenset()
+
+
+@dataclass
+class RollResult:
+    variations: list[Variation]
+    prompt_notes: int
+    prompt_truncated: bool
+    seconds: float
+
+
+class Roller:
+    """A loaded model + tokenizer, ready to roll variations (keeps constraint masks cached)."""
+
+    def __init__(self, model: GPT, tokenizer, codec: MidiChar, checkpoint: str = "",
+                 corpus_dir: str | os.PathLike | None = None, limits: SamplingLimits | None = None):
+        self.model, self.tok, self.codec, self.checkpoint = model, tokenizer, codec, checkpoint
+        self.corpus_dir = Path(corpus_dir) if corpus_dir else None  # the training corpus, for evaluation
+        self.limits = limits or SamplingLimits()  # what one roll may ask for (settable: roller.limits = ...)
+        self._constraints: dict[tuple, Constraints] = {}
+
+    @classmethod
+    def load(cls, checkpoint: str | os.PathLike, device: str = "cpu", max_params: int | None = None,
+             limits: SamplingLimits | None = None) -> Roller:
+        """A Roller from one checkpoint file, opened safely by :func:`theremin.model.checkpoint.open_checkpoint` (it
+        carries its tokenizer; a model over ``max_params`` parameters, default ``DEFAULT_MAX_PARAMS``, is refused
+        before allocation). Any problem is a GenerateError naming the file. The training corpus is used for the
+        memorisation figures when it is on this machine; its absence is said, not fatal."""
+        from theremin.model.checkpoint import DEFAULT_MAX_PARAMS, CheckpointError, open_checkpoint
+
+        try:
+            ck = open_checkpoint(checkpoint, max_params=DEFAULT_MAX_PARAMS if max_params is None else max_params)
+        except CheckpointError as e:
+            raise GenerateError(str(e)) from None
+        if ck.corpus_dir is None:
+            log.warning("the training corpus of %s is not on this machine (%s): rolling works, the memorisation "
+                        "figures are skipped", checkpoint, ck.hparams["tokenizer"].get("corpus_dir"))
+        return cls(ck.build_model(device), ck.tokenizer, ck.codec, str(checkpoint), ck.corpus_dir, limits)
+
+    def constraints(self, s: SamplingSettings) -> Constraints:
+        key = (tuple(s.pitch_range) if s.pitch_range else None, s.key, s.max_polyphony)
+        if key not in self._constraints:
+            self._constraints[key] = Constraints(self.tok, s.pitch_range, s.key, s.max_polyphony)
+        return self._constraints[key]
+
+    # ---- prompt -----------------------------------------------------------------------------------------
+    def prompt(self, prompt: str | os.PathLike | Piece | None, keep_bars: int | None = None) -> Prompt:
+        """The prompt as midichar, cut to its first ``keep_bars`` bars and to the context (see :class:`Prompt`).
+        """
+        if prompt is None:
+            return Prompt("", (4, 4), False, 0)
+        piece = prompt if isinstance(prompt, Piece) else _read_prompt(prompt)
+        ts = piece.time_signatures[0][1:] if piece.time_signatures else (4, 4)
+        notes, tempos = self.codec.quantize(piece)
+        bar = self.bar_steps(ts)
+        if keep_bars is not None:
+            end = round(keep_bars * bar)
+            if keep_bars > 0 and notes and notes[0][0] >= end:
+                raise GenerateError(_silent_keep_message(prompt, keep_bars, int(notes[0][0] // bar) + 1))
+            notes = [n for n in notes if n[0] < end]
+            tempos = [t for t in tempos if t[0] < end]
+        else:  # the end of the bar that holds the last onset: a length in bars fills whole bars
+            end = round((notes[-1][0] // bar + 1) * bar) if notes else 0
+        notes, tempos, shift, truncated = self._keep_recent(notes, tempos, bar)
+        return Prompt(self._grid_text(notes, tempos), ts, truncated, end - shift)
+
+    def prompt_text(self, prompt: str | os.PathLike | Piece | None, keep_bars: int | None):
+        """(text, time_signature, truncated): :meth:`prompt` without its end."""
+        return self.prompt(prompt, keep_bars)[:3]
+
+    def _keep_recent(self, notes, tempos, bar: float):
+        """(notes, tempos, shift, truncated): the most recent notes that fit half the context (the other half
+        is for the continuation), cut at an onset and moved back by ``shift``, a whole number of bars, so bar
+        lines stay where they were; the tempo in force at the cut comes along. When the last onset alone does
+        not fit, its highest notes are kept. The cut is found by galloping back from the end, then bisecting:
+        O(log n) encodings of texts at most about twice as long as what is kept, so any prompt, however long
+        or dense, is trimmed in bounded time."""
+        room = self.model.block_size // 2
+
+        def suffix(i: int):
+            if i == 0:
+                return notes, tempos, 0
+            if i >= len(notes):
+                return [], [], 0
+            cut = notes[i][0]
+            shift = int(cut // bar * bar)
+            in_force = [(0, us) for p, us in tempos if p <= cut][-1:]
+            return ([(p - shift, d, pi, v) for p, d, pi, v in notes[i:]],
+                    in_force + [(p - shift, us) for p, us in tempos if p > cut], shift)
+
+        def fits(i: int) -> bool:
+            kept, kept_tempos, _ = suffix(i)
+            return len(self.tok.encode(self._grid_text(kept, kept_tempos))) + 1 <= room
+
+        if not notes or fits(0):
+            return notes, tempos, 0, False
+        onsets = [i for i in range(len(notes)) if i == 0 or notes[i][0] != notes[i - 1][0]]
+        i = _first_fitting([*onsets, len(notes)], fits)
+        if i == len(notes):  # one chord longer than the room: keep its top notes (notes rise in pitch)
+            i = _first_fitting(list(range(onsets[-1], len(notes) + 1)), fits)
+        return *suffix(i), True
+
+    def _grid_text(self, notes, tempos) -> str:
+        k = self.codec.ticks_per_beat // self.codec.grid
+        from theremin.music.midi import Note
+
+        piece = Piece([Note(p * k, (p + d) * k, pi, self.codec.velocities[v]) for p, d, pi, v in notes],
+                      self.codec.ticks_per_beat, [(p * k, us) for p, us in tempos])
+        return self.codec.encode(piece)
+
+    def bar_steps(self, ts: tuple[int, int]) -> float:
+        return ts[0] * 4 / ts[1] * self.codec.grid
+
+    # ---- roll -------------------------------------------------------------------------------------------
+    def roll(self, prompt=None, settings: SamplingSettings | None = None, out_dir: str | os.PathLike | None = None,
+             render: dict | None = None) -> RollResult:
+        """Generate ``settings.n`` variations; with ``out_dir``, write MIDI (+ WAV, PNG per ``render``).
+        A length in bars or seconds counts from the prompt's end (see :class:`Prompt`)."""
+        import time
+
+        s = settings or SamplingSettings()
+        s.check(self.limits)  # before anything is allocated
+        render = {"wav": True, "png": True, "soundfont": None, **(render or {})}
+        sf = render["soundfont"]
+        if out_dir is not None and render["wav"] and sf and not Path(sf).is_file():
+            raise GenerateError(f"soundfont {sf} does not exist")
+        cons = self.constraints(s)
+        t0 = time.perf_counter()
+        p = self.prompt(prompt, s.keep_bars)
+        text, ts = p.text, p.time_signature
+        if p.truncated:
+            log.warning("the prompt is longer than the model's context: kept its most recent part")
+        prompt_ids = [self.tok.bos_id, *self.tok.encode(text)]
+        base = RowState()
+        for t in prompt_ids[1:]:
+            cons.advance(base, t)
+        if not cons.complete(base):
+            raise GenerateError("the prompt does not end on a complete event (internal error)")
+        prompt_notes = base.notes
+        prompt_grid, prompt_tempos = self.codec.decode_grid(text)
+        base.register = register_window([pitch for _, _, pitch, _ in prompt_grid], s)
+        tempo_us = ([us for _, us in prompt_tempos] or [500_000])[-1]
+        if s.unit == "notes":
+            target_notes, end_pos = int(s.length), None
+        else:
+            beats = s.length * self.bar_steps(ts) / self.codec.grid if s.unit == "bars" else s.length * 1e6 / tempo_us
+            target_notes, end_pos = None, p.end + round(beats * self.codec.grid)
+        # tokens per variation: ~8 per note at worst (factored notes, tempo and rest chars), bounded
+        max_new = s.max_new_tokens or int(min(8 * (target_notes or 4 * beats) + 64, self.limits.max_new_tokens))
+        rows = [base.copy() for _ in range(s.n)]
+        seen = [len(prompt_ids)] * s.n
+        sampling = {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "min_p": s.min_p}
+
+        def reached(row: RowState) -> bool:
+            if target_notes is not None:
+                return row.notes - prompt_notes >= target_notes
+            return row.cursor >= end_pos
+
+        def hook(idx: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+            out = logits.clone()
+            for b, row in enumerate(rows):
+                for t in idx[b, seen[b]:].tolist():
+                    cons.advance(row, t)
+                seen[b] = idx.size(1)
+                out[b] = cons.apply(row, logits[b], reached(row), sampling)
+            return out
+
+        def stop(idx: torch.Tensor) -> bool:  # EOS is only sampled once a row has reached its length
+            return all(rows[b].done or idx[b, -1].item() == self.tok.eos_id for b in range(len(rows)))
+
+        gen = torch.Generator(device=next(self.model.parameters()).device).manual_seed(int(s.seed))
+        idx = torch.tensor([prompt_ids] * s.n, dtype=torch.long, device=gen.device)
+        out = self.model.generate(idx, max_new, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                                  min_p=s.min_p, generator=gen, logits_hook=hook, stop_fn=stop)
+        short = [b + 1 for b, row in enumerate(rows) if not (row.done or reached(row))]
+        if short:
+            log.warning("variation(s) %s stopped at %d tokens before reaching sampling.length=%s %s",
+                        ", ".join(map(str, short)), max_new, s.length, s.unit)
+        k = self.codec.ticks_per_beat // self.codec.grid
+        prompt_keys = frozenset((pos * k, pitch) for pos, _, pitch, _ in prompt_grid)
+        n_prompt = self.codec.count_notes(text)
+        variations = []
+        for b in range(s.n):
+            new = out[b, len(prompt_ids):].tolist()
+            if self.tok.eos_id in new:
+                new = new[: new.index(self.tok.eos_id)]
+            # decoded after the prompt: a relative tokenizer's intervals count from the prompt's last notes
+            both = self.tok.decode(prompt_ids[1:] + new, errors="ignore")
+            if not both.startswith(text):
+                raise GenerateError("the prompt does not decode back from its tokens (internal error)")
+            cont = self.codec.repair(both[len(text):])  # a no-op unless max_new_tokens hit
+            full = self._trim(text, cont, target_notes, end_pos)
+            piece = self.codec.decode(full)
+            piece.time_signatures = [(0, *ts)]
+            variations.append(Variation(b, full, piece, p.end * k, self.codec.count_notes(full) - n_prompt,
+                                        prompt_notes=prompt_keys))
+        seconds = time.perf_counter() - t0
+        result = RollResult(variations, n_prompt, p.truncated, seconds)
+        if out_dir is not None:
+            self.write(result, Path(out_dir), s, render)
+        return result
+
+    def _trim(self, prompt: str, cont: str, target_notes: int | None, end_pos: int | None) -> str:
+        """Prompt + continuation cut to exactly the asked length (tokens can overshoot by a few notes), as
+        canonical text."""
+        full = prompt + cont
+        notes, tempos = self.codec.decode_grid(full)
+        n_prompt = self.codec.count_notes(prompt)
+        if target_notes is not None:  # the first target_notes distinct new (onset, pitch) of the continuation
+            seen = {(n[0], n[2]) for n in notes[:n_prompt]}
+            new = 0
+            keep = notes[:n_prompt]
+            for n in notes[n_prompt:]:
+                if (n[0], n[2]) not in seen:
+                    if new == target_notes:
+                        break
+                    new += 1
+                    seen.add((n[0], n[2]))
+                keep.append(n)
+        else:
+            keep = notes[:n_prompt] + [n for n in notes[n_prompt:] if n[0] < end_pos]
+        return self._grid_text(keep, tempos)  # canonical text: a pitch sampled twice on one onset sounds once
+
+    # ---- outputs ----------------------------------------------------------------------------------------
+    def write(self, result: RollResult, out_dir: Path, s: SamplingSettings, render: dict) -> None:
+        """MIDI (+ WAV, PNG) per variation. Each MIDI carries its provenance and its number of prompt notes as
+        markers (:data:`PROMPT_NOTES_MARKER`), so theremin-evaluate scores the generated part alone."""
+        from theremin.music.render import piano_roll_png, render_wav
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        meta = {"theremin checkpoint": self.checkpoint, "sampling": repr(asdict(s)),
+                PROMPT_NOTES_MARKER: str(result.prompt_notes)}
+        for v in result.variations:
+            stem = out_dir / f"variation_{v.index + 1:02d}"
+            v.files["mid"] = write_midi(v.piece, stem.with_suffix(".mid"), meta={**meta, "variation": str(v.index)})
+            if render.get("png", True):
+                v.files["png"] = piano_roll_png(v.piece, stem.with_suffix(".png"), prompt_end_tick=v.prompt_end_tick,
+                                                prompt_notes=v.prompt_notes,
+                                                title=f"variation {v.index + 1} (seed {s.seed})")
+            if render.get("wav", True):
+                v.files["wav"] = render_wav(v.piece, stem.with_suffix(".wav"), soundfont=render.get("soundfont"))
+
+
+def register_window(prompt_pitches: list[int], s: SamplingSettings) -> tuple[int, int] | None:
+    """The soft pitch window of a roll (see SamplingSettings.register_margin): none with a pitch_range."""
+    if s.pitch_range is not None or s.register_margin is None:
+        return None
+    if not prompt_pitches:
+        return PIANO_KEYS
+    return max(0, min(prompt_pitches) - s.register_margin), min(127, max(prompt_pitches) + s.register_margin)
+
+
+def _read_prompt(path: str | os.PathLike) -> Piece:
+    path = Path(path)
+    if path.is_dir():
+        midi = sorted(f for f in os.listdir(path) if is_midi_path(f))
+        hint = f"e.g. prompt={path / midi[0]}" if midi else "it holds no .mid file"
+        raise GenerateError(f"prompt={path} is a folder: pass one MIDI file ({hint})")
+    if not path.exists():
+        raise GenerateError(f"prompt={path} does not exist")
+    try:
+        return read_midi(path)
+    except MidiError as e:
+        raise GenerateError(f"prompt {e}") from e
+
+
+def _silent_keep_message(prompt, keep_bars: int, first_bar: int) -> str:
+    name = "the prompt" if isinstance(prompt, Piece) else f"prompt {prompt}"
+    silent = "bar 1 is" if first_bar == 2 else f"bars 1-{first_bar - 1} are"
+    return (f"sampling.keep_bars={keep_bars} keeps no notes: {name} starts with silence ({silent} empty, its first "
+            f"note is in bar {first_bar}). Use sampling.keep_bars={first_bar} (or more) to keep notes, "
+            "sampling.keep_bars=0 to roll from nothing on purpose, or leave it unset to continue the whole prompt")
+
+
+def _first_fitting(cuts: list[int], fits) -> int:
+    """The earliest cut in ``cuts`` (rising, ``fits(cuts[-1])`` true, ``fits(cuts[0])`` false) that fits:
+    gallop back from the end (steps 1, 2, 4, ...), then bisect the last gap."""
+    lo, hi, step = 0, len(cuts) - 1, 1
+    while hi - step > lo:
+        if not fits(cuts[hi - step]):
+            lo = hi - step
+            break
+        hi -= step
+        step *= 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(cuts[mid]) else (mid, hi)
+    return cuts[hi]
