@@ -66,8 +66,8 @@ def trained(tmp_path_factory, bach_midi):
     from omegaconf import open_dict
 
     from theremin import config as resolvers  # noqa: F401
-    from theremin.config import conf_dir
     from theremin.apps.train import train
+    from theremin.config import conf_dir
 
     midi = bach_midi
     root = tmp_path_factory.mktemp("sdata")

@@ -14,9 +14,9 @@ import pytest
 import torch
 from test_train import make_cfg
 
-from theremin.model.checkpoint import CheckpointError, open_checkpoint, save_atomic
-from theremin.errors import ThereminError
 from theremin.codec.tokenizer import MidiTokenizer, TokenizerError
+from theremin.errors import ThereminError
+from theremin.model.checkpoint import CheckpointError, open_checkpoint, save_atomic
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -220,8 +220,8 @@ def test_a_damaged_tokenizer_folder_is_named(ckpt, tmp_path):
 # ---- checkpoints travel -------------------------------------------------------------------------------------
 def test_a_checkpoint_rolls_with_the_data_folder_moved_away(tmp_path, bach_midi, caplog):
     """Train, move the data folder away, roll from the checkpoint alone (issue 11.9)."""
-    from theremin.roll.roller import Roller, SamplingSettings
     from theremin.apps.train import train
+    from theremin.roll.roller import Roller, SamplingSettings
 
     data = tmp_path / "data"
     train(make_cfg(data, bach_midi, tmp_path / "run", *SHORT, "trainer.max_steps=2"))

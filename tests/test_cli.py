@@ -48,5 +48,5 @@ def test_console_script_answers_a_bad_setting_without_traceback(tmp_path):
     r = subprocess.run([sys.executable, "-m", "theremin.apps.prep", "+codec.gird=12", f"paths.data_dir={tmp_path}"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == EXIT_USER_ERROR
-    assert r.stderr.strip().splitlines()[-1].startswith("theremin-prep: error: unknown codec setting codec.gird")
+    assert r.stderr.strip().splitlines()[-1].startswith("theremin-prep: error: codec.gird is not a codec setting")
     assert "Traceback" not in r.stderr

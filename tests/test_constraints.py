@@ -8,12 +8,12 @@ import random
 import pytest
 import torch
 
-from theremin.roll.constraints import ConstraintError, Constraints, RowState, parse_key
-from theremin.music.midi import Note, Piece
 from theremin.codec.midichar import BASE, DUR_EXT, NOTE, REST, START, TEMPO_HI, TEMPO_LO, CodecError, MidiChar
-from theremin.model.gpt import GPT, GPTConfig
-from theremin.roll.roller import Roller, SamplingSettings, register_window
 from theremin.codec.tokenizer import MidiTokenizer
+from theremin.model.gpt import GPT, GPTConfig
+from theremin.music.midi import Note, Piece
+from theremin.roll.constraints import ConstraintError, Constraints, RowState, parse_key
+from theremin.roll.roller import Roller, SamplingSettings, register_window
 
 CODEC = MidiChar()
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import midi_factory as mf
 import pytest
 
+from theremin.codec.midichar import MidiChar
 from theremin.data.corpus import (
     MANIFEST_FILE,
     TRAIN_FILE,
@@ -23,7 +24,6 @@ from theremin.data.corpus import (
     find_midi_files,
     hash_fraction,
 )
-from theremin.codec.midichar import MidiChar
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -490,9 +490,9 @@ def test_prep_builds_the_demo_folder_only_when_missing(tmp_path, monkeypatch):
 def test_one_corpus_definition_for_prep_tokenize_and_train(midi_dir, tmp_path):
     """Issue 13: the three apps compose the same corpus (folder, settings, codec, tokenizer) from the same
     overrides, and a corpus prep built is what training reuses (nothing rebuilt)."""
-    from theremin.data.datamodule import MidiDataModule
     from theremin.apps.prep import prep
     from theremin.config import plain
+    from theremin.data.datamodule import MidiDataModule
 
     base = ["data=folder", f"data.input_dir={midi_dir}", f"paths.data_dir={tmp_path}"]
     cfgs = {app: compose_prep(base, app) for app in ("prep", "tokenize", "train")}

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from theremin.data.corpus import build_corpus
 from theremin.apps.demo import report, variation_figures
 from theremin.codec.midichar import MidiChar
+from theremin.data.corpus import build_corpus
 
 CODEC = MidiChar()
 TPB = 480

@@ -9,8 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from theremin.errors import ThereminError
+from theremin.apps.evaluate import main
+from theremin.codec.midichar import MidiChar
 from theremin.data.corpus import build_corpus
+from theremin.errors import ThereminError
 from theremin.metrics.copies import CopyIndex, _suffix_array, _SuffixArray, longest_copied_run
 from theremin.metrics.style import (
     decode_notes,
@@ -20,9 +22,7 @@ from theremin.metrics.style import (
     pitch_class_overlap,
     texture_figures,
 )
-from theremin.apps.evaluate import main
 from theremin.music.midi import Note, Piece
-from theremin.codec.midichar import MidiChar
 
 CODEC = MidiChar()
 G = CODEC.grid
@@ -376,8 +376,7 @@ def test_the_prompt_length_marked_in_a_variation_is_used_by_default(built_corpus
     import json
 
     from theremin.metrics.style import marked_prompt_notes
-    from theremin.music.midi import write_midi
-    from theremin.music.midi import PROMPT_NOTES_MARKER
+    from theremin.music.midi import PROMPT_NOTES_MARKER, write_midi
 
     codec = MidiChar()
     train = load_corpus(built_corpus)

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from theremin.codec.tokenizer import unknown_note_share
 from theremin.data import base as base_data
-from theremin.model import finetune
-from theremin.errors import ThereminError
 from theremin.data.datamodule import DataConfigError
+from theremin.errors import ThereminError
+from theremin.metrics import copies
+from theremin.model import finetune
 from theremin.model.finetune import FinetuneError, FinetuneRules, corpus_advice, plan
 
 TUNE_BOOK = """X:1
@@ -131,8 +133,8 @@ def _train(overrides: list[str], out: Path) -> dict:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
 
-    from theremin.config import conf_dir
     from theremin.apps.train import train
+    from theremin.config import conf_dir
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
@@ -166,8 +168,8 @@ def test_base_finetune_score(tiny_base, tmp_path):
 
     import torch
 
-    from theremin.model.checkpoint import open_checkpoint
     from theremin.data.corpus import load_manifest
+    from theremin.model.checkpoint import open_checkpoint
     from theremin.model.scoring import score_folder
 
     base_ckpt, root = tiny_base
@@ -231,8 +233,8 @@ def test_prep_says_small_corpus(midi_dir, tmp_path, capsys):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from theremin.config import conf_dir
     from theremin.apps.prep import prep
+    from theremin.config import conf_dir
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
@@ -246,8 +248,8 @@ def test_prep_says_small_corpus(midi_dir, tmp_path, capsys):
 def test_copy_warnings(make_midi, midi_factory, tmp_path):
     """A roll that replays 4 bars of a training piece is reported (notes, bars, which piece) and warned about;
     a roll copying less than warn_bars is reported without a warning."""
-    from theremin.data.corpus import build_corpus
     from theremin.codec.midichar import MidiChar
+    from theremin.data.corpus import build_corpus
 
     codec = MidiChar()
     folder = tmp_path / "m"
@@ -256,13 +258,13 @@ def test_copy_warnings(make_midi, midi_factory, tmp_path):
     make_midi(folder / "b.mid", midi_factory.random_notes(3, 40))
     build_corpus(folder, tmp_path / "c", codec, 1, val_fraction=0.0, progress=False)
     piece = codec.encode_file(folder / "a.mid")
-    runs, warnings = finetune.copy_warnings([piece], 0, tmp_path / "c", codec, (4, 4), warn_bars=2.0)
+    runs, warnings = copies.copy_warnings([piece], 0, tmp_path / "c", codec, (4, 4), warn_bars=2.0)
     assert runs[0].notes == 16 and runs[0].bars == pytest.approx(15 / 4 + 1 / 48) and runs[0].piece >= 0
     assert len(warnings) == 1 and "variation 1 copies 3.8 bars (16 notes)" in warnings[0]
-    runs, warnings = finetune.copy_warnings([piece], 0, tmp_path / "c", codec, (4, 4), warn_bars=4.0)
+    runs, warnings = copies.copy_warnings([piece], 0, tmp_path / "c", codec, (4, 4), warn_bars=4.0)
     assert runs[0].notes == 16 and warnings == []
     # the prompt's notes are not counted: a continuation of the first 12 notes copies only the last 4
-    runs, _ = finetune.copy_warnings([piece], 12, tmp_path / "c", codec)
+    runs, _ = copies.copy_warnings([piece], 12, tmp_path / "c", codec)
     assert runs[0].notes == 4
 
 
@@ -288,11 +290,11 @@ def test_unknown_notes_are_measured_and_warned(tiny_base):
     base_ckpt, root = tiny_base
     tok = open_checkpoint(base_ckpt).tokenizer
     own = [ln for ln in (root / "corpus" / "base" / "train.txt").read_text().split("\n")[:20] if ln]
-    assert finetune.unknown_note_share(tok, own) < 0.2
+    assert unknown_note_share(tok, own) < 0.2
     assert finetune.unknown_notes_message(tok, own, "/base") is None
     # soft, very high notes on an odd grid: nothing a chorale or a folk tune holds
     weird = tok.codec.encode(Piece([Note(i * 7, i * 7 + 29, 110 + i % 17, 10) for i in range(200)], 12))
-    assert finetune.unknown_note_share(tok, [weird]) > 0.9
+    assert unknown_note_share(tok, [weird]) > 0.9
     msg = finetune.unknown_notes_message(tok, [weird], "/my/folder")
     assert msg.startswith("/my/folder: ") and "% of its notes are unknown to the base tokenizer" in msg
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import midi_factory as mf
 import pytest
 
+from theremin.codec.midichar import MidiChar
 from theremin.data.corpus import MANIFEST_FILE, CorpusReport, build_corpus, printable
 from theremin.music.midi import is_midi_path
-from theremin.codec.midichar import MidiChar
 
 # a FIFO or a device that blocked the build would hang it: fail instead
 pytestmark = pytest.mark.timeout(180)

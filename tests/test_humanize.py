@@ -11,10 +11,10 @@ from collections import Counter
 import midi_factory as mf
 import pytest
 
+from theremin.codec.midichar import MidiChar
 from theremin.data.corpus import CorpusError, build_corpus
 from theremin.music.humanize import NOMINAL_TPB, HumanizeConfig, HumanizeError, humanize
 from theremin.music.midi import Note, Piece
-from theremin.codec.midichar import MidiChar
 
 
 def chorale(bars: int = 8, tpb: int = 480) -> Piece:

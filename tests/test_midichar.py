@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from theremin.codec.midichar import BASE, CodecConfig, CodecError, MidiChar
 from theremin.errors import ThereminError
 from theremin.music.midi import DEFAULT_TEMPO_US, MidiError, Note, Piece, clean_tempos, read_midi, write_midi
-from theremin.codec.midichar import BASE, CodecConfig, CodecError, MidiChar
 
 CODEC = MidiChar()
 K = CODEC.ticks_per_beat // CODEC.grid  # ticks per grid step in decoded files
@@ -107,7 +107,7 @@ def test_the_yaml_only_overrides_the_defaults_in_code():
 
 
 def test_unknown_setting_is_refused_by_name():
-    with pytest.raises(ThereminError, match=r"unknown codec setting codec\.gird \(known: grid, velocities, .*"
+    with pytest.raises(ThereminError, match=r"codec\.gird is not a codec setting \(known: grid, velocities, .*"
                                             r"max_gap_beats, max_note_beats\)"):
         MidiChar(gird=12)
 

@@ -57,11 +57,11 @@ def test_an_old_checkpoint_opens(old_ckpt):
 
 
 def test_an_old_checkpoint_rolls(old_ckpt, make_midi, midi_factory, tmp_path):
-    prompt = make_midi("prompt.mid", midi_factory.chords(4))
+    prompt = make_midi("prompt.mid", midi_factory.chords())
     result = Roller.load(old_ckpt).roll(prompt, SamplingSettings(n=2, length=8, seed=3), out_dir=tmp_path / "rolls")
     assert len(result.variations) == 2
     for v in result.variations:
-        assert v.midi.is_file() and v.new_notes > 0
+        assert v.files["mid"].is_file() and v.generated_notes > 0
 
 
 def test_an_old_checkpoint_fine_tunes(old_ckpt, midi_dir, tmp_path):

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from midi_factory import chords, random_notes, scale
 
-from theremin.errors import ThereminError
-from theremin.music.midi import Note, Piece
+from theremin.codec.kinds import get_or_train_configured, kind_of, load_configured
 from theremin.codec.midichar import MidiChar
 from theremin.codec.remi import RemiTokenizer, get_or_train, grid_mismatches
-from theremin.codec.kinds import get_or_train_configured, kind_of, load_configured
+from theremin.errors import ThereminError
+from theremin.music.midi import Note, Piece
 
 SMALL = {"max_duration_beats": 4, "use_tempos": True}  # a small base vocabulary keeps training quick
 
@@ -105,8 +105,8 @@ def test_theremin_tokenize_measures_a_remi_tokenizer(tok, corpus, texts, codec, 
     from hydra.core.global_hydra import GlobalHydra
 
     from theremin import config as resolvers  # noqa: F401
-    from theremin.config import conf_dir
     from theremin.apps.tokenize import tokenize
+    from theremin.config import conf_dir
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
@@ -192,8 +192,8 @@ def test_training_on_remi_reports_bits_per_note_over_the_same_notes(bach_midi, t
     from omegaconf import open_dict
 
     from theremin import config as resolvers  # noqa: F401
-    from theremin.config import conf_dir
     from theremin.apps.train import train
+    from theremin.config import conf_dir
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from theremin.roll.constraints import ConstraintError, parse_key
 from theremin.music.midi import Note, Piece, read_midi, write_midi
 from theremin.music.render import roll_layout
+from theremin.roll.constraints import ConstraintError, parse_key
 from theremin.roll.roller import GenerateError, Roller, SamplingLimits, SamplingSettings
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from theremin.model.checkpoint import open_checkpoint
 from theremin.data.corpus import load_manifest
+from theremin.model.checkpoint import open_checkpoint
 from theremin.model.scoring import ScoreError, score_folder
 
 SCORE = str(Path(sys.executable).parent / "theremin-score")

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from theremin.codec.midichar import BASE, PLANE_SPAN, MidiChar
+from theremin.errors import ThereminError
 from theremin.codec.tokenizer import (
     DEFAULT_OPTIONS,
     FACTOR_LO,
@@ -248,7 +249,7 @@ def test_vocab_too_large_is_a_clear_error(tmp_path):
 
 
 def test_unknown_option_is_refused(corpus, tmp_path):
-    with pytest.raises(TypeError, match="unknown tokenizer options"):
+    with pytest.raises(ThereminError, match=r"tokenizer\.vocab is not a tokenizer setting \(known: "):
         MidiTokenizer.train(corpus, 500, tmp_path, CODEC, vocab=3)
     with pytest.raises(ValueError, match="fallback"):
         MidiTokenizer.train(corpus, 500, tmp_path, CODEC, fallback="unk")

@@ -6,9 +6,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from theremin.errors import ThereminError
 
 PACKAGE = Path(__file__).resolve().parent
 # a source checkout (pyproject.toml beside the package): generated data defaults to <checkout>/data there;
@@ -35,16 +38,17 @@ def plain(x):
     return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x
 
 
-def known_settings(cls, cfg, where: str, what: str, error: type[Exception]) -> dict:
-    """A config mapping (None: empty) as a plain dict of ``cls``'s dataclass fields; an unknown key is refused
-    by name: ``<where>.<key> is not <what> (known: [...])``."""
-    from dataclasses import fields
-
-    d = dict(plain(cfg) or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
+def known_settings(known, values, where: str, what: str, error: type[Exception] = ThereminError,
+                   hint: str = "") -> dict:
+    """``values`` (a config mapping; None: empty) as a plain dict, every key one of ``known`` (a dataclass's fields,
+    or names). The one way theremin refuses an unknown setting, by name:
+    ``<where>.<key> is not <what> (known: a, b, ...)[; hint]`` (``'<key>'`` when ``where`` is empty)."""
+    d = dict(plain(values) or {})
+    names = [f.name for f in fields(known)] if is_dataclass(known) else sorted(known)  # in the order they are declared
+    unknown = sorted(set(d) - set(names), key=str)
     if unknown:
-        raise error(f"{where}.{unknown[0]} is not {what} (known: {sorted(known)})")
+        name = f"{where}.{unknown[0]}" if where else repr(unknown[0])
+        raise error(f"{name} is not {what} (known: {', '.join(names)}){'; ' + hint if hint else ''}")
     return d
 
 

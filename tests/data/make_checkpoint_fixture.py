@@ -8,11 +8,11 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
-
-from theremin import resolvers  # noqa: F401  (the old module names: this ran before the move)
 from theremin.demo_data import build_demo_midi
 from theremin.paths import conf_dir
 from theremin.train import train
+
+from theremin import resolvers  # noqa: F401  (the old module names: this ran before the move)
 
 out = Path(sys.argv[1])
 midi = build_demo_midi(out / "bach", limit=12, progress=False)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from theremin import config as resolvers  # noqa: F401
 from theremin.apps.cli import hydra_app
-from theremin.config import plain
+from theremin.config import known_settings, plain
 from theremin.roll.roller import GenerateError, Roller, RollResult, SamplingLimits, SamplingSettings
 
 
@@ -21,16 +20,9 @@ def latest_checkpoint(root: str | Path) -> Path:
     return ckpts[-1]
 
 
-def _known(cls, values: dict, group: str) -> dict:
-    unknown = sorted(set(values) - {f.name for f in fields(cls)})
-    if unknown:
-        raise GenerateError(f"{group}.{unknown[0]}: no such setting (see theremin/conf/generate.yaml and "
-                            "theremin/conf/sampling/default.yaml)")
-    return values
-
-
 def settings_from(cfg: DictConfig) -> SamplingSettings:
-    s = _known(SamplingSettings, plain(cfg), "sampling")
+    s = known_settings(SamplingSettings, cfg, "sampling", "a sampling setting", GenerateError,
+                       "see theremin/conf/sampling/default.yaml")
     if isinstance(s.get("pitch_range"), list):
         s["pitch_range"] = tuple(s["pitch_range"])
     return SamplingSettings(**s)
@@ -40,7 +32,8 @@ def generate(cfg: DictConfig) -> tuple[RollResult, dict[str, float]]:
     """Roll variations, write them, and (optionally) score them against the training corpus."""
     ckpt = latest_checkpoint(cfg.paths.log_dir) if cfg.ckpt_path == "latest" else Path(cfg.ckpt_path)
     settings = settings_from(cfg.sampling)
-    limits = SamplingLimits(**_known(SamplingLimits, plain(cfg.get("limits") or {}), "limits"))
+    limits = SamplingLimits(**known_settings(SamplingLimits, cfg.get("limits"), "limits", "a sampling limit",
+                                             GenerateError))
     settings.check(limits)  # before the model is loaded
     roller = Roller.load(ckpt, device=cfg.device)
     roller.limits = limits

@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from theremin.apps.cli import hydra_app
 from theremin.config import plain
 from theremin.errors import ThereminError
+from theremin.model import finetune
 from theremin.model.checkpoint import (
     AtomicCheckpointIO,
     Checkpoint,
@@ -36,7 +37,6 @@ from theremin.model.checkpoint import (
     remove_stale_temps,
     tokenizer_files,
 )
-from theremin.model import finetune
 
 log = logging.getLogger("theremin.apps.train")
 

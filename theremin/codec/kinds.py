@@ -1,38 +1,66 @@
-"""The tokenizer config's ``kind`` picks the tokenizer implementation the DataModule consumes.
+"""The tokenizer interface and the kinds a tokenizer config (conf/tokenizer/*.yaml) picks with ``kind``.
 
 ``midichar`` (the default, when a config has no ``kind``): :class:`theremin.codec.tokenizer.MidiTokenizer`;
-``remi``: :class:`theremin.codec.remi.RemiTokenizer` (the baseline). Each module has
-``get_or_train(text_file, vocab_size, cache_root, codec, **options)`` and a class with ``load(dir, codec)``, and
-writes ``tokenizer.json`` into the model dir (REMI's says ``"kind": "remi"``; midichar's has no kind).
+``remi``: :class:`theremin.codec.remi.RemiTokenizer` (the baseline). Both follow :class:`Tokenizer`, which is all
+the DataModule and the scorer use; both are trained once per corpus and settings by
+:func:`theremin.codec.cache.get_or_train`, and write ``tokenizer.json`` (REMI's says ``"kind": "remi"``).
+Rolling (the Roller's grammar masks) needs midichar.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
+from theremin.codec import cache
+from theremin.codec.cache import META_FILE
+from theremin.codec.midichar import MidiChar
+from theremin.codec.remi import RemiTokenizer
+from theremin.codec.tokenizer import MidiTokenizer
 from theremin.errors import ThereminError
 
-KINDS = {"midichar": ("theremin.codec.tokenizer", "MidiTokenizer"), "remi": ("theremin.codec.remi", "RemiTokenizer")}
-META_FILE = "tokenizer.json"
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What a tokenizer of any kind offers the DataModule, the scorer and the checkpoint."""
+
+    kind: str
+    dir: Path | None
+    codec: MidiChar
+    vocab_size: int
+    bos_id: int
+    eos_id: int
+    from_cache: bool
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Iterable[int], errors: str = "strict") -> str: ...
+
+    def note_counts(self, ids: Sequence[int]) -> list[int]: ...
 
 
-def _module(kind: str):
+KINDS: dict[str, type] = {"midichar": MidiTokenizer, "remi": RemiTokenizer}
+
+
+def kind_class(kind: str) -> type:
     if kind not in KINDS:
         raise ThereminError(f"tokenizer.kind={kind!r} is not a tokenizer kind: use one of {sorted(KINDS)}")
-    return importlib.import_module(KINDS[kind][0])
+    return KINDS[kind]
 
 
-def get_or_train_configured(text_file: str | os.PathLike, cfg: dict, cache_root: str | os.PathLike, codec=None):
-    """The tokenizer a tokenizer config (conf/tokenizer/*.yaml: ``kind``, ``vocab_size``, options) describes,
-    trained on ``text_file`` or reused from ``cache_root``."""
+def get_or_train_configured(text_file: str | os.PathLike, cfg: dict, cache_root: str | os.PathLike,
+                            codec: MidiChar | None = None) -> Tokenizer:
+    """The tokenizer a tokenizer config (``kind``, ``vocab_size``, options) describes, trained on ``text_file``
+    or reused from ``cache_root``."""
     opts = dict(cfg)
     kind = opts.pop("kind", None) or "midichar"
     if "vocab_size" not in opts:
         raise ThereminError("tokenizer.vocab_size is required")
-    return _module(kind).get_or_train(text_file, int(opts.pop("vocab_size")), cache_root, codec=codec, **opts)
+    return cache.get_or_train(kind_class(kind), text_file, int(opts.pop("vocab_size")), cache_root,
+                              codec or MidiChar(), **opts)
 
 
 def kind_of(model_dir: str | os.PathLike) -> str:
@@ -40,7 +68,6 @@ def kind_of(model_dir: str | os.PathLike) -> str:
     return json.loads((Path(model_dir) / META_FILE).read_text()).get("kind", "midichar")
 
 
-def load_configured(model_dir: str | os.PathLike, codec=None):
-    """A trained tokenizer of any kind from its directory."""
-    kind = kind_of(model_dir)
-    return getattr(_module(kind), KINDS[kind][1]).load(model_dir, codec)
+def load_configured(model_dir: str | os.PathLike, codec: MidiChar | None = None) -> Tokenizer:
+    """A trained tokenizer of any kind from its folder."""
+    return kind_class(kind_of(model_dir)).load(model_dir, codec)

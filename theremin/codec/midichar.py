@@ -47,7 +47,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 
-from theremin.config import plain
+from theremin.config import known_settings, plain
 from theremin.errors import ThereminError
 from theremin.music.midi import DEFAULT_TEMPO_US, MidiError, Note, Piece, read_midi, write_midi
 
@@ -102,11 +102,7 @@ class CodecConfig:
     @classmethod
     def with_overrides(cls, **overrides) -> CodecConfig:
         """The defaults with ``overrides`` (None keeps a default; Hydra's ListConfig becomes a plain list)."""
-        known = [f.name for f in fields(cls)]
-        unknown = [k for k in overrides if k not in known]
-        if unknown:
-            raise CodecError(f"unknown codec setting{'s' if len(unknown) > 1 else ''} "
-                             f"{', '.join(f'codec.{k}' for k in unknown)} (known: {', '.join(known)})")
+        known_settings(cls, overrides, "codec", "a codec setting", CodecError)
         return cls(**{k: plain(v) for k, v in overrides.items() if v is not None})
 
     def as_dict(self) -> dict:

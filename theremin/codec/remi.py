@@ -20,32 +20,33 @@ sum to the codec's count of the val split and ``val/bits_per_note`` is the same 
 
 A note is counted at the token that holds its ``Pitch`` (a BPE token may hold several).
 
-:func:`get_or_train` caches a model per corpus + settings like :func:`theremin.codec.tokenizer.get_or_train`: a directory
-named from sha256(train.txt) and every setting that changes the result, a file lock, trained in a temp dir then
+:func:`get_or_train` caches a model per corpus + settings the one way (:mod:`theremin.codec.cache`): a folder named
+from sha256(train.txt) and every setting that changes the result, a file lock, trained in a temp folder then
 renamed into place. ``tokenizer.json`` there says ``"kind": "remi"``; MidiTok's own file is ``miditok.json``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Sequence
+from importlib.metadata import version
 from pathlib import Path
 
+from theremin.codec import cache
+from theremin.codec.cache import META_FILE
 from theremin.codec.midichar import MidiChar
+from theremin.codec.tokenizer import compression, file_sha256
+from theremin.config import known_settings
 from theremin.errors import ThereminError
 from theremin.fsio import atomic_write
 from theremin.music.midi import Note, Piece
 
 KIND = "remi"
 FORMAT_VERSION = 1
-META_FILE = "tokenizer.json"  # the same name as MidiTokenizer's: loaders read "kind" there first
 MIDITOK_FILE = "miditok.json"
 SPECIAL_TOKENS = ["PAD", "BOS", "EOS"]
 
@@ -66,11 +67,9 @@ class RemiConfigError(ThereminError):
 
 def _norm_options(options: dict) -> dict:
     options = {k: v for k, v in options.items() if k != "kind"}
-    unknown = set(options) - set(DEFAULT_OPTIONS)
-    if unknown:
-        raise RemiConfigError(f"unknown REMI tokenizer settings: {sorted(unknown)} (known: "
-                              f"{sorted(DEFAULT_OPTIONS)}); the midichar ones (fallback, pitch, ...) do not apply")
-    opts = {**DEFAULT_OPTIONS, **options}
+    known = known_settings(DEFAULT_OPTIONS, options, "tokenizer", "a REMI tokenizer setting", RemiConfigError,
+                           "the midichar ones (fallback, pitch, ...) do not apply")
+    opts = {**DEFAULT_OPTIONS, **known}
     opts["max_duration_beats"] = int(opts["max_duration_beats"])
     if opts["max_duration_beats"] < 1:
         raise RemiConfigError(f"tokenizer.max_duration_beats must be >= 1, got {opts['max_duration_beats']}")
@@ -232,6 +231,14 @@ class RemiTokenizer:
         return cls.load(out, codec)
 
     @classmethod
+    def cache_name(cls, text_file: str | os.PathLike, vocab_size: int, codec: MidiChar, **options) -> str:
+        """The cache folder's name: every setting, the corpus bytes and miditok's version (its BPE may change)."""
+        blob = json.dumps({"kind": KIND, "format": FORMAT_VERSION, "corpus": file_sha256(text_file),
+                           "vocab_size": int(vocab_size), "options": _norm_options(options), "codec": codec.config,
+                           "miditok": version("miditok")}, sort_keys=True)
+        return f"remi{int(vocab_size)}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+    @classmethod
     def load(cls, model_dir: str | os.PathLike, codec: MidiChar | None = None) -> RemiTokenizer:
         d = Path(model_dir)
         meta = json.loads((d / META_FILE).read_text())
@@ -291,8 +298,6 @@ class RemiTokenizer:
         return 0
 
     def notes_per_token(self, texts: str | Iterable[str]) -> float:
-        from theremin.codec.tokenizer import compression
-
         return compression(self, texts)["notes_per_token"]
 
     def __repr__(self) -> str:
@@ -318,44 +323,14 @@ def grid_mismatches(tok: RemiTokenizer, text: str) -> dict:
 # ---- cache ----------------------------------------------------------------------------------------------------
 def cache_dir_for(text_file: str | os.PathLike, vocab_size: int, cache_root: str | os.PathLike,
                   codec: MidiChar | None = None, **options) -> Path:
-    from importlib.metadata import version
-
-    from theremin.codec.tokenizer import file_sha256
-
-    codec = codec or MidiChar()
-    blob = json.dumps({"kind": KIND, "format": FORMAT_VERSION, "corpus": file_sha256(text_file),
-                       "vocab_size": int(vocab_size), "options": _norm_options(options), "codec": codec.config,
-                       "miditok": version("miditok")}, sort_keys=True)
-    return Path(cache_root) / f"remi{int(vocab_size)}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+    return Path(cache_root) / RemiTokenizer.cache_name(text_file, vocab_size, codec or MidiChar(), **options)
 
 
 def get_or_train(text_file: str | os.PathLike, vocab_size: int, cache_root: str | os.PathLike,
                  codec: MidiChar | None = None, **options) -> RemiTokenizer:
-    """The REMI tokenizer for this corpus and settings: loaded from ``cache_root`` if there, else trained.
-
-    ``tok.from_cache`` says which. Safe to call from parallel jobs (one trains, the others wait and load).
-    """
-    from filelock import FileLock
-
-    codec = codec or MidiChar()
-    final = cache_dir_for(text_file, vocab_size, cache_root, codec, **options)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(final) + ".lock"):
-        if (final / META_FILE).exists():
-            tok = RemiTokenizer.load(final, codec)
-            tok.from_cache = True
-            return tok
-        tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
-        print(f"training REMI tokenizer {final.name} (vocab {vocab_size}) on {text_file}", flush=True)
-        try:
-            RemiTokenizer.train(text_file, vocab_size, tmp, codec, **options)
-            if final.exists():  # a half-written dir from a killed run (no tokenizer.json): replace it
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                shutil.rmtree(tmp)
-        return RemiTokenizer.load(final, codec)
+    """The REMI tokenizer for this corpus and settings: loaded from ``cache_root`` if there, else trained
+    (:func:`theremin.codec.cache.get_or_train`; ``tok.from_cache`` says which)."""
+    return cache.get_or_train(RemiTokenizer, text_file, vocab_size, cache_root, codec or MidiChar(), **options)
 
 
 def _write_json(path: Path, obj: dict) -> None:

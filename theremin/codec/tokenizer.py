@@ -31,25 +31,25 @@ jobs from training the same one twice and the model is trained in a temp dir, th
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from theremin.codec import cache
+from theremin.codec.cache import META_FILE
 from theremin.codec.midichar import BASE, MidiChar
+from theremin.config import known_settings
 from theremin.errors import ThereminError
-from theremin.fsio import atomic_write, current_umask
+from theremin.fsio import atomic_write
 
 FORMAT_VERSION = 1
 MODEL_FILE = "spm.model"
-META_FILE = "tokenizer.json"
 N_META = 3 + 256  # unk, bos, eos + one piece per byte (byte_fallback)
 FACTOR_LO, FACTOR_HI = 0xE000, 0xF8FF  # BMP private use: 3-byte UTF-8, never whitespace, never a midichar
 NOTE_FIELDS = ("step", "dur", "vel", "pitch")
@@ -81,10 +81,8 @@ class TokenizerError(ThereminError):
 
 
 def _norm_options(options: dict) -> dict:
-    unknown = set(options) - set(DEFAULT_OPTIONS)
-    if unknown:
-        raise TypeError(f"unknown tokenizer options: {sorted(unknown)} (known: {sorted(DEFAULT_OPTIONS)})")
-    opts = {**DEFAULT_OPTIONS, **options}
+    opts = {**DEFAULT_OPTIONS, **known_settings(DEFAULT_OPTIONS, options, "tokenizer", "a tokenizer setting",
+                                                TokenizerError)}
     if opts["fallback"] not in ("factored", "bytes"):
         raise TokenizerError(f"tokenizer fallback must be 'factored' or 'bytes', got {opts['fallback']!r}")
     if opts["pitch"] not in ("absolute", "relative"):
@@ -417,6 +415,12 @@ class MidiTokenizer:
         return tok
 
     @classmethod
+    def cache_name(cls, text_file: str | os.PathLike, vocab_size: int, codec: MidiChar, **options) -> str:
+        """The cache folder's name for this corpus and settings (runtime options such as threads left out)."""
+        key = cache_key(file_sha256(text_file), vocab_size, codec, **options)
+        return f"spm{int(vocab_size)}-{_norm_options(options)['fallback']}-{key[:16]}"
+
+    @classmethod
     def load(cls, model_dir: str | os.PathLike, codec: MidiChar | None = None) -> MidiTokenizer:
         """Load a trained tokenizer; ``codec`` (optional) must have the config it was trained with."""
         d = Path(model_dir)
@@ -571,40 +575,14 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def cache_dir_for(text_file: str | os.PathLike, vocab_size: int, cache_root: str | os.PathLike,
                   codec: MidiChar | None = None, **options) -> Path:
-    codec = codec or MidiChar()
-    opts = _norm_options(options)
-    key = cache_key(file_sha256(text_file), vocab_size, codec, **options)
-    return Path(cache_root) / f"spm{int(vocab_size)}-{opts['fallback']}-{key[:16]}"
+    return Path(cache_root) / MidiTokenizer.cache_name(text_file, vocab_size, codec or MidiChar(), **options)
 
 
 def get_or_train(text_file: str | os.PathLike, vocab_size: int, cache_root: str | os.PathLike,
                  codec: MidiChar | None = None, **options) -> MidiTokenizer:
-    """The tokenizer for this corpus and settings: loaded from ``cache_root`` if there, else trained.
-
-    ``tok.from_cache`` says which. Safe to call from parallel jobs (one trains, the others wait and load).
-    """
-    from filelock import FileLock
-
-    codec = codec or MidiChar()
-    final = cache_dir_for(text_file, vocab_size, cache_root, codec, **options)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(final) + ".lock"):
-        if (final / META_FILE).exists():
-            tok = MidiTokenizer.load(final, codec)
-            tok.from_cache = True
-            return tok
-        tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
-        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: read like any other folder once renamed
-        print(f"training tokenizer {final.name} (vocab {vocab_size}) on {text_file}", flush=True)
-        try:
-            MidiTokenizer.train(text_file, vocab_size, tmp, codec, **options)
-            if final.exists():  # a half-written dir from a killed run (no tokenizer.json): replace it
-                shutil.rmtree(final)
-            os.rename(tmp, final)  # atomic: readers see a whole model or none
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                shutil.rmtree(tmp)
-        return MidiTokenizer.load(final, codec)
+    """The tokenizer for this corpus and settings: loaded from ``cache_root`` if there, else trained
+    (:func:`theremin.codec.cache.get_or_train`; ``tok.from_cache`` says which)."""
+    return cache.get_or_train(MidiTokenizer, text_file, vocab_size, cache_root, codec or MidiChar(), **options)
 
 
 def _read(path: Path) -> bytes:

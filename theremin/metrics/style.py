@@ -41,6 +41,7 @@ from theremin.data.corpus import load_manifest
 from theremin.errors import ThereminError
 from theremin.metrics.copies import CopyIndex
 from theremin.metrics.notes import _generated, decode_notes
+from theremin.music.midi import PROMPT_NOTES_MARKER
 
 PITCH_CLASSES = 12
 MAX_INTERVAL = 24  # melodic intervals beyond two octaves are clipped into the end bins

@@ -6,8 +6,8 @@
 The folder is prepared exactly as a corpus is (:func:`theremin.data.corpus.build_corpus` with no val split and no
 augmentation: the same cleaning, refusals and de-duplication, one piece per usable file, in path order), each
 piece framed as the DataModule frames it (``BOS ids EOS``) and the stream scored in the consecutive windows of
-:class:`theremin.data.datamodule.ValWindows`. So on the files of a run's val split it gives that run's ``val/bits_per_note``
-(tests/test_score.py checks it): the total NLL in bits over every note, counted by the tokenizer's
+:class:`theremin.data.datamodule.ValWindows`. So on the files of a run's val split it gives that run's
+``val/bits_per_note`` (tests/test_score.py checks it): the total NLL in bits over every note, counted by the tokenizer's
 ``note_counts`` (a note spelled over several tokens counts where it completes).
 """
 

@@ -236,82 +236,129 @@ def piano_roll_png(
     x is time in beats (quarter notes) with bar lines, and seconds (tempo map applied) along the top; y is
     MIDI pitch; opacity follows velocity.
     """
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.collections import PolyCollection
-    from matplotlib.colors import to_rgba
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
     png_path = Path(png_path)
-    tpb = piece.ticks_per_beat
     layout = roll_layout(piece, prompt_end_tick, prompt_notes)
+    fig, ax = _figure()
+    extent = _extent(piece, layout)
+    ax.set_xlim(0, extent.end_beat * 1.02)
+    ax.set_ylim(extent.lo - 0.5, extent.hi + 0.5)
+    _draw_keyboard(ax, extent)
+    _draw_bar_lines(ax, piece, extent)
+    _draw_notes(ax, layout, piece.ticks_per_beat)
+    _draw_prompt_end_and_legend(ax, layout)
+    _label_pitches(ax, extent)
+    ax.set_xlabel("time (beats = quarter notes; grey lines = bars)")
+    ax.set_ylabel("pitch")
+    _seconds_axis(ax, piece, layout.prompt + layout.generated)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png"))
+    return png_path
+
+
+@dataclass
+class _Extent:
+    """What a piano roll spans: beats 0..end_beat, pitches lo..hi."""
+
+    end_beat: float
+    lo: int
+    hi: int
+
+
+def _extent(piece: Piece, layout: RollLayout) -> _Extent:
+    """To the last note's end (or the prompt-end line, at least one beat); two semitones around the notes."""
     notes = layout.prompt + layout.generated
-    colours = [PROMPT_COLOR] * len(layout.prompt) + [GENERATED_COLOR] * len(layout.generated)
-    line = layout.prompt_end_beat
+    end_beat = max([n.end / piece.ticks_per_beat for n in notes] + [layout.prompt_end_beat or 0.0, 1.0])
+    pitches = [n.pitch for n in notes] or [60]
+    return _Extent(end_beat, max(0, min(pitches) - 2), min(127, max(pitches) + 2))
+
+
+def _figure():
+    """A 12x5 inch figure on its own Agg canvas (no pyplot: no display, no global state) and its one axes."""
+    # matplotlib stays a lazy import here and below: it is heavy, and only a piano roll needs it
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(12, 5), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    return fig, fig.add_subplot()
 
-    end_beat = max([n.end / tpb for n in notes] + [line or 0.0, 1.0])
-    pitches = [n.pitch for n in notes] or [60]
-    lo, hi = max(0, min(pitches) - 2), min(127, max(pitches) + 2)
-    ax.set_xlim(0, end_beat * 1.02)
-    ax.set_ylim(lo - 0.5, hi + 0.5)
 
-    # black-key rows lightly shaded, as on a keyboard, so pitches can be read off without a tick on each
-    rows = [p for p in range(lo, hi + 1) if p % 12 in _BLACK_KEYS]
+def _box(x0: float, x1: float, y: float, half: float) -> list[tuple[float, float]]:
+    """The corners of a rectangle from x0 to x1, ``half`` above and below y."""
+    return [(x0, y - half), (x1, y - half), (x1, y + half), (x0, y + half)]
+
+
+def _draw_keyboard(ax, extent: _Extent) -> None:
+    """Black-key rows lightly shaded, as on a keyboard, so pitches can be read off without a tick on each."""
+    from matplotlib.collections import PolyCollection  # lazy: heavy (see _figure)
+
+    rows = [p for p in range(extent.lo, extent.hi + 1) if p % 12 in _BLACK_KEYS]
+    right = extent.end_beat * 1.02
     ax.add_collection(
-        PolyCollection(
-            [
-                [(0, p - 0.5), (end_beat * 1.02, p - 0.5), (end_beat * 1.02, p + 0.5), (0, p + 0.5)]
-                for p in rows
-            ],
-            facecolors="#f0f0f0",
-            edgecolors="none",
-            zorder=0,
-        )
+        PolyCollection([_box(0, right, p, 0.5) for p in rows], facecolors="#f0f0f0", edgecolors="none", zorder=0)
     )
-    ax.vlines(_bar_lines(piece, end_beat), lo - 0.5, hi + 0.5, colors="#bbbbbb", linewidths=0.6, zorder=1)
 
-    if notes:
-        min_width = 1 / 16  # zero-length notes stay visible
-        verts = [
-            [(x0, n.pitch - 0.4), (x1, n.pitch - 0.4), (x1, n.pitch + 0.4), (x0, n.pitch + 0.4)]
-            for n in notes
-            for x0, x1 in [(n.start / tpb, max(n.end / tpb, n.start / tpb + min_width))]
-        ]
-        base = np.array([to_rgba(c) for c in colours])
-        faces = base.copy()
-        faces[:, 3] = 0.3 + 0.7 * np.array([n.velocity for n in notes]) / 127  # velocity 127 = opaque
-        ax.add_collection(PolyCollection(verts, facecolors=faces, edgecolors=base, linewidths=0.5, zorder=2))
-    else:
+
+def _draw_bar_lines(ax, piece: Piece, extent: _Extent) -> None:
+    """A thin grey line at the start of each bar."""
+    ax.vlines(_bar_lines(piece, extent.end_beat), extent.lo - 0.5, extent.hi + 0.5, colors="#bbbbbb",
+              linewidths=0.6, zorder=1)
+
+
+def _draw_notes(ax, layout: RollLayout, tpb: int) -> None:
+    """Each note a box in its layer's colour, its fill as opaque as it is loud; "(no notes)" when there are none."""
+    # lazy: heavy (see _figure); numpy comes with matplotlib
+    import numpy as np
+    from matplotlib.collections import PolyCollection
+    from matplotlib.colors import to_rgba
+
+    notes = layout.prompt + layout.generated
+    if not notes:
         ax.text(0.5, 0.5, "(no notes)", transform=ax.transAxes, ha="center", va="center", color="#888888")
+        return
+    colours = [PROMPT_COLOR] * len(layout.prompt) + [GENERATED_COLOR] * len(layout.generated)
+    min_width = 1 / 16  # zero-length notes stay visible
+    verts = [_box(n.start / tpb, max(n.end / tpb, n.start / tpb + min_width), n.pitch, 0.4) for n in notes]
+    base = np.array([to_rgba(c) for c in colours])
+    faces = base.copy()
+    faces[:, 3] = 0.3 + 0.7 * np.array([n.velocity for n in notes]) / 127  # velocity 127 = opaque
+    ax.add_collection(PolyCollection(verts, facecolors=faces, edgecolors=base, linewidths=0.5, zorder=2))
 
-    # the legend names only what is drawn: a prompt-only roll shows no "generated" swatch
+
+def _draw_prompt_end_and_legend(ax, layout: RollLayout) -> None:
+    """The dashed prompt-end line, and a legend naming only what is drawn (a prompt-only roll shows no
+    "generated" swatch)."""
+    from matplotlib.lines import Line2D  # lazy: heavy (see _figure)
+    from matplotlib.patches import Patch
+
     handles = []
     if layout.prompt:
         handles.append(Patch(color=PROMPT_COLOR, label="prompt"))
     if layout.generated:
         handles.append(Patch(color=GENERATED_COLOR, label="generated"))
-    if line is not None:
-        ax.axvline(line, color=PROMPT_END_COLOR, linewidth=1.5, linestyle="--", zorder=3)
+    if layout.prompt_end_beat is not None:
+        ax.axvline(layout.prompt_end_beat, color=PROMPT_END_COLOR, linewidth=1.5, linestyle="--", zorder=3)
         handles.append(Line2D([], [], color=PROMPT_END_COLOR, linestyle="--", label="prompt end"))
     if handles:
         # outside the axes: inside, it would hide the highest notes near the end
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1), fontsize=8, frameon=False)
 
-    # pitch names on as many rows as fit: every white key, C/E/G, or only the C's
-    span = hi - lo
-    classes = {0, 2, 4, 5, 7, 9, 11} if span <= 14 else {0, 4, 7} if span <= 30 else {0}
-    ticks = [p for p in range(lo, hi + 1) if p % 12 in classes]
-    ax.set_yticks(ticks, [note_name(p) for p in ticks])
-    ax.set_xlabel("time (beats = quarter notes; grey lines = bars)")
-    ax.set_ylabel("pitch")
 
-    # seconds along the top, through the tempo map (piecewise linear in beats)
+def _label_pitches(ax, extent: _Extent) -> None:
+    """Pitch names on as many rows as fit: every white key, C/E/G, or only the C's."""
+    span = extent.hi - extent.lo
+    classes = {0, 2, 4, 5, 7, 9, 11} if span <= 14 else {0, 4, 7} if span <= 30 else {0}
+    ticks = [p for p in range(extent.lo, extent.hi + 1) if p % 12 in classes]
+    ax.set_yticks(ticks, [note_name(p) for p in ticks])
+
+
+def _seconds_axis(ax, piece: Piece, notes: list[Note]) -> None:
+    """Seconds along the top, through the tempo map (piecewise linear in beats)."""
+    import numpy as np  # lazy: comes with matplotlib (see _figure)
+
+    tpb = piece.ticks_per_beat
     far = max(n.end for n in notes) * 4 + 1000 * tpb if notes else 1000 * tpb
     bp_ticks = sorted({0, far, *(t for t, _ in piece.tempos if 0 < t < far)})
     bp_beats = np.array(bp_ticks, dtype=float) / tpb
@@ -322,9 +369,3 @@ def piano_roll_png(
     )
     top.set_xlabel("seconds", fontsize=8)
     top.tick_params(labelsize=8)
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-
-    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png"))
-    return png_path

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -22,8 +23,10 @@ import torch
 
 from theremin.codec.midichar import MidiChar
 from theremin.errors import ThereminError
+from theremin.model.checkpoint import DEFAULT_MAX_PARAMS, CheckpointError, open_checkpoint
 from theremin.model.gpt import GPT
-from theremin.music.midi import PROMPT_NOTES_MARKER, MidiError, Piece, is_midi_path, read_midi, write_midi
+from theremin.music.midi import PROMPT_NOTES_MARKER, MidiError, Note, Piece, is_midi_path, read_midi, write_midi
+from theremin.music.render import piano_roll_png, render_wav
 from theremin.roll.constraints import Constraints, RowState
 
 log = logging.getLogger("theremin.roll.roller")
@@ -144,6 +147,18 @@ class RollResult:
     seconds: float
 
 
+class _Goal(NamedTuple):
+    """How long a variation is to be: ``notes`` new notes, or up to grid position ``end``; ``max_new`` tokens."""
+
+    notes: int | None
+    end: int | None
+    max_new: int
+    prompt_notes: int
+
+    def reached(self, row: RowState) -> bool:
+        return row.notes - self.prompt_notes >= self.notes if self.notes is not None else row.cursor >= self.end
+
+
 class Roller:
     """A loaded model + tokenizer, ready to roll variations (keeps constraint masks cached)."""
 
@@ -161,8 +176,6 @@ class Roller:
         carries its tokenizer; a model over ``max_params`` parameters, default ``DEFAULT_MAX_PARAMS``, is refused
         before allocation). Any problem is a GenerateError naming the file. The training corpus is used for the
         memorisation figures when it is on this machine; its absence is said, not fatal."""
-        from theremin.model.checkpoint import DEFAULT_MAX_PARAMS, CheckpointError, open_checkpoint
-
         try:
             ck = open_checkpoint(checkpoint, max_params=DEFAULT_MAX_PARAMS if max_params is None else max_params)
         except CheckpointError as e:
@@ -237,8 +250,6 @@ class Roller:
 
     def _grid_text(self, notes, tempos) -> str:
         k = self.codec.ticks_per_beat // self.codec.grid
-        from theremin.music.midi import Note
-
         piece = Piece([Note(p * k, (p + d) * k, pi, self.codec.velocities[v]) for p, d, pi, v in notes],
                       self.codec.ticks_per_beat, [(p * k, us) for p, us in tempos])
         return self.codec.encode(piece)
@@ -251,45 +262,58 @@ class Roller:
              render: dict | None = None) -> RollResult:
         """Generate ``settings.n`` variations; with ``out_dir``, write MIDI (+ WAV, PNG per ``render``).
         A length in bars or seconds counts from the prompt's end (see :class:`Prompt`)."""
-        import time
-
         s = settings or SamplingSettings()
         s.check(self.limits)  # before anything is allocated
-        render = {"wav": True, "png": True, "soundfont": None, **(render or {})}
-        sf = render["soundfont"]
-        if out_dir is not None and render["wav"] and sf and not Path(sf).is_file():
-            raise GenerateError(f"soundfont {sf} does not exist")
+        render = _render_options(render, out_dir)
         cons = self.constraints(s)
         t0 = time.perf_counter()
         p = self.prompt(prompt, s.keep_bars)
-        text, ts = p.text, p.time_signature
         if p.truncated:
             log.warning("the prompt is longer than the model's context: kept its most recent part")
-        prompt_ids = [self.tok.bos_id, *self.tok.encode(text)]
-        base = RowState()
-        for t in prompt_ids[1:]:
-            cons.advance(base, t)
-        if not cons.complete(base):
-            raise GenerateError("the prompt does not end on a complete event (internal error)")
-        prompt_notes = base.notes
-        prompt_grid, prompt_tempos = self.codec.decode_grid(text)
+        prompt_ids = [self.tok.bos_id, *self.tok.encode(p.text)]
+        base = self._prompt_state(cons, prompt_ids)
+        prompt_grid, prompt_tempos = self.codec.decode_grid(p.text)
         base.register = register_window([pitch for _, _, pitch, _ in prompt_grid], s)
-        tempo_us = ([us for _, us in prompt_tempos] or [500_000])[-1]
-        if s.unit == "notes":
-            target_notes, end_pos = int(s.length), None
-        else:
-            beats = s.length * self.bar_steps(ts) / self.codec.grid if s.unit == "bars" else s.length * 1e6 / tempo_us
-            target_notes, end_pos = None, p.end + round(beats * self.codec.grid)
-        # tokens per variation: ~8 per note at worst (factored notes, tempo and rest chars), bounded
-        max_new = s.max_new_tokens or int(min(8 * (target_notes or 4 * beats) + 64, self.limits.max_new_tokens))
+        goal = self._goal(s, p, prompt_tempos, base.notes)
         rows = [base.copy() for _ in range(s.n)]
-        seen = [len(prompt_ids)] * s.n
-        sampling = {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "min_p": s.min_p}
+        out = self._sample(prompt_ids, rows, cons, s, goal)
+        k = self.codec.ticks_per_beat // self.codec.grid
+        prompt_keys = frozenset((pos * k, pitch) for pos, _, pitch, _ in prompt_grid)
+        variations = [self._variation(b, out[b, len(prompt_ids):].tolist(), prompt_ids, p, goal, prompt_keys)
+                      for b in range(s.n)]
+        result = RollResult(variations, self.codec.count_notes(p.text), p.truncated, time.perf_counter() - t0)
+        if out_dir is not None:
+            self.write(result, Path(out_dir), s, render)
+        return result
 
-        def reached(row: RowState) -> bool:
-            if target_notes is not None:
-                return row.notes - prompt_notes >= target_notes
-            return row.cursor >= end_pos
+    def _prompt_state(self, cons: Constraints, prompt_ids: list[int]) -> RowState:
+        """The grammar state after the prompt's tokens: a prompt always ends on a complete event."""
+        state = RowState()
+        for t in prompt_ids[1:]:
+            cons.advance(state, t)
+        if not cons.complete(state):  # the prompt text is the codec's own: a bug if not
+            raise RuntimeError("the prompt's tokens do not end on a complete event")
+        return state
+
+    def _goal(self, s: SamplingSettings, p: Prompt, prompt_tempos, prompt_notes: int) -> _Goal:
+        """When a variation is long enough (new notes, or a grid position from the prompt's end) and the token
+        budget that bounds it: ~8 tokens per note at worst (factored notes, tempo and rest chars)."""
+        if s.unit == "notes":
+            notes, end, beats = int(s.length), None, None
+        else:
+            tempo_us = ([us for _, us in prompt_tempos] or [500_000])[-1]
+            bar_beats = self.bar_steps(p.time_signature) / self.codec.grid
+            beats = s.length * bar_beats if s.unit == "bars" else s.length * 1e6 / tempo_us
+            notes, end = None, p.end + round(beats * self.codec.grid)
+        max_new = s.max_new_tokens or int(min(8 * (notes or 4 * beats) + 64, self.limits.max_new_tokens))
+        return _Goal(notes, end, max_new, prompt_notes)
+
+    def _sample(self, prompt_ids: list[int], rows: list[RowState], cons: Constraints, s: SamplingSettings,
+                goal: _Goal) -> torch.Tensor:
+        """The model's tokens for every row, each step masked by the row's constraints; a row may end (EOS)
+        only once it has reached the goal."""
+        seen = [len(prompt_ids)] * len(rows)
+        sampling = {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "min_p": s.min_p}
 
         def hook(idx: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
             out = logits.clone()
@@ -297,43 +321,38 @@ class Roller:
                 for t in idx[b, seen[b]:].tolist():
                     cons.advance(row, t)
                 seen[b] = idx.size(1)
-                out[b] = cons.apply(row, logits[b], reached(row), sampling)
+                out[b] = cons.apply(row, logits[b], goal.reached(row), sampling)
             return out
 
-        def stop(idx: torch.Tensor) -> bool:  # EOS is only sampled once a row has reached its length
+        def stop(idx: torch.Tensor) -> bool:
             return all(rows[b].done or idx[b, -1].item() == self.tok.eos_id for b in range(len(rows)))
 
         gen = torch.Generator(device=next(self.model.parameters()).device).manual_seed(int(s.seed))
-        idx = torch.tensor([prompt_ids] * s.n, dtype=torch.long, device=gen.device)
-        out = self.model.generate(idx, max_new, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+        idx = torch.tensor([prompt_ids] * len(rows), dtype=torch.long, device=gen.device)
+        out = self.model.generate(idx, goal.max_new, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                                   min_p=s.min_p, generator=gen, logits_hook=hook, stop_fn=stop)
-        short = [b + 1 for b, row in enumerate(rows) if not (row.done or reached(row))]
+        short = [b + 1 for b, row in enumerate(rows) if not (row.done or goal.reached(row))]
         if short:
             log.warning("variation(s) %s stopped at %d tokens before reaching sampling.length=%s %s",
-                        ", ".join(map(str, short)), max_new, s.length, s.unit)
+                        ", ".join(map(str, short)), goal.max_new, s.length, s.unit)
+        return out
+
+    def _variation(self, b: int, new: list[int], prompt_ids: list[int], p: Prompt, goal: _Goal,
+                   prompt_keys: frozenset) -> Variation:
+        """Row ``b``'s new tokens as a variation: up to EOS, repaired, cut to the goal, with the prompt."""
+        if self.tok.eos_id in new:
+            new = new[: new.index(self.tok.eos_id)]
+        # decoded after the prompt: a relative tokenizer's intervals count from the prompt's last notes
+        both = self.tok.decode(prompt_ids[1:] + new, errors="ignore")
+        if not both.startswith(p.text):  # the prompt's tokens are the tokenizer's own encoding: a bug if not
+            raise RuntimeError("the prompt does not decode back from its tokens")
+        cont = self.codec.repair(both[len(p.text):])  # a no-op unless max_new_tokens hit
+        full = self._trim(p.text, cont, goal.notes, goal.end)
+        piece = self.codec.decode(full)
+        piece.time_signatures = [(0, *p.time_signature)]
         k = self.codec.ticks_per_beat // self.codec.grid
-        prompt_keys = frozenset((pos * k, pitch) for pos, _, pitch, _ in prompt_grid)
-        n_prompt = self.codec.count_notes(text)
-        variations = []
-        for b in range(s.n):
-            new = out[b, len(prompt_ids):].tolist()
-            if self.tok.eos_id in new:
-                new = new[: new.index(self.tok.eos_id)]
-            # decoded after the prompt: a relative tokenizer's intervals count from the prompt's last notes
-            both = self.tok.decode(prompt_ids[1:] + new, errors="ignore")
-            if not both.startswith(text):
-                raise GenerateError("the prompt does not decode back from its tokens (internal error)")
-            cont = self.codec.repair(both[len(text):])  # a no-op unless max_new_tokens hit
-            full = self._trim(text, cont, target_notes, end_pos)
-            piece = self.codec.decode(full)
-            piece.time_signatures = [(0, *ts)]
-            variations.append(Variation(b, full, piece, p.end * k, self.codec.count_notes(full) - n_prompt,
-                                        prompt_notes=prompt_keys))
-        seconds = time.perf_counter() - t0
-        result = RollResult(variations, n_prompt, p.truncated, seconds)
-        if out_dir is not None:
-            self.write(result, Path(out_dir), s, render)
-        return result
+        n_prompt = self.codec.count_notes(p.text)
+        return Variation(b, full, piece, p.end * k, self.codec.count_notes(full) - n_prompt, prompt_notes=prompt_keys)
 
     def _trim(self, prompt: str, cont: str, target_notes: int | None, end_pos: int | None) -> str:
         """Prompt + continuation cut to exactly the asked length (tokens can overshoot by a few notes), as
@@ -360,8 +379,6 @@ class Roller:
     def write(self, result: RollResult, out_dir: Path, s: SamplingSettings, render: dict) -> None:
         """MIDI (+ WAV, PNG) per variation. Each MIDI carries its provenance and its number of prompt notes as
         markers (:data:`PROMPT_NOTES_MARKER`), so theremin-evaluate scores the generated part alone."""
-        from theremin.music.render import piano_roll_png, render_wav
-
         out_dir.mkdir(parents=True, exist_ok=True)
         meta = {"theremin checkpoint": self.checkpoint, "sampling": repr(asdict(s)),
                 PROMPT_NOTES_MARKER: str(result.prompt_notes)}
@@ -374,6 +391,14 @@ class Roller:
                                                 title=f"variation {v.index + 1} (seed {s.seed})")
             if render.get("wav", True):
                 v.files["wav"] = render_wav(v.piece, stem.with_suffix(".wav"), soundfont=render.get("soundfont"))
+
+
+def _render_options(render: dict | None, out_dir) -> dict:
+    render = {"wav": True, "png": True, "soundfont": None, **(render or {})}
+    sf = render["soundfont"]
+    if out_dir is not None and render["wav"] and sf and not Path(sf).is_file():
+        raise GenerateError(f"soundfont {sf} does not exist")
+    return render
 
 
 def register_window(prompt_pitches: list[int], s: SamplingSettings) -> tuple[int, int] | None:

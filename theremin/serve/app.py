@@ -93,11 +93,27 @@ ROLL_FORM = {  # the OpenAPI description of POST /api/rolls' form (the route par
 }
 
 
+CONTINUE_BODY = {  # the OpenAPI description of POST /api/continue's body (the route reads the raw body)
+    "requestBody": {"required": True, "content": {"audio/midi": {"schema": {"type": "string", "format": "binary"}}}},
+}
+
+
 def create_app(service: RollService) -> FastAPI:
     app = FastAPI(title="theremin", summary="Roll musical ideas from a MIDI prompt.",
                   description=__doc__, version="0.1.0")
     app.add_middleware(BodyLimit, limit=service.cfg.max_upload_bytes + FORM_OVERHEAD)
     app.state.service = service
+    _add_error_handlers(app, service)
+    _add_info_routes(app, service)
+    _add_roll_routes(app, service)
+    _add_continue_route(app, service)
+    if WEB.is_dir():
+        app.mount("/", StaticFiles(directory=WEB, html=True), name="web")
+    return app
+
+
+def _add_error_handlers(app: FastAPI, service: RollService) -> None:
+    """Every error as JSON ``{"detail": ...}``: the user's with its 4xx status, a timeout 503, a bug 500."""
 
     @app.exception_handler(ThereminError)
     async def user_error(request: Request, e: ThereminError):
@@ -115,6 +131,10 @@ def create_app(service: RollService) -> FastAPI:
     async def bug(request: Request, e: Exception):
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return _error(500, f"internal error ({type(e).__name__}); it is logged on the server")
+
+
+def _add_info_routes(app: FastAPI, service: RollService) -> None:
+    """GET /api/health, /api/model, /api/prompts and /api/prompts/{name}.mid."""
 
     @app.get("/api/health")
     def health():
@@ -134,6 +154,10 @@ def create_app(service: RollService) -> FastAPI:
     @app.get("/api/prompts/{name}", response_class=Response)
     def prompt_midi(name: str):
         return Response(service.prompt_midi(name), media_type="audio/midi")
+
+
+def _add_roll_routes(app: FastAPI, service: RollService) -> None:
+    """POST /api/rolls, GET /api/rolls/{id} and its files."""
 
     @app.post("/api/rolls", openapi_extra=ROLL_FORM)
     async def post_roll(request: Request):
@@ -157,17 +181,15 @@ def create_app(service: RollService) -> FastAPI:
         return FileResponse(path, media_type=MEDIA_TYPES[path.suffix], filename=f"theremin-{roll_id[:8]}-{name}",
                             content_disposition_type="inline")
 
+
+def _add_continue_route(app: FastAPI, service: RollService) -> None:
+    """POST /api/continue: a raw MIDI body in, one continuation (audio/midi) out."""
+
     @app.post("/api/continue", response_class=Response, responses={200: {"content": {"audio/midi": {}}}},
-              openapi_extra={"requestBody": {"required": True, "content": {"audio/midi": {"schema": {
-                  "type": "string", "format": "binary"}}}}})
+              openapi_extra=CONTINUE_BODY)
     async def post_continue(request: Request):
         with service.admit():
-            query = dict(request.query_params)
-            if len(request.query_params.multi_items()) != len(query):
-                raise FieldError("a query parameter is given twice")
-            if query.get("n", "1").strip() not in ("", "1"):
-                raise FieldError(f"n={query['n']}: /api/continue returns one continuation (use /api/rolls for more)")
-            settings = service.settings(query)
+            settings = service.settings(_continue_query(request))
             body = await request.body()
             if not body:
                 raise FieldError("body: empty; send the prompt MIDI file as the request body")
@@ -175,9 +197,15 @@ def create_app(service: RollService) -> FastAPI:
         return Response(midi, media_type="audio/midi",
                         headers={"Content-Disposition": 'attachment; filename="continuation.mid"'})
 
-    if WEB.is_dir():
-        app.mount("/", StaticFiles(directory=WEB, html=True), name="web")
-    return app
+
+def _continue_query(request: Request) -> dict[str, str]:
+    """POST /api/continue's settings (its query parameters), each given once, n at most 1."""
+    query = dict(request.query_params)
+    if len(request.query_params.multi_items()) != len(query):
+        raise FieldError("a query parameter is given twice")
+    if query.get("n", "1").strip() not in ("", "1"):
+        raise FieldError(f"n={query['n']}: /api/continue returns one continuation (use /api/rolls for more)")
+    return query
 
 
 async def _wait(service: RollService, fut):

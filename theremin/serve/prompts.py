@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from theremin.codec.midichar import MidiChar
+from theremin.data.corpus import load_manifest
 from theremin.music.midi import Note, Piece
 
 TPB = 480
@@ -33,8 +34,6 @@ def from_corpus(corpus_dir: Path | None, codec: MidiChar, count: int = 4) -> dic
     """The first ``count`` validation pieces, cut to their first BARS bars, named after their files."""
     if corpus_dir is None or not (Path(corpus_dir) / "val.txt").is_file():
         return {}
-    from theremin.data.corpus import load_manifest
-
     lines = [ln for ln in (Path(corpus_dir) / "val.txt").read_text(encoding="utf-8").split("\n") if ln]
     manifest = load_manifest(corpus_dir) or {}
     names = [Path(f["path"]).stem for f in manifest.get("files", []) if f.get("split") == "val"]

@@ -8,6 +8,7 @@ once with :class:`Busy` (HTTP 429 + Retry-After), so a burst never makes request
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import json
@@ -25,7 +26,8 @@ import torch
 
 from theremin.errors import ThereminError
 from theremin.music.midi import MidiError, Piece, read_midi, write_midi
-from theremin.roll.roller import Roller, SamplingSettings
+from theremin.music.render import piano_roll_png, render_wav
+from theremin.roll.roller import Roller, RollResult, SamplingSettings, Variation
 from theremin.serve.engine import BatchedModel, BatchEngine, RollTimeout, set_deadline
 from theremin.serve.figures import Figures
 from theremin.serve.forms import FieldError, Limits, load_presets, parse_settings
@@ -163,8 +165,6 @@ class RollService:
     # ---- rolls (worker threads) ---------------------------------------------------------------------------
     def submit(self, fn, *args):
         """Run fn(*args) on a worker thread with this request's deadline; an awaitable future."""
-        import asyncio
-
         deadline = time.monotonic() + self.cfg.timeout_s
 
         def call():
@@ -226,9 +226,6 @@ class RollService:
 
     def _make_file(self, folder: Path, path: Path) -> None:
         """A variation's MIDI (Roller.write: markers with checkpoint, seed, settings), WAV or PNG, from roll.json."""
-        from theremin.music.render import piano_roll_png, render_wav
-        from theremin.roll.roller import RollResult, Variation
-
         meta = json.loads((folder / "roll.json").read_text())
         index = int(path.stem.rsplit("_", 1)[1])
         v = meta["variations"][index - 1]
