@@ -40,6 +40,9 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
+
+import sentencepiece as spm
 
 from theremin.codec import cache
 from theremin.codec.cache import META_FILE
@@ -246,8 +249,6 @@ class MidiTokenizer:
                  model_proto: bytes | None = None, source: str | None = None):
         """``model_dir`` holds spm.model; or ``model_proto`` is its bytes (``model_dir`` None: a tokenizer
         carried inside a checkpoint). ``source`` names where it came from in messages."""
-        import sentencepiece as spm
-
         self.dir = Path(model_dir) if model_dir is not None else None
         self.source = source or str(self.dir)
         self.meta = meta
@@ -298,101 +299,23 @@ class MidiTokenizer:
 
         Raises ValueError naming the feasible range when ``vocab_size`` cannot be reached on this corpus.
         """
-        import sentencepiece as spm
-
         codec = codec or MidiChar()
         opts = _norm_options(options)
         vocab_size = int(vocab_size)
         raw = Path(text_file).read_bytes()
-        lines = [ln for ln in raw.decode("utf-8").split("\n") if ln]
-        if not lines:
-            raise TokenizerError(f"{text_file}: no pieces (the file is empty)")
-        if opts["augment_time_scale"] is not None:
-            lines = lines + [time_scaled(codec, ln, f) for f in opts["augment_time_scale"] for ln in lines]
-        if opts["augment_transpose"] is not None:
-            lo, hi = opts["augment_transpose"]
-            lines = [t for ln in lines for k in range(lo, hi + 1) if (t := codec.transpose(ln, k)) is not None]
-        if opts["pitch"] == "relative":
-            lines = [to_relative(codec, ln) for ln in lines]
+        lines = _training_lines(codec, raw, opts, text_file)
         counts = Counter()
         for ln in lines:
             counts.update(ln)
-        extra_lines: list[str] = []
-        n_factored = 0
-        if opts["fallback"] == "factored":
-            factors = FactorCode(codec, opts["factor_layout"])
-            bad = [c for c in counts if FACTOR_LO <= ord(c) <= FACTOR_HI]
-            if bad:
-                raise TokenizerError(f"{text_file}: holds chars of the factor range U+E000..U+F8FF "
-                                 f"(e.g. U+{ord(bad[0]):04X}), which are not midichars")
-            # single-char pieces may take at most char_budget of the vocab (the rest is for merges): keep the
-            # most frequent notes that fit, factor the others
-            others = sorted((c for c in counts if not codec.is_note(c)), key=lambda c: (-counts[c], c))
-            fixed = N_META + factors.n_chars + len(others)
-            room = int(opts["char_budget"] * vocab_size) - N_META - factors.n_chars
-            if room < 0:
-                need = -(-fixed // opts["char_budget"]) if opts["char_budget"] else float("inf")
-                raise TokenizerError(
-                    f"vocab_size {vocab_size} is too small for {text_file} with the factored fallback: "
-                    f"{N_META} special and byte pieces + {factors.n_chars} factor chars must fit in char_budget="
-                    f"{opts['char_budget']} of it (and {len(others)} other chars should); use vocab_size >= "
-                    f"{need:.0f} (or a larger char_budget)")
-            # rests, duration extensions and tempos are single-char pieces while they fit in the room; beyond it
-            # (performances hold hundreds of rest and extension amounts) the rarest are left out of training and
-            # spelled by byte fallback, keeping half the room for notes
-            dropped = set(others[room // 2:]) if len(others) > room else set()
-            room -= len(others) - len(dropped)
-            notes = sorted((c for c, n in counts.items() if codec.is_note(c)), key=lambda c: (-counts[c], c))
-            keep = [c for c in notes if counts[c] >= opts["min_count"]][:room]
-            rare = set(notes) - set(keep)
-            n_factored = sum(counts[c] for c in rare)
-            if rare or dropped:
-                table = str.maketrans({**{c: factors.factor(c) for c in rare}, **{c: None for c in dropped}})
-                lines = [ln.translate(table) for ln in lines]
-            rare |= dropped
-            # one factor char per line: each becomes a piece without adding pairs for BPE to count
-            extra_lines = factors.chars()
-            n_chars = len(set(counts) - rare | set(extra_lines))
-        else:
-            n_chars = len(counts)
-        _check_vocab_size(vocab_size, n_chars, lines, opts, text_file)
-
+        plan = _char_plan(codec, counts, opts, vocab_size, text_file)
+        if plan.spelled or plan.dropped:
+            table = str.maketrans({**plan.spelled, **{c: None for c in plan.dropped}})
+            lines = [ln.translate(table) for ln in lines]
+        _check_vocab_size(vocab_size, plan.n_chars, lines, opts, text_file)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
-        with tempfile.TemporaryDirectory(prefix="spm-input-") as tmp:
-            inp = Path(tmp) / "train.txt"
-            with open(inp, "w", encoding="utf-8") as f:
-                for ln in (*lines, *extra_lines):
-                    f.write(ln + "\n")
-            longest = max(len(ln.encode("utf-8")) for ln in lines)
-            args = dict(
-                input=str(inp), model_prefix=str(out / Path(MODEL_FILE).stem), vocab_size=vocab_size,
-                model_type=opts["model_type"],
-                # required for midichar text: no NFKC (it rewrites some chars), no script splits (unassigned
-                # code points could not merge), no whitespace splits, every char a piece, bytes for the rest
-                normalization_rule_name="identity", split_by_unicode_script=False, split_by_whitespace=False,
-                split_by_number=False, byte_fallback=True, character_coverage=1.0,
-                add_dummy_prefix=False, remove_extra_whitespaces=False,
-                max_sentence_length=max(int(opts["max_sentence_length"]), longest + 1),
-                input_sentence_size=int(opts["input_sentence_size"]),
-                shuffle_input_sentence=bool(opts["shuffle_input_sentence"]),
-                hard_vocab_limit=bool(opts["hard_vocab_limit"]),
-                max_sentencepiece_length=int(opts["max_piece_length"]),
-                num_threads=int(opts["num_threads"] or os.cpu_count() or 1),
-                unk_surface="",  # an unk id (never in an encoding, maybe in a sample) decodes to nothing
-                minloglevel=2,
-            )
-            try:
-                spm.SentencePieceTrainer.train(**args)
-            except RuntimeError as e:
-                m = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", str(e))
-                if m:
-                    raise TokenizerError(
-                        f"vocab_size {vocab_size} is too large for {text_file}: sentencepiece can reach at most "
-                        f"{m.group(2)} on this corpus (feasible range {N_META + n_chars}..{m.group(2)}); "
-                        f"try vocab_size={m.group(2)} or less, or a larger corpus") from e
-                raise
+        _train_spm(lines, plan.extra_lines, out / Path(MODEL_FILE).stem, vocab_size, opts, text_file, plan.n_chars)
         meta = {
             "format_version": FORMAT_VERSION,
             "corpus_file": str(Path(text_file).resolve()),
@@ -404,7 +327,7 @@ class MidiTokenizer:
             "stats": {
                 "train_lines": len(lines), "train_chars": sum(counts.values()),
                 "train_notes": sum(n for c, n in counts.items() if codec.is_note(c)),
-                "distinct_chars": len(counts), "notes_factored_in_training": n_factored,
+                "distinct_chars": len(counts), "notes_factored_in_training": plan.n_factored,
                 "train_seconds": round(time.time() - t0, 2),
             },
         }
@@ -523,6 +446,107 @@ class MidiTokenizer:
 
     def __repr__(self) -> str:
         return f"MidiTokenizer({self.source!r}, vocab_size={self.vocab_size}, fallback={self.fallback!r})"
+
+
+class _CharPlan(NamedTuple):
+    """Which chars of the training text become pieces: ``spelled`` maps rare notes to their factor chars,
+    ``dropped`` chars are left to byte fallback, ``extra_lines`` make every factor char a piece."""
+
+    spelled: dict[str, str]
+    dropped: set[str]
+    extra_lines: list[str]
+    n_chars: int
+    n_factored: int
+
+
+def _training_lines(codec: MidiChar, raw: bytes, opts: dict, text_file) -> list[str]:
+    """The corpus lines as the tokenizer learns them: time-scaled and transposed copies, relative pitch."""
+    lines = [ln for ln in raw.decode("utf-8").split("\n") if ln]
+    if not lines:
+        raise TokenizerError(f"{text_file}: no pieces (the file is empty)")
+    if opts["augment_time_scale"] is not None:
+        lines = lines + [time_scaled(codec, ln, f) for f in opts["augment_time_scale"] for ln in lines]
+    if opts["augment_transpose"] is not None:
+        lo, hi = opts["augment_transpose"]
+        lines = [t for ln in lines for k in range(lo, hi + 1) if (t := codec.transpose(ln, k)) is not None]
+    if opts["pitch"] == "relative":
+        lines = [to_relative(codec, ln) for ln in lines]
+    return lines
+
+
+def _char_plan(codec: MidiChar, counts: Counter, opts: dict, vocab_size: int, text_file) -> _CharPlan:
+    """The char budget: single-char pieces may take at most ``char_budget`` of the vocab (the rest is for
+    merges). With the factored fallback the most frequent notes that fit stay chars, the others are spelled
+    by factors; rests, duration extensions and tempos stay chars while they fit, and beyond that (performances
+    hold hundreds of rest and extension amounts) the rarest are left to byte fallback, keeping half the room
+    for notes."""
+    if opts["fallback"] != "factored":
+        return _CharPlan({}, set(), [], len(counts), 0)
+    factors = FactorCode(codec, opts["factor_layout"])
+    bad = [c for c in counts if FACTOR_LO <= ord(c) <= FACTOR_HI]
+    if bad:
+        raise TokenizerError(f"{text_file}: holds chars of the factor range U+E000..U+F8FF "
+                             f"(e.g. U+{ord(bad[0]):04X}), which are not midichars")
+    others = sorted((c for c in counts if not codec.is_note(c)), key=lambda c: (-counts[c], c))
+    room = int(opts["char_budget"] * vocab_size) - N_META - factors.n_chars
+    if room < 0:
+        fixed = N_META + factors.n_chars + len(others)
+        need = -(-fixed // opts["char_budget"]) if opts["char_budget"] else float("inf")
+        raise TokenizerError(
+            f"vocab_size {vocab_size} is too small for {text_file} with the factored fallback: "
+            f"{N_META} special and byte pieces + {factors.n_chars} factor chars must fit in char_budget="
+            f"{opts['char_budget']} of it (and {len(others)} other chars should); use vocab_size >= "
+            f"{need:.0f} (or a larger char_budget)")
+    dropped = set(others[room // 2:]) if len(others) > room else set()
+    room -= len(others) - len(dropped)
+    notes = sorted((c for c, n in counts.items() if codec.is_note(c)), key=lambda c: (-counts[c], c))
+    keep = [c for c in notes if counts[c] >= opts["min_count"]][:room]
+    rare = set(notes) - set(keep)
+    extra_lines = factors.chars()  # one factor char per line: each a piece, adding no pairs for BPE to count
+    n_chars = len(set(counts) - (rare | dropped) | set(extra_lines))
+    return _CharPlan({c: factors.factor(c) for c in rare}, dropped, extra_lines, n_chars,
+                     sum(counts[c] for c in rare))
+
+
+def _train_spm(lines: list[str], extra_lines: list[str], prefix: Path, vocab_size: int, opts: dict, text_file,
+               n_chars: int) -> None:
+    """sentencepiece on the lines, with the flags midichar text needs; its "vocab too high" answered with the
+    feasible range."""
+    with tempfile.TemporaryDirectory(prefix="spm-input-") as tmp:
+        inp = Path(tmp) / "train.txt"
+        with open(inp, "w", encoding="utf-8") as f:
+            for ln in (*lines, *extra_lines):
+                f.write(ln + "\n")
+        longest = max(len(ln.encode("utf-8")) for ln in lines)
+        try:
+            spm.SentencePieceTrainer.train(**_spm_args(inp, prefix, vocab_size, opts, longest))
+        except RuntimeError as e:
+            m = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", str(e))
+            if m:
+                raise TokenizerError(
+                    f"vocab_size {vocab_size} is too large for {text_file}: sentencepiece can reach at most "
+                    f"{m.group(2)} on this corpus (feasible range {N_META + n_chars}..{m.group(2)}); "
+                    f"try vocab_size={m.group(2)} or less, or a larger corpus") from e
+            raise
+
+
+def _spm_args(inp: Path, prefix: Path, vocab_size: int, opts: dict, longest: int) -> dict:
+    return dict(
+        input=str(inp), model_prefix=str(prefix), vocab_size=vocab_size, model_type=opts["model_type"],
+        # required for midichar text: no NFKC (it rewrites some chars), no script splits (unassigned code points
+        # could not merge), no whitespace splits, every char a piece, bytes for the rest
+        normalization_rule_name="identity", split_by_unicode_script=False, split_by_whitespace=False,
+        split_by_number=False, byte_fallback=True, character_coverage=1.0,
+        add_dummy_prefix=False, remove_extra_whitespaces=False,
+        max_sentence_length=max(int(opts["max_sentence_length"]), longest + 1),
+        input_sentence_size=int(opts["input_sentence_size"]),
+        shuffle_input_sentence=bool(opts["shuffle_input_sentence"]),
+        hard_vocab_limit=bool(opts["hard_vocab_limit"]),
+        max_sentencepiece_length=int(opts["max_piece_length"]),
+        num_threads=int(opts["num_threads"] or os.cpu_count() or 1),
+        unk_surface="",  # an unk id (never in an encoding, maybe in a sample) decodes to nothing
+        minloglevel=2,
+    )
 
 
 def compression(tok: MidiTokenizer, texts: str | Iterable[str], check: bool = False) -> dict:
