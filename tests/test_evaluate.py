@@ -14,14 +14,8 @@ from theremin.codec.midichar import MidiChar
 from theremin.data.corpus import build_corpus
 from theremin.errors import ThereminError
 from theremin.metrics.copies import CopyIndex, _suffix_array, _SuffixArray, longest_copied_run
-from theremin.metrics.style import (
-    decode_notes,
-    evaluate,
-    kde_overlap,
-    load_corpus,
-    pitch_class_overlap,
-    texture_figures,
-)
+from theremin.metrics.notes import decode_notes, load_corpus
+from theremin.metrics.style import evaluate, kde_overlap, pitch_class_overlap, texture_figures
 from theremin.music.midi import Note, Piece
 
 CODEC = MidiChar()

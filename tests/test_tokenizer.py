@@ -12,7 +12,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from theremin.codec.midichar import BASE, PLANE_SPAN, MidiChar
-from theremin.errors import ThereminError
 from theremin.codec.tokenizer import (
     DEFAULT_OPTIONS,
     FACTOR_LO,
@@ -25,6 +24,7 @@ from theremin.codec.tokenizer import (
     to_absolute,
     to_relative,
 )
+from theremin.errors import ThereminError
 
 CODEC = MidiChar()
 VEL = CODEC.velocity_index(80)

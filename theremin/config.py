@@ -9,6 +9,8 @@ import re
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from theremin.errors import ThereminError
@@ -73,8 +75,6 @@ def wandb_mode() -> str:
 
 def _multirun_job():
     """The job's Hydra config inside a multirun; None in a single run or outside Hydra (hydra.compose)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
@@ -91,7 +91,6 @@ def wandb_group(task_name: str) -> str:
 def wandb_tags(codec: str, vocab_size) -> list[str]:
     """Tags for the choices sweeps vary: tokenizer kind and vocab size (from the config, which overrides may
     change), and the model preset and experiment (from Hydra's choices, when run by Hydra)."""
-    from hydra.core.hydra_config import HydraConfig
 
     tags = [f"codec:{codec}", f"vocab:{vocab_size}"]
     if HydraConfig.initialized():

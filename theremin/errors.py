@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import errno
 
+from omegaconf.errors import MissingMandatoryValue
+
 # OS errors that are the user's situation, not a bug: say what happened to which file
 _USER_OS_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
                    errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
@@ -18,7 +20,6 @@ class ThereminError(ValueError):
 
 def user_error(err: BaseException) -> ThereminError | None:
     """The user-facing form of ``err``, or None when it is a bug (which keeps its traceback)."""
-    from omegaconf.errors import MissingMandatoryValue
 
     if isinstance(err, ThereminError):
         return err

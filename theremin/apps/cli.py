@@ -18,6 +18,11 @@ import os
 import sys
 from collections.abc import Callable
 
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+from theremin.config import conf_dir
 from theremin.errors import user_error
 
 EXIT_USER_ERROR = 2
@@ -44,8 +49,6 @@ def report_and_exit(app: str, err: BaseException) -> None:
 
 
 def _in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
@@ -55,9 +58,7 @@ def hydra_app(config_name: str, app: str | None = None) -> Callable:
 
     In a multirun a user error fails only its own job: it is logged and the job returns NaN (sweepers such as
     Optuna record a failed trial and go on) instead of ending the whole sweep."""
-    import hydra
 
-    from theremin.config import conf_dir
 
     name = app or f"theremin-{config_name}"
 

@@ -13,19 +13,24 @@ import time
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 from omegaconf import open_dict
 
 from theremin import config as resolvers
 from theremin.apps.cli import run_cli
+from theremin.apps.train import train
 from theremin.config import conf_dir, data_dir
+from theremin.data.corpus import load_manifest
 from theremin.errors import ThereminError
+from theremin.metrics.notes import load_corpus
+from theremin.metrics.style import evaluate, texture_figures
+from theremin.roll.roller import Roller, SamplingSettings
 
 log = logging.getLogger("theremin.apps.demo")
 
 
 def demo_config(overrides: list[str]):
     """The training config of the demo: conf/train.yaml with experiment=demo (plus any overrides)."""
-    from hydra.errors import HydraException
 
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="demo"):
         try:
@@ -43,7 +48,6 @@ def demo_config(overrides: list[str]):
 
 def demo_prompt(corpus_dir: Path, input_dir: Path) -> Path:
     """The first val piece of the corpus (never trained on): its opening bars are the prompt."""
-    from theremin.data.corpus import load_manifest
 
     manifest = load_manifest(corpus_dir)
     val = [f["path"] for f in manifest["files"] if f["split"] == "val"]
@@ -51,8 +55,6 @@ def demo_prompt(corpus_dir: Path, input_dir: Path) -> Path:
 
 
 def run(overrides: list[str], n: int = 4, bars: int = 2, length_bars: int = 4) -> dict:
-    from theremin.apps.train import train
-    from theremin.roll.roller import Roller, SamplingSettings
 
     t0 = time.perf_counter()
     cfg = demo_config(overrides)
@@ -75,7 +77,6 @@ def run(overrides: list[str], n: int = 4, bars: int = 2, length_bars: int = 4) -
 def variation_figures(texts: list[str], prompt_notes: int, corpus_dir: Path, codec) -> tuple[dict, dict]:
     """The variations' style, texture and memorisation figures against the training pieces (their generated
     notes only), and the same texture figures of the held-out val pieces: what the corpus sounds like."""
-    from theremin.metrics.style import evaluate, load_corpus, texture_figures
 
     style = evaluate(texts, load_corpus(corpus_dir), codec, prompt_notes=[prompt_notes] * len(texts))
     return style, texture_figures(load_corpus(corpus_dir, "val"), codec)

@@ -13,15 +13,9 @@ import numpy as np
 from theremin.apps.cli import run_cli
 from theremin.errors import ThereminError
 from theremin.metrics.copies import CopyIndex
-from theremin.metrics.style import (
-    _crop,
-    _sample_files,
-    _split_paths,
-    corpus_codec,
-    evaluate,
-    load_corpus,
-    marked_prompt_notes,
-)
+from theremin.metrics.notes import _split_paths, corpus_codec, load_corpus
+from theremin.metrics.style import _crop, _sample_files, evaluate, marked_prompt_notes
+from theremin.music.midi import MidiError
 
 
 def _table(columns: dict[str, dict[str, float]]) -> str:
@@ -62,7 +56,6 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
     args = p.parse_args(argv)
 
-    from theremin.music.midi import MidiError
 
     corpus_dir = Path(args.corpus)
     codec = corpus_codec(corpus_dir)

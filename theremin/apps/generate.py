@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -9,6 +10,9 @@ from omegaconf import DictConfig
 from theremin import config as resolvers  # noqa: F401
 from theremin.apps.cli import hydra_app
 from theremin.config import known_settings, plain
+from theremin.metrics.copies import copy_warnings
+from theremin.metrics.notes import load_corpus
+from theremin.metrics.style import evaluate
 from theremin.roll.roller import GenerateError, Roller, RollResult, SamplingLimits, SamplingSettings
 
 
@@ -42,7 +46,6 @@ def generate(cfg: DictConfig) -> tuple[RollResult, dict[str, float]]:
     metrics: dict[str, float] = {}
     corpus_dir = roller.corpus_dir
     if cfg.evaluate and corpus_dir is not None and (corpus_dir / "train.txt").exists():
-        from theremin.metrics.style import evaluate, load_corpus
 
         metrics = evaluate([v.text for v in result.variations], load_corpus(corpus_dir), roller.codec,
                            prompt_notes=[result.prompt_notes] * len(result.variations))
@@ -53,9 +56,7 @@ def generate(cfg: DictConfig) -> tuple[RollResult, dict[str, float]]:
 def copied_figures(result: RollResult, corpus_dir: Path, codec, warn_bars: float) -> dict[str, float]:
     """Each variation's longest run copied from the training corpus (notes, bars); a warning is logged for each
     that copies more than ``warn_bars`` bars (theremin.metrics.copies.copy_warnings)."""
-    import logging
 
-    from theremin.metrics.copies import copy_warnings
 
     v0 = result.variations[0].piece if result.variations else None
     ts = tuple(v0.time_signatures[0][1:3]) if v0 is not None and v0.time_signatures else (4, 4)

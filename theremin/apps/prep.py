@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from theremin import config as resolvers  # noqa: F401  (the resolvers conf/ uses)
@@ -62,7 +63,6 @@ def prep(cfg: DictConfig) -> CorpusReport:
 
 @hydra_app("prep")
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
 
     prep(cfg)
     print(f"run log:  {HydraConfig.get().runtime.output_dir}")

@@ -9,17 +9,18 @@ from omegaconf import DictConfig
 
 from theremin import config as resolvers  # noqa: F401
 from theremin.apps.cli import hydra_app
+from theremin.apps.generate import latest_checkpoint
 from theremin.config import plain
+from theremin.serve.app import create_app
+from theremin.serve.forms import Limits
+from theremin.serve.service import RollService, ServeSettings
+from theremin.serve.store import StoreLimits
 
 log = logging.getLogger("theremin.serve")
 
 
 def build_service(cfg: DictConfig):
     """The RollService a config describes (checkpoint `latest` = the newest last.ckpt under paths.log_dir)."""
-    from theremin.apps.generate import latest_checkpoint
-    from theremin.serve.forms import Limits
-    from theremin.serve.service import RollService, ServeSettings
-    from theremin.serve.store import StoreLimits
 
     ckpt = latest_checkpoint(cfg.paths.log_dir) if cfg.ckpt_path == "latest" else Path(cfg.ckpt_path)
     c = plain(cfg)
@@ -39,7 +40,6 @@ def build_service(cfg: DictConfig):
 def main(cfg: DictConfig) -> None:
     import uvicorn
 
-    from theremin.serve.app import create_app
 
     service = build_service(cfg)
     log.info("theremin-serve: %s on http://%s:%s (rolls in %s)", service.checkpoint, cfg.host, cfg.port,

@@ -13,6 +13,7 @@ training reuses.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import hydra
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from theremin import config as resolvers  # noqa: F401  (the resolvers conf/ uses)
 from theremin.apps.cli import hydra_app
 from theremin.codec.kinds import get_or_train_configured
+from theremin.codec.remi import grid_mismatches
 from theremin.codec.tokenizer import compression
 from theremin.errors import ThereminError
 
@@ -63,9 +65,7 @@ def tokenize(cfg: DictConfig) -> dict:
 
 
 def _remi_report(tok, lines: list[str]) -> dict:
-    from collections import Counter
 
-    from theremin.codec.remi import grid_mismatches
 
     r = compression(tok, lines)
     grid = Counter()

@@ -25,11 +25,13 @@ from pathlib import Path
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
+from pytorch_lightning.callbacks import LearningRateMonitor
 
 from theremin.apps.cli import hydra_app
 from theremin.config import plain
 from theremin.errors import ThereminError
 from theremin.model import finetune
+from theremin.model.callbacks import StepProgressBar
 from theremin.model.checkpoint import (
     AtomicCheckpointIO,
     Checkpoint,
@@ -107,9 +109,7 @@ def _instantiate_dict(group: DictConfig | None) -> list:
 
 
 def _callbacks(cfg: DictConfig, has_logger: bool) -> list:
-    from pytorch_lightning.callbacks import LearningRateMonitor
 
-    from theremin.model.callbacks import StepProgressBar
 
     callbacks = _instantiate_dict(cfg.get("callbacks"))
     if not has_logger:  # LearningRateMonitor refuses to run without a logger (train/lr is logged anyway)

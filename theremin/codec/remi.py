@@ -32,6 +32,7 @@ import json
 import os
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -307,7 +308,6 @@ class RemiTokenizer:
 def grid_mismatches(tok: RemiTokenizer, text: str) -> dict:
     """How ``decode(encode(text))`` differs from ``text`` on the grid: notes (position, duration, pitch,
     velocity level) missing / added, durations clipped at max_duration_beats, tempos changed."""
-    from collections import Counter
 
     notes, tempos = tok.codec.decode_grid(text)
     back_notes, back_tempos = tok.codec.decode_grid(tok.decode(tok.encode(text)))

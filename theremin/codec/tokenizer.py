@@ -50,6 +50,7 @@ from theremin.codec.midichar import BASE, MidiChar
 from theremin.config import known_settings
 from theremin.errors import ThereminError
 from theremin.fsio import atomic_write
+from theremin.music.midi import Note, Piece
 
 FORMAT_VERSION = 1
 MODEL_FILE = "spm.model"
@@ -161,7 +162,6 @@ def to_absolute(codec: MidiChar, text: str) -> str:
 
 def time_scaled(codec: MidiChar, text: str, factor: float) -> str:
     """The text with every onset and duration scaled by ``factor`` (re-quantised on the grid)."""
-    from theremin.music.midi import Note, Piece
 
     piece = codec.decode(text)
 

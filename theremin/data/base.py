@@ -20,14 +20,20 @@ replaced music21's MIDI writer (0.07 / 0.14 s before; ~12k tunes took ~10 minute
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import json
 import os
 import re
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from tqdm import tqdm
+
+from theremin.config import plain
 from theremin.data.datamodule import MidiDataModule
+from theremin.data.demo import build_demo_midi
 from theremin.errors import ThereminError
 from theremin.fsio import atomic_write
 from theremin.music.midi import is_midi_path
@@ -64,7 +70,6 @@ def book_paths(folder: str, exclude: list[str] | tuple[str, ...] = (), include: 
 def _separate_time_signatures(score) -> None:
     """music21's abc reader puts one TimeSignature object into every measure of a mixed-meter tune; writing
     MIDI then fails ("already found in this Stream"). Give each measure its own copy (about 20 % of Essen)."""
-    import copy
 
     from music21 import meter, stream
 
@@ -120,7 +125,6 @@ def _marker(out: Path, book: Path) -> Path:
 def build_books(books: list[Path], out: Path, workers: int | None = None, limit: int | None = None,
                 progress: bool = True) -> dict:
     """Convert the books not converted yet (no marker) into ``out``; returns totals over all ``books``."""
-    from tqdm import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
     todo = [b for b in books if not _marker(out, b).exists()]
@@ -149,7 +153,6 @@ def build_books(books: list[Path], out: Path, workers: int | None = None, limit:
 def link_extra_dirs(extra_dirs: list[str], out: Path) -> int:
     """Link every MIDI file of each extra folder under ``out`` (rebuilt each call: a removed folder or file
     leaves no stale link). Returns the number of links."""
-    import shutil
 
     if out.exists():
         shutil.rmtree(out)
@@ -173,7 +176,6 @@ def build_base_midi(input_dir: str | os.PathLike, sources: dict, extra_dirs: lis
                     workers: int | None = None, progress: bool = True) -> dict:
     """Build (or reuse) the base MIDI folder: one subfolder per source, plus ``extra/``. Returns counts per
     source (files written, tunes that failed to convert)."""
-    from theremin.data.demo import build_demo_midi
 
     root = Path(input_dir)
     report = {}
@@ -201,7 +203,6 @@ class BaseDataModule(MidiDataModule):
     def __init__(self, *, sources: dict, extra_dirs: list[str] | None = None, workers: int | None = None,
                  **kwargs):
         super().__init__(**kwargs)
-        from theremin.config import plain
 
         self.sources = plain(sources)
         self.extra_dirs = list(plain(extra_dirs) or [])

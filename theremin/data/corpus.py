@@ -44,6 +44,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from tqdm import tqdm
+
+from theremin.codec.midichar import MidiChar
+from theremin.data.demo import build_demo_midi
 from theremin.errors import ThereminError
 from theremin.fsio import file_kind, stale_temps, temp_beside
 from theremin.music.humanize import HumanizeConfig, humanize
@@ -780,10 +784,8 @@ def build_corpus(
     of the transposed copies played or sequenced first. Raises :class:`CorpusError` (after writing the manifest)
     when no file is usable.
     """
-    from tqdm import tqdm
 
     if codec is None:
-        from theremin.codec.midichar import MidiChar
 
         codec = MidiChar()
     settings = CorpusSettings(val_fraction=float(val_fraction), min_notes=int(min_notes), max_notes=int(max_notes),
@@ -841,7 +843,6 @@ def build_configured(
     input_dir = Path(os.path.expanduser(str(input_dir)))
     if demo and input_dir.resolve() == Path(os.path.expanduser(str(demo["dir"]))).resolve() \
             and not find_midi_files(input_dir).entries:
-        from theremin.data.demo import build_demo_midi
 
         print(f"building the demo MIDI folder {input_dir} from music21's corpus ({demo['composer']})")
         build_demo_midi(input_dir, composer=demo["composer"], workers=workers, progress=progress)

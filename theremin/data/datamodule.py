@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from theremin.codec.kinds import get_or_train_configured, load_configured
@@ -133,7 +134,6 @@ class MidiDataModule(pl.LightningDataModule):
     # ---- preparation (idempotent, cached, safe to call from every rank) -------------------------------
     def prepare(self) -> None:
         """Corpus → tokenizer → token files, each reused when already built for the same inputs."""
-        from filelock import FileLock
 
         self.corpus_dir.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.corpus_dir / ".prepare.lock")):

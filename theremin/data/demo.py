@@ -11,8 +11,11 @@ import re
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from tqdm import tqdm
+
 from theremin.config import data_dir
 from theremin.errors import ThereminError
+from theremin.procs import die_with_parent
 
 # scores only: the corpus also holds roman-numeral analyses (.rntxt), which are not music to learn from
 SCORE_SUFFIXES = (".mxl", ".xml", ".musicxml", ".krn", ".mei")
@@ -82,9 +85,7 @@ def build_demo_midi(
         if not (out / name).exists():
             jobs.append((str(src), str(out / name)))
     if jobs:
-        from tqdm import tqdm
 
-        from theremin.procs import die_with_parent
 
         workers = workers or os.cpu_count() or 1
         with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from theremin.codec.midichar import MidiChar
-from theremin.metrics.notes import _gaps, _generated, decode_notes
+from theremin.metrics.notes import _gaps, _generated, decode_notes, load_corpus
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,6 @@ class Copied:
 
 def copied_run(text: str, prompt_notes: int, index, codec, bar_steps: int) -> Copied:
     """The longest copied run of a roll (``index``: a theremin.metrics.copies.CopyIndex over the training corpus)."""
-    from theremin.metrics.style import decode_notes
 
     m = index.find(text, prompt_notes)
     if m.length == 0:
@@ -220,8 +219,6 @@ def copy_warnings(texts: list[str], prompt_notes: int, corpus_dir: str | os.Path
                   time_signature: tuple[int, int] = (4, 4), warn_bars: float = 2.0) -> tuple[list[Copied], list[str]]:
     """Each roll's longest run copied from the training corpus, and a warning for each that copies more than
     ``warn_bars`` bars."""
-    from theremin.metrics.copies import CopyIndex
-    from theremin.metrics.style import load_corpus
 
     corpus = load_corpus(corpus_dir)
     index = CopyIndex(corpus, codec)

@@ -37,11 +37,10 @@ from pathlib import Path
 import numpy as np
 
 from theremin.codec.midichar import MidiChar
-from theremin.data.corpus import load_manifest
 from theremin.errors import ThereminError
 from theremin.metrics.copies import CopyIndex
 from theremin.metrics.notes import _generated, decode_notes
-from theremin.music.midi import PROMPT_NOTES_MARKER
+from theremin.music.midi import PROMPT_NOTES_MARKER, is_midi_path
 
 PITCH_CLASSES = 12
 MAX_INTERVAL = 24  # melodic intervals beyond two octaves are clipped into the end bins
@@ -304,43 +303,13 @@ def evaluate(
 # ------------------------------------------------------------------------------------------------ corpus + CLI
 
 
-def corpus_codec(corpus_dir: str | Path) -> MidiChar:
-    """The codec a corpus was built with (from its manifest), else the default codec."""
-    m = load_manifest(Path(corpus_dir))
-    cfg = ((m or {}).get("codec") or {}).get("config")
-    return MidiChar(**cfg) if cfg else MidiChar()
 
 
-def load_corpus(
-    corpus_dir: str | Path, split: str = "train", limit: int | None = None, augmented: bool = False
-) -> list[str]:
-    """The pieces of ``split`` (one midichar text per line of ``<split>.txt``), at most ``limit``.
-
-    Without ``augmented``, transposed copies made by the corpus build are left out when the manifest says
-    which lines they are (the first line of each file's block is the original): a style reference with all
-    twelve keys would flatten the pitch-class histogram, and the copy index would be 12x larger.
-    """
-    corpus_dir = Path(corpus_dir)
-    path = corpus_dir / f"{split}.txt"
-    if not path.exists():
-        raise ThereminError(f"{path}: no such corpus split (expected {split}.txt in {corpus_dir})")
-    lines = [ln for ln in path.read_text(encoding="utf-8").split("\n") if ln]
-    m = load_manifest(corpus_dir)
-    if not augmented and m and (m.get("settings") or {}).get("transpose"):
-        blocks = [int(r.get("lines", 1)) for r in m.get("files", []) if r.get("split") == split]
-        if sum(blocks) == len(lines):  # otherwise the manifest is not about this file: keep every line
-            starts = np.cumsum([0, *blocks[:-1]])
-            lines = [lines[s] for s in starts]
-    return lines[:limit] if limit is not None else lines
 
 
-def _split_paths(corpus_dir: Path, split: str) -> list[str] | None:
-    m = load_manifest(corpus_dir)
-    return [r["path"] for r in m.get("files", []) if r.get("split") == split] if m else None
 
 
 def _sample_files(paths: Sequence[str]) -> list[Path]:
-    from theremin.music.midi import is_midi_path
 
     out: list[Path] = []
     for p in map(Path, paths):

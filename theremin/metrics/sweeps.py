@@ -19,6 +19,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from theremin.errors import ThereminError
 
 METRIC = "val/bits_per_note"
@@ -90,7 +92,6 @@ def _under(p: Path, parent: Path) -> bool:
 
 
 def _hydra_run(job: Path) -> Run:
-    from omegaconf import OmegaConf
 
     overrides = OmegaConf.to_container(OmegaConf.load(job / ".hydra" / "overrides.yaml")) \
         if (job / ".hydra" / "overrides.yaml").is_file() else []

@@ -28,6 +28,7 @@ import torch
 from lightning_fabric.plugins import TorchCheckpointIO
 
 from theremin.codec.midichar import MidiChar
+from theremin.codec.tokenizer import META_FILE, MODEL_FILE, MidiTokenizer
 from theremin.errors import ThereminError
 from theremin.fsio import current_umask
 from theremin.model.gpt import GPT, GPTConfig
@@ -146,7 +147,6 @@ def _check_shapes(path: Path, config: GPTConfig, state: dict) -> None:
 
 
 def _tokenizer(path: Path, hp: dict, extra: dict, codec: MidiChar, config: GPTConfig):
-    from theremin.codec.tokenizer import MidiTokenizer
 
     carried = extra.get("tokenizer")
     info = hp["tokenizer"] if isinstance(hp["tokenizer"], dict) else {}
@@ -215,7 +215,6 @@ def _way_out(path: Path) -> str:
 # ---- what a checkpoint carries ------------------------------------------------------------------------------
 def tokenizer_files(tok) -> dict:
     """The tokenizer as a checkpoint carries it: its kind and the bytes of the files of its folder."""
-    from theremin.codec.tokenizer import META_FILE, MODEL_FILE
 
     kind = getattr(tok, "kind", "midichar")
     if kind == "midichar":

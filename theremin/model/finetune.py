@@ -13,14 +13,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from omegaconf import open_dict
+
+from theremin.codec.midichar import MidiChar
 from theremin.codec.tokenizer import unknown_note_share
+from theremin.config import known_settings, plain
+from theremin.data.corpus import load_manifest
 from theremin.errors import ThereminError
+from theremin.fsio import atomic_write
+from theremin.model.checkpoint import open_checkpoint, tokenizer_files
 
 log = logging.getLogger("theremin.model.finetune")
 
@@ -52,7 +61,6 @@ class FinetuneRules:
 
     @classmethod
     def from_config(cls, cfg) -> FinetuneRules:
-        from theremin.config import known_settings
 
         return cls(**known_settings(cls, cfg, "finetune", "a fine-tuning setting", FinetuneError))
 
@@ -84,7 +92,6 @@ def plan(train_tokens: int, tokens_per_step: int, rules: FinetuneRules = Finetun
 def open_init(init_from: str | os.PathLike):
     """The base checkpoint, opened with every check :func:`theremin.model.checkpoint.open_checkpoint` makes (missing,
     cut off, not theremin's, tokenizer not belonging to its model); errors name ``init_from``."""
-    from theremin.model.checkpoint import open_checkpoint
 
     path = Path(os.path.expanduser(str(init_from)))
     try:
@@ -108,7 +115,6 @@ def init_of(cfg):
 
 def check_codec(ck, codec_cfg: dict) -> None:
     """The run's codec settings must be the base's: the tokenizer and the weights only mean anything there."""
-    from theremin.codec.midichar import MidiChar
 
     mine = MidiChar(**{k: v for k, v in dict(codec_cfg).items() if k != "_target_"}).config
     base = ck.codec.config
@@ -121,9 +127,7 @@ def check_codec(ck, codec_cfg: dict) -> None:
 
 def _carried_files(ck) -> dict[str, bytes]:
     """The tokenizer files as the checkpoint carries them (bytes), or those of its folder (older checkpoints)."""
-    import torch
 
-    from theremin.model.checkpoint import tokenizer_files
 
     raw = torch.load(ck.path, map_location="cpu", weights_only=True, mmap=True)
     carried = (raw.get("theremin") or {}).get("tokenizer") or {}
@@ -135,7 +139,6 @@ def _carried_files(ck) -> dict[str, bytes]:
 def base_tokenizer_dir(ck, cache_root: str | os.PathLike) -> Path:
     """The base's tokenizer as a folder in ``cache_root`` (written once from the bytes the checkpoint carries;
     named by its key, so the run's checkpoints record the same tokenizer as the base's)."""
-    from theremin.fsio import atomic_write
 
     key = ck.tokenizer_key or "base"
     out = Path(cache_root) / key
@@ -156,7 +159,6 @@ def data_kwargs(cfg, init) -> dict:
     it is, after checking the run's codec is the base's."""
     if init is None:
         return {}
-    from theremin.config import plain
 
     check_codec(init, plain(cfg.codec))
     cache = cfg.data.get("tokenizer_cache") or Path(str(cfg.data.corpus_dir)) / "tokenizers"
@@ -168,7 +170,6 @@ def data_kwargs(cfg, init) -> dict:
 def adapt(cfg, dm, ck) -> Plan:
     """After the fine-tune corpus is prepared: size the run from it (writes trainer.max_steps, optimizer.lr,
     lr_schedule and trainer.val_check_interval into ``cfg``) and say what to expect."""
-    from omegaconf import open_dict
 
     meta = dm.meta if hasattr(dm, "meta") else None
     train_tokens = int(meta["train"]["tokens"]) if meta else len(dm.train_tokens)
@@ -209,7 +210,6 @@ def init_weights(lit, ck) -> None:
 
 def model_config(ck, block_size: int) -> dict:
     """The base's model settings (shape and context); the data's block size must fit its context."""
-    import dataclasses
 
     cfg = dataclasses.asdict(ck.model_config)
     if block_size > cfg["block_size"]:
@@ -236,7 +236,6 @@ def corpus_advice(notes: int, *, fine_tuning: bool = False, input_dir: str | Non
 
 def advise(cfg, dm) -> None:
     """Log :func:`corpus_advice` for a run's corpus (from its manifest)."""
-    from theremin.data.corpus import load_manifest
 
     m = load_manifest(dm.corpus_dir)
     if not m:

@@ -20,6 +20,8 @@ import pytorch_lightning as pl
 import torch
 from torchmetrics import SumMetric
 
+from theremin.config import plain
+from theremin.model.checkpoint import FORMAT
 from theremin.model.gpt import GPT, GPTConfig
 
 
@@ -48,7 +50,6 @@ class LitGPT(pl.LightningModule):
         """``carry``: what checkpoints carry besides the weights (``theremin.model.checkpoint.tokenizer_files``);
         not a hyperparameter (bytes stay out of the loggers)."""
         super().__init__()
-        from theremin.config import plain
 
         # plain types only: hyperparameters must load with torch.load(weights_only=True)
         model, tokenizer, codec, lr_schedule, carry = (plain(x) for x in (model, tokenizer, codec, lr_schedule, carry))
@@ -121,7 +122,6 @@ class LitGPT(pl.LightningModule):
             self.last_val = {"step": int(self.global_step), "metrics": metrics}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        from theremin.model.checkpoint import FORMAT
 
         checkpoint["theremin"] = {"format": FORMAT, "tokenizer": self.carry, "last_val": self.last_val}
 

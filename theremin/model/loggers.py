@@ -14,6 +14,7 @@ import io
 import os
 from pathlib import Path
 
+from lightning_fabric.utilities.rank_zero import rank_zero_only
 from pytorch_lightning.loggers import CSVLogger as _LightningCSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
@@ -94,7 +95,6 @@ class CSVLogger(_LightningCSVLogger):
     @property
     def experiment(self) -> _Writer:
         if self._experiment is None:
-            from lightning_fabric.utilities.rank_zero import rank_zero_only
 
             if rank_zero_only.rank > 0:  # only rank zero writes (Lightning's rank_zero_experiment does the same)
                 return super().experiment
@@ -102,7 +102,6 @@ class CSVLogger(_LightningCSVLogger):
         return self._experiment
 
     def resume_at(self, step: int | None) -> None:
-        from lightning_fabric.utilities.rank_zero import rank_zero_only
 
         if rank_zero_only.rank == 0:
             self.experiment.resume_at(step)

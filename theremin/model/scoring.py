@@ -24,7 +24,11 @@ import numpy as np
 import torch
 
 from theremin import config as resolvers  # noqa: F401
+from theremin.codec.tokenizer import unknown_note_share
+from theremin.data.corpus import build_corpus, load_manifest
+from theremin.data.datamodule import ValWindows
 from theremin.errors import ThereminError
+from theremin.model.checkpoint import open_checkpoint
 
 log = logging.getLogger("theremin.model.scoring")
 
@@ -78,7 +82,6 @@ def frame(tok, lines: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def token_nll(model, ids: np.ndarray, block_size: int, batch_size: int = 16, device: str = "cpu") -> np.ndarray:
     """NLL in nats of every token after the first, in the consecutive windows validation uses
     (:class:`theremin.data.datamodule.ValWindows`: each token predicted once, context from its window's start)."""
-    from theremin.data.datamodule import ValWindows
 
     zeros = np.zeros(len(ids), dtype=np.uint8)
     windows = ValWindows(ids, zeros, block_size)
@@ -119,7 +122,6 @@ def score_texts(model, tok, lines: list[str], names: list[str], block_size: int 
 def prepare_folder(input_dir: str | os.PathLike, codec, workdir: Path, *, min_notes: int = 8,
                    max_notes: int | None = None, workers: int | None = None, progress: bool = False):
     """The folder's pieces as a corpus prepares them: (lines, relative paths, corpus report)."""
-    from theremin.data.corpus import build_corpus, load_manifest
 
     kw = {} if max_notes is None else {"max_notes": int(max_notes)}
     report = build_corpus(input_dir, workdir, codec, workers, val_fraction=0.0, transpose=None,
@@ -133,7 +135,6 @@ def prepare_folder(input_dir: str | os.PathLike, codec, workdir: Path, *, min_no
 
 def load(ckpt_path: str | os.PathLike, device: str = "cpu"):
     """(model, tokenizer) of a checkpoint, opened with every check of theremin.model.checkpoint.open_checkpoint."""
-    from theremin.model.checkpoint import open_checkpoint
 
     try:
         ck = open_checkpoint(Path(os.path.expanduser(str(ckpt_path))))
@@ -150,7 +151,6 @@ def score_folder(ckpt_path: str | os.PathLike, input_dir: str | os.PathLike, *, 
                  loaded=None) -> ScoreReport:
     """Score every usable MIDI file under ``input_dir`` with the checkpoint (``loaded``: (model, tokenizer)
     already loaded from it)."""
-    from theremin.codec.tokenizer import unknown_note_share
 
     input_dir = Path(os.path.expanduser(str(input_dir)))
     model, tok = loaded if loaded is not None else load(ckpt_path, device)

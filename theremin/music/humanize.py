@@ -21,6 +21,7 @@ import math
 import random
 from dataclasses import dataclass, fields
 
+from theremin.config import known_settings
 from theremin.errors import ThereminError
 from theremin.music.midi import DEFAULT_TEMPO_US, Note, Piece
 
@@ -74,7 +75,6 @@ class HumanizeConfig:
     @classmethod
     def from_config(cls, cfg) -> HumanizeConfig | None:
         """From ``data.humanize`` (a mapping, or null for none); an unknown key is refused by name."""
-        from theremin.config import known_settings
 
         if cfg is None or isinstance(cfg, HumanizeConfig):
             return cfg

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from theremin.errors import ThereminError
 from theremin.fsio import atomic_write, file_kind
 
@@ -112,7 +114,6 @@ def parse_midi(
     max_notes: int | None = MAX_NOTES,
 ) -> Piece:
     """:func:`read_midi` on bytes already read; ``path`` only names the file in errors."""
-    import numpy as np
     from symusic import Score  # imported here: worker processes import this module
 
     if not data:
@@ -156,7 +157,6 @@ def merge_notes(start, end, pitch, velocity) -> list[Note]:
     """Raw notes (numpy arrays, ticks) merged onto one track: notes of one pitch that start on one tick sound
     as one, the longest wins (of equal ones, the loudest); sorted by (start, pitch). Vectorised: no Python
     object per raw note."""
-    import numpy as np
 
     keep = (pitch >= 0) & (pitch <= 127)
     start, end, pitch = np.maximum(start[keep], 0), end[keep], pitch[keep]

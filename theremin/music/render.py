@@ -56,7 +56,7 @@ def default_soundfont() -> Path:
 
 
 def _import_fluidsynth():
-    try:
+    try:  # lazy: an optional native library, loaded only when a WAV is rendered
         import fluidsynth
     except (ImportError, OSError) as e:
         # pyfluidsynth raises ImportError when it cannot find the library, OSError when ctypes cannot load it

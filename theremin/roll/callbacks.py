@@ -8,6 +8,13 @@ from pathlib import Path
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_only
 
+from theremin.metrics.copies import CopyIndex
+from theremin.metrics.notes import load_corpus
+from theremin.metrics.style import evaluate
+from theremin.music.midi import write_midi
+from theremin.music.render import RenderError, piano_roll_png, render_wav
+from theremin.roll.roller import Roller, SamplingSettings
+
 log = logging.getLogger("theremin.apps.train")
 
 
@@ -45,9 +52,6 @@ class SampleMidi(pl.Callback):
                 log.warning("sample_midi: no samples with a %s tokenizer (rolling needs midichar)", dm.tokenizer.kind)
                 self._skipped = True
             return
-        from theremin.music.midi import write_midi
-        from theremin.music.render import piano_roll_png
-        from theremin.roll.roller import Roller, SamplingSettings
 
         codec = dm.tokenizer.codec
         if self._roller is None or self._roller.model is not pl_module.model:
@@ -93,7 +97,6 @@ class SampleMidi(pl.Callback):
 
     def _render(self, piece, wav: Path) -> Path | None:
         """The sample as WAV; None (after one warning) where FluidSynth or its soundfont is missing."""
-        from theremin.music.render import RenderError, render_wav
 
         if not self._audio:
             return None
@@ -106,8 +109,6 @@ class SampleMidi(pl.Callback):
 
     def _evaluate(self, dm, text: str, prompt_notes: int) -> dict[str, float]:
         """Style and memorisation of the sample against the training corpus (theremin.metrics.style)."""
-        from theremin.metrics.copies import CopyIndex
-        from theremin.metrics.style import evaluate, load_corpus
 
         if self._corpus is None:  # built once per run: the corpus does not change while training
             self._corpus = load_corpus(dm.corpus_dir)

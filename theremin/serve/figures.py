@@ -11,14 +11,8 @@ from pathlib import Path
 
 from theremin.codec.midichar import MidiChar
 from theremin.metrics.copies import CopyIndex
-from theremin.metrics.style import (
-    _generated,
-    decode_notes,
-    histogram_overlap,
-    interval_histogram,
-    load_corpus,
-    pitch_class_histogram,
-)
+from theremin.metrics.notes import _generated, decode_notes, load_corpus
+from theremin.metrics.style import histogram_overlap, interval_histogram, pitch_class_histogram
 
 log = logging.getLogger("theremin.serve")
 
