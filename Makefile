@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # torch is pinned for the set-up only (a CPU build that lies on disk here); pyproject keeps torch>=2.4 open
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup system-deps demo test test-all lint bench clean
+.PHONY: setup system-deps demo test test-all lint docs bench clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ test-all: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+# docs/config.md, the config reference, from conf/ (tests/test_docs.py fails when it is stale)
+docs: setup
+	$(BIN)/python scripts/gen_config_docs.py
 
 clean:
 	rm -rf $(VENV) outputs/* data

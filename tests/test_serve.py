@@ -317,7 +317,7 @@ def test_bad_prompt_files(client, tmp_path, case):
     ({"max_new_tokens": 10**9}, 422, ["max_new_tokens=1000000000"]),
     ({"preset": "loud"}, 422, ["preset='loud'", "greedy"]),
     ({"demo_prompt": "nope"}, 422, ["demo_prompt='nope'", "c-major-scale"]),
-    ({"colour": "red"}, 400, ["unknown field 'colour'"]),
+    ({"colour": "red"}, 400, ["'colour' is not a field of this request (known: "]),
 ])
 def test_bad_fields(client, fields, status, words):
     r = roll(client, None, **fields)
@@ -340,7 +340,7 @@ def test_bad_requests(client, service, prompt_bytes):
         (client.post("/api/continue", content=b""), 422, "body: empty"),
         (client.post("/api/continue?n=2", content=prompt_bytes), 422, "n=2"),
         (client.post("/api/continue?temperature=-2", content=prompt_bytes), 422, "temperature=-2"),
-        (client.post("/api/continue?color=red", content=prompt_bytes), 400, "unknown field 'color'"),
+        (client.post("/api/continue?color=red", content=prompt_bytes), 400, "'color' is not a field of this request"),
         (client.post("/api/continue", content=b"not midi"), 422, "prompt 'body': not a MIDI file"),
         (client.get("/api/prompts/nope.mid"), 422, "demo_prompt='nope'"),
     ]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from theremin.config import conf_dir
+from theremin.config import conf_dir, known_settings
 from theremin.errors import ThereminError
 from theremin.roll.constraints import ConstraintError, parse_key
 from theremin.roll.roller import SamplingSettings
@@ -113,9 +113,7 @@ def parse_settings(form: Mapping[str, str], presets: dict[str, dict], limits: Li
                    extra: tuple[str, ...] = ()) -> SamplingSettings:
     """SamplingSettings from request fields (strings). ``extra``: other field names the route accepts."""
     known = {*SETTINGS_FIELDS, "preset", *extra}
-    unknown = sorted(set(form) - known)
-    if unknown:
-        raise UnknownFieldError(f"unknown field {unknown[0]!r}: the fields are {', '.join(sorted(known))}")
+    known_settings(known, dict(form), "", "a field of this request", UnknownFieldError)
     values = {k: v.strip() for k, v in form.items() if k in known and isinstance(v, str) and v.strip()}
     preset = values.pop("preset", "default")
     if preset not in presets:
