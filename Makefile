@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # torch is pinned for the set-up only (a CPU build that lies on disk here); pyproject keeps torch>=2.4 open
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup system-deps demo test test-all lint docs bench clean
+.PHONY: setup system-deps demo test test-all lint docs clean
 
 setup: $(VENV)/.installed
 

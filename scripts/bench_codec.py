@@ -54,8 +54,8 @@ def f1(ref_iv, ref_p, est_iv, est_p, offset_ratio) -> float:
 
 
 def main() -> None:
-    from theremin.music.midi import MidiError
     from theremin.codec.midichar import MidiChar
+    from theremin.music.midi import MidiError
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("pattern", help="quoted glob, ** allowed")

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from theremin.codec.midichar import MidiChar
-from theremin.config import data_dir
 from theremin.codec.tokenizer import MidiTokenizer, compression
+from theremin.config import data_dir
 
 DEFAULT_VARIANTS = ["bytes", "bytes+aug", "factored", "factored+aug"]
 TARGET = {"bach": 2.0, "other": 1.5}

@@ -18,10 +18,10 @@ import time
 
 import torch
 
-from theremin.roll.constraints import Constraints
-from theremin.model.gpt import GPT, GPTConfig
-from theremin.roll.roller import Roller, SamplingSettings
 from theremin.codec.tokenizer import MidiTokenizer
+from theremin.model.gpt import GPT, GPTConfig
+from theremin.roll.constraints import Constraints
+from theremin.roll.roller import Roller, SamplingSettings
 
 
 def main() -> None:

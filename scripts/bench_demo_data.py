@@ -20,12 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from theremin.music.midi import MidiError, read_midi  # noqa: E402
 from theremin.fsio import atomic_write
-from theremin.music.scores import write_score_midi  # noqa: E402
+from theremin.music.midi import MidiError, read_midi
+from theremin.music.scores import write_score_midi
+
+ROOT = Path(__file__).resolve().parent.parent
+
 
 
 def _read(path: Path):

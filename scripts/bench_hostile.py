@@ -13,6 +13,7 @@ failed or duplicates: it must be 0.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -23,14 +24,22 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from theremin.codec.midichar import MidiChar
+from theremin.data.corpus import MANIFEST_FILE, build_corpus
+from theremin.music.midi import is_midi_path
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 
-import midi_factory as mf  # noqa: E402
+def _load_midi_factory():
+    """The tests' MIDI builders (tests/midi_factory.py), loaded by path: the tests folder is not a package."""
+    spec = importlib.util.spec_from_file_location("midi_factory", ROOT / "tests" / "midi_factory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-from theremin.data.corpus import MANIFEST_FILE, build_corpus  # noqa: E402
-from theremin.music.midi import is_midi_path  # noqa: E402
-from theremin.codec.midichar import MidiChar  # noqa: E402
+
+mf = _load_midi_factory()
+
 
 
 def midi_named_entries(root: Path) -> set[str]:
@@ -45,7 +54,8 @@ def midi_named_entries(root: Path) -> set[str]:
 def measure(src: Path, out: Path, workers: int) -> dict:
     """One build of ``src`` in a fresh process, so that its peak figures are its own."""
     code = (f"import sys, json; sys.argv = ['', {str(src)!r}, {str(out)!r}, '{workers}']; "
-            "sys.path.insert(0, 'scripts'); import bench_hostile as b; print(json.dumps(b._child()))")
+            "import runpy; b = runpy.run_path('scripts/bench_hostile.py', run_name='bench_hostile'); "
+            "print(json.dumps(b['_child']()))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 

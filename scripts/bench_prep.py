@@ -21,11 +21,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from theremin.codec.midichar import MidiChar
+from theremin.data.corpus import build_corpus, find_midi_files
 
-from theremin.data.corpus import build_corpus, find_midi_files  # noqa: E402
-from theremin.codec.midichar import MidiChar  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
 
 _tokenizer = None
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from theremin.model.gpt import GPT, GPTConfig
 from theremin.codec.kinds import load_configured
+from theremin.model.gpt import GPT, GPTConfig
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

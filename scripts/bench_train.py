@@ -33,7 +33,6 @@ import functools
 import gc
 import logging
 import statistics
-import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -45,12 +44,12 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from theremin.data.datamodule import RandomWindows
+from theremin.model.gpt import GPT, GPTConfig
+from theremin.model.lit import LitGPT, warmup_cosine
 
-from theremin.data.datamodule import RandomWindows  # noqa: E402
-from theremin.model.lit import LitGPT, warmup_cosine  # noqa: E402
-from theremin.model.gpt import GPT, GPTConfig  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
 
 LR, BETAS, WEIGHT_DECAY, CLIP = 1e-3, (0.9, 0.95), 0.1, 1.0
 VARIANTS = ("bare", "lightning", "nolog")

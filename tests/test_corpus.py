@@ -669,8 +669,9 @@ def test_prep_command_line_on_a_full_disk(tmp_path):
 
     src, out = tmp_path / "in", tmp_path / "corpus"
     distinct_files(src, range(30))
-    base = [sys.executable, "-m", "theremin.apps.prep", "data=folder", f"data.input_dir={src}", f"data.corpus_dir={out}",
-            "workers=1", "progress=false", "hydra.output_subdir=null", f"paths.log_dir={tmp_path / 'logs'}"]
+    base = [sys.executable, "-m", "theremin.apps.prep", "data=folder", f"data.input_dir={src}",
+            f"data.corpus_dir={out}", "workers=1", "progress=false", "hydra.output_subdir=null",
+            f"paths.log_dir={tmp_path / 'logs'}"]
     first = subprocess.run([*base, "data.transpose=null"], capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
     before = outputs_state(out)
@@ -781,8 +782,9 @@ def test_tokenize_command_line_without_a_corpus(tmp_path):
 
 
 def test_demo_data_command_line_answers_a_bad_setting_in_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-c", "from theremin.apps.demo_data import main; main()", "--composer", "nobody",
-                        "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", "from theremin.apps.demo_data import main; main()",
+                        "--composer", "nobody", "--out", str(tmp_path / "x")],
+                       capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip() == "theremin-demo-data: error: music21's corpus has no works for composer 'nobody'"
 

@@ -28,7 +28,8 @@ DATA_MOUNT, OUTPUTS_MOUNT = "/data", "/app/outputs"
 # the oldest Kubernetes still widely run, and the newest kubernetes-validate knows (None)
 KUBE_VERSIONS = ("1.28.0", None)
 # Hydra apps: console script or `-m` module -> config name in conf/
-APPS = {"theremin-train": "train", "theremin.apps.train": "train", "theremin-prep": "prep", "theremin.apps.prep": "prep",
+APPS = {"theremin-train": "train", "theremin.apps.train": "train",
+        "theremin-prep": "prep", "theremin.apps.prep": "prep",
         "theremin-tokenize": "tokenize", "theremin.apps.tokenize": "tokenize",
         "theremin-generate": "generate", "theremin.apps.generate": "generate",
         "theremin-serve": "serve", "theremin.apps.serve": "serve"}

@@ -1,5 +1,5 @@
-"""Humanized copies (theremin.music.humanize) and the corpus's data.humanize: played and sequenced versions of score-like
-pieces keep their notes, spread timing and velocity the way such files do, and stay reproducible."""
+"""Humanized copies (theremin.music.humanize) and the corpus's data.humanize: played and sequenced versions of
+score-like pieces keep their notes, spread timing and velocity the way such files do, and stay reproducible."""
 
 from __future__ import annotations
 

@@ -103,7 +103,7 @@ def test_old_module_names_still_import_with_a_deprecation_warning():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         sys.modules.pop("theremin.sample", None)
-        from theremin.sample import Roller  # noqa: F401  (the old name)
+        from theremin.sample import Roller
     assert Roller is theremin.Roller
     assert any("theremin.roll.roller" in str(w.message) for w in caught)
     import hydra.utils
@@ -119,3 +119,18 @@ def test_old_module_names_still_import_with_a_deprecation_warning():
 
     with pytest.raises(AttributeError, match=r"theremin\.sample' has no attribute 'no_such_name' \(it moved to"):
         old.no_such_name  # noqa: B018
+
+
+def test_no_function_over_80_lines():
+    long = []
+    for module, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                long.append(f"{module}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not long, long
+
+
+def test_scripts_import_the_package_without_editing_sys_path():
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    edits = [p.name for p in scripts.glob("*.py") if "sys.path" in p.read_text()]
+    assert not edits, edits

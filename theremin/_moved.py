@@ -3,7 +3,7 @@
 Users' scripts, notebooks and saved Hydra configs (``_target_: theremin.lit.LitGPT``) still import them by their
 old names: this finder answers such an import with a module that forwards every attribute to where it lives now,
 and says once where that is (a DeprecationWarning). ``theremin.data`` and ``theremin.model`` are packages now;
-their ``__init__`` forwards the old modules' names the same way. The table is the rename table of the README.
+their ``__init__`` forwards the old modules' names the same way. The table is the rename table of docs/layout.md.
 """
 
 from __future__ import annotations
