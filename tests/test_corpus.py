@@ -467,7 +467,7 @@ def test_prep_builds_from_config(midi_dir, tmp_path):
 
 
 def test_prep_builds_the_demo_folder_only_when_missing(tmp_path, monkeypatch):
-    import theremin.data.demo
+    import theremin.data.corpus
     from theremin.apps.prep import prep
 
     calls = []
@@ -477,7 +477,7 @@ def test_prep_builds_the_demo_folder_only_when_missing(tmp_path, monkeypatch):
         mf.build_good_set(Path(out_dir))
         return Path(out_dir)
 
-    monkeypatch.setattr(theremin.data.demo, "build_demo_midi", fake_demo)
+    monkeypatch.setattr(theremin.data.corpus, "build_demo_midi", fake_demo)
     cfg = compose_prep([f"paths.data_dir={tmp_path}", "workers=1", "progress=false"])
     assert prep(cfg).out_dir == (tmp_path / "corpus" / "bach").resolve()
     assert prep(cfg).reused and calls == ["bach"]

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from train_run import train_run
 
 from theremin.codec.tokenizer import unknown_note_share
 from theremin.data import base as base_data
@@ -128,22 +129,6 @@ def test_init_from_missing_or_corrupt(tmp_path):
 
 
 # ---- the CI path: a tiny base → fine-tune → score ------------------------------------------------------------
-def _train(overrides: list[str], out: Path) -> dict:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import open_dict
-
-    from theremin.apps.train import train
-    from theremin.config import conf_dir
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        cfg.run_name = out.name
-        del cfg["hydra"]
-    return train(cfg)
 
 
 TINY = ["model=nano", "tokenizer=1k", "data.block_size=64", "data.batch_size=8", "logger=csv",
@@ -156,7 +141,7 @@ def tiny_base(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     out = tmp_path_factory.mktemp("base")
     sources = "{bach: {composer: bach, limit: 12}, essen: {folder: essenFolksong, include: [erk5.abc], limit: 20}}"
-    _train(["experiment=base", *TINY, "~data.sources", f"+data.sources={sources}", f"paths.data_dir={root}",
+    train_run(["experiment=base", *TINY, "~data.sources", f"+data.sources={sources}", f"paths.data_dir={root}",
             "trainer.max_steps=30", "trainer.val_check_interval=30"], out)
     return out / "checkpoints" / "last.ckpt", root
 
@@ -180,7 +165,7 @@ def test_base_finetune_score(tiny_base, tmp_path):
     r = base_data.build_heldout_midi(folk, "essenFolksong", ["irl.abc"], limit=14, workers=1, progress=False)
     assert r["written"] == 14
     out = tmp_path / "ft"
-    metrics = _train(["experiment=finetune", *TINY, f"init_from={base_ckpt}", "data=folder",
+    metrics = train_run(["experiment=finetune", *TINY, f"init_from={base_ckpt}", "data=folder",
                       f"data.input_dir={folk}", "data.name=irish", f"paths.data_dir={root}", "finetune.steps=12",
                       "data.val_fraction=0.3"], out)
     ft = open_checkpoint(out / "checkpoints" / "last.ckpt")
@@ -210,20 +195,20 @@ def test_finetune_refusals(tiny_base, tmp_path, midi_dir):
     base_ckpt, root = tiny_base
     common = ["experiment=finetune", *TINY, f"init_from={base_ckpt}", "data=folder", f"paths.data_dir={root}"]
     with pytest.raises(FinetuneError, match=r"other codec settings .*codec\.grid"):
-        _train([*common, f"data.input_dir={midi_dir}", "data.name=x1", "codec.grid=24"], tmp_path / "r1")
+        train_run([*common, f"data.input_dir={midi_dir}", "data.name=x1", "codec.grid=24"], tmp_path / "r1")
     assert not (root / "corpus" / "x1").exists()
     one = tmp_path / "one"
     one.mkdir()
     (midi_dir / "scale.mid").rename(one / "scale.mid")
     with pytest.raises(DataConfigError, match=r"data\.input_dir=.*one: the val split is empty \(1 usable MIDI file"):
-        _train([*common, f"data.input_dir={one}", "data.name=x2"], tmp_path / "r2")  # used to crash in np.memmap
+        train_run([*common, f"data.input_dir={one}", "data.name=x2"], tmp_path / "r2")  # used to crash in np.memmap
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "bad.mid").write_text("not midi")
     with pytest.raises(ThereminError, match=r"junk: none of the 1 MIDI files is usable .*bad\.mid: not a MIDI file"):
-        _train([*common, f"data.input_dir={junk}", "data.name=x3"], tmp_path / "r3")
+        train_run([*common, f"data.input_dir={junk}", "data.name=x3"], tmp_path / "r3")
     with pytest.raises(FinetuneError, match=r"init_from: checkpoint .*missing\.ckpt does not exist"):
-        _train(["experiment=finetune", *TINY, f"init_from={tmp_path / 'missing.ckpt'}", "data=folder",
+        train_run(["experiment=finetune", *TINY, f"init_from={tmp_path / 'missing.ckpt'}", "data=folder",
                 f"paths.data_dir={root}", f"data.input_dir={midi_dir}", "data.name=x4"], tmp_path / "r4")
     assert not (root / "corpus" / "x4").exists()  # refused before any data is prepared
 
@@ -307,8 +292,9 @@ def test_val_split_shorter_than_a_window(tiny_base, tmp_path, make_midi, midi_fa
     base_ckpt, root = tiny_base
     for root_note in (55, 60, 62, 64, 67):  # five 8-note scales: whichever goes to val is a few tokens long
         make_midi(tmp_path / "scales" / f"s{root_note}.mid", midi_factory.scale(root_note))
-    metrics = _train(["experiment=finetune", *TINY, f"init_from={base_ckpt}", "data=folder", f"paths.data_dir={root}",
-                      f"data.input_dir={tmp_path / 'scales'}", "data.name=tinyval", "finetune.steps=4"], tmp_path / "r")
+    metrics = train_run(["experiment=finetune", *TINY, f"init_from={base_ckpt}", "data=folder",
+                         f"paths.data_dir={root}", f"data.input_dir={tmp_path / 'scales'}", "data.name=tinyval",
+                         "finetune.steps=4"], tmp_path / "r")
     meta = json.loads(next((root / "corpus" / "tinyval").rglob("tokens.json")).read_text())
     assert 0 < meta["val"]["tokens"] < 64 + 1
     assert math.isfinite(metrics["val/bits_per_note"])

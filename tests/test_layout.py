@@ -134,3 +134,11 @@ def test_scripts_import_the_package_without_editing_sys_path():
     scripts = Path(__file__).resolve().parents[1] / "scripts"
     edits = [p.name for p in scripts.glob("*.py") if "sys.path" in p.read_text()]
     assert not edits, edits
+
+
+def test_python_dash_m_with_an_old_app_name_runs_the_app(tmp_path):
+    """k8s manifests and scripts of users ran `python -m theremin.train ...`: it still runs theremin-train."""
+    r = subprocess.run([sys.executable, "-m", "theremin.train", "--cfg", "job", "model=nano"], capture_output=True,
+                       text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "theremin.model.lit.LitGPT" in r.stdout and "n_layer: 2" in r.stdout

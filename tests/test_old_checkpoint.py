@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from train_run import train_run
 
 from theremin import Roller, SamplingSettings
 from theremin.model.checkpoint import open_checkpoint
@@ -22,24 +23,6 @@ FIXTURE_RUN = ["model=nano", "model.model.n_layer=1", "model.model.n_embd=16", "
 # sha256 of the 12 chorales' MIDI bytes (sorted by name) and of the corpus train.txt the fixture was trained on
 FIXTURE_MIDI_SHA256 = "c5df8bdf24452ef34b7f08bad4d0171235615374b43cef0e7e1e98eda4500945"
 FIXTURE_TRAIN_SHA256 = "ed4599a0f27f6da09eadc50dfa3c39b6410245d648b7264425d27b19bb0b3704"
-
-
-def _train(overrides: list[str], out: Path) -> dict:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import open_dict
-
-    from theremin.apps.train import train
-    from theremin.config import conf_dir
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-        cfg.run_name = out.name
-        del cfg["hydra"]
-    return train(cfg)
 
 
 @pytest.fixture
@@ -66,7 +49,7 @@ def test_an_old_checkpoint_rolls(old_ckpt, make_midi, midi_factory, tmp_path):
 
 def test_an_old_checkpoint_fine_tunes(old_ckpt, midi_dir, tmp_path):
     out = tmp_path / "ft"
-    _train(["experiment=finetune", "model=nano", "logger=csv", "trainer.enable_progress_bar=false",
+    train_run(["experiment=finetune", "model=nano", "logger=csv", "trainer.enable_progress_bar=false",
             "~callbacks.progress_log", "callbacks.sample_midi.new_notes=8", f"init_from={old_ckpt}",
             "data=folder", f"data.input_dir={midi_dir}", "data.name=mine", f"paths.data_dir={tmp_path / 'data'}",
             "finetune.steps=3", "data.block_size=64", "data.batch_size=4", "data.val_fraction=0.3"], out)
@@ -85,7 +68,7 @@ def test_an_old_checkpoint_resumes(old_ckpt, tmp_path):
     midi_sha = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(midi.glob("*.mid")))).hexdigest()
     if midi_sha != FIXTURE_MIDI_SHA256:  # not ours to keep: another music21 writes other chorales
         pytest.skip("this music21 release writes the 12 chorales differently from the one the fixture saw")
-    metrics = _train([*FIXTURE_RUN, f"paths.data_dir={data}", f"data.input_dir={midi}", f"ckpt_path={old_ckpt}",
+    metrics = train_run([*FIXTURE_RUN, f"paths.data_dir={data}", f"data.input_dir={midi}", f"ckpt_path={old_ckpt}",
                       "trainer.max_steps=6"], out)
     # the same MIDI gives the same corpus, so the same tokenizer key (else the codec changed its text)
     assert file_sha256(data / "corpus" / "bach" / "train.txt") == FIXTURE_TRAIN_SHA256

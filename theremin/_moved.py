@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import sys
 import types
 import warnings
@@ -84,8 +85,17 @@ class _Loader(importlib.abc.Loader):
         return _Forwarder(self.old, MOVED[self.old])
 
     def exec_module(self, module) -> None:
-        warnings.warn(f"theremin.{self.old} moved to {', '.join('theremin.' + h for h in MOVED[self.old])}; "
-                      "the old name will go away", DeprecationWarning, stacklevel=3)
+        warnings.warn(_message(self.old), DeprecationWarning, stacklevel=3)
+
+    def get_code(self, fullname: str):
+        """``python -m theremin.<old app>`` (a k8s manifest, a script): runs the module it moved to."""
+        warnings.warn(_message(self.old), DeprecationWarning, stacklevel=2)
+        home = f"theremin.{MOVED[self.old][0]}"
+        return importlib.util.find_spec(home).loader.get_code(home)
+
+
+def _message(old: str) -> str:
+    return f"theremin.{old} moved to {', '.join('theremin.' + h for h in MOVED[old])}; the old name will go away"
 
 
 class MovedFinder(importlib.abc.MetaPathFinder):
@@ -95,7 +105,8 @@ class MovedFinder(importlib.abc.MetaPathFinder):
         old = fullname.removeprefix("theremin.")
         if not fullname.startswith("theremin.") or old not in MOVED:
             return None
-        return importlib.machinery.ModuleSpec(fullname, _Loader(old))
+        home = importlib.util.find_spec(f"theremin.{MOVED[old][0]}")  # its file: what `python -m` runs
+        return importlib.machinery.ModuleSpec(fullname, _Loader(old), origin=home.origin if home else None)
 
 
 def install() -> None:

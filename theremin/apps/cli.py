@@ -1,4 +1,5 @@
-"""What every console script shares: one error family, one message format, one exit code.
+"""What every console script shares: one message format and one exit code for the one error family
+(:mod:`theremin.errors`).
 
 A user error (bad input, a bad setting, a file that cannot be used) is a :class:`ThereminError` whose
 message names the file or setting and the reason. Console scripts print it as one line,

@@ -1,4 +1,4 @@
-"""theremin-score: a checkpoint's held-out figure on a folder of your choice.
+"""A checkpoint's held-out figure on a folder of your choice (the library behind theremin-score).
 
     theremin-score ckpt_path=outputs/.../checkpoints/best.ckpt input_dir=~/midi/test
     → bits/note = 3.2145   (notes, files, tokens; per-file figures with per_file=true)

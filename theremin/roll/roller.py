@@ -1,6 +1,6 @@
 """Rolling ideas: a checkpoint + a prompt MIDI (or none) → N variations as MIDI, WAV and piano roll PNG.
 
-    from theremin.roll.roller import Roller, SamplingSettings
+    from theremin import Roller, SamplingSettings
     roller = Roller.load("outputs/train/runs/default/checkpoints/last.ckpt")
     result = roller.roll("prompt.mid", SamplingSettings(n=4, length=32, unit="notes"), out_dir="rolls/")
 
