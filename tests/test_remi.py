@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from midi_factory import chords, random_notes, scale
 
-from theremin.codec.kinds import get_or_train_configured, kind_of, load_configured
+from theremin.codec.kinds import Tokenizer, get_or_train_configured, kind_of, load_configured
 from theremin.codec.midichar import MidiChar
 from theremin.codec.remi import RemiTokenizer, get_or_train, grid_mismatches
 from theremin.errors import ThereminError
+from theremin.fsio import current_umask
 from theremin.music.midi import Note, Piece
 
 SMALL = {"max_duration_beats": 4, "use_tempos": True}  # a small base vocabulary keeps training quick
@@ -96,6 +97,9 @@ def test_kind_picks_the_implementation(tok, corpus, codec):
     assert isinstance(got, RemiTokenizer) and got.dir == tok.dir
     assert kind_of(tok.dir) == "remi"
     assert isinstance(load_configured(tok.dir), RemiTokenizer)
+    assert isinstance(got, Tokenizer)  # the interface the DataModule and the scorer use
+    # the one cache: REMI's folder gets the umask's mode like midichar's (it stayed 0700 before)
+    assert oct(tok.dir.stat().st_mode & 0o777) == oct(0o777 & ~current_umask())
     with pytest.raises(ThereminError, match=r"tokenizer\.kind='wordpiece'"):
         get_or_train_configured(corpus / "train.txt", {"kind": "wordpiece", "vocab_size": 400}, corpus, codec)
 

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from theremin.codec.kinds import Tokenizer
 from theremin.codec.midichar import BASE, PLANE_SPAN, MidiChar
 from theremin.codec.tokenizer import (
     DEFAULT_OPTIONS,
@@ -174,7 +175,7 @@ def test_factor_range_chars_are_refused(toks):
 # ---- cache -----------------------------------------------------------------------------------------------------
 def test_cache_reuses_the_model(corpus, tmp_path, monkeypatch):
     first = get_or_train(corpus, 500, tmp_path, CODEC, fallback="bytes")
-    assert not first.from_cache
+    assert not first.from_cache and isinstance(first, Tokenizer)
     model = first.dir / "spm.model"
     mtime = model.stat().st_mtime_ns
 

@@ -360,8 +360,8 @@ class MidiTokenizer:
     def _checked(cls, d: Path | None, meta: dict, codec: MidiChar | None, model: bytes | None,
                  source: str) -> MidiTokenizer:
         if meta.get("kind", "midichar") != "midichar":  # another implementation (theremin.codec.kinds)
-            raise TokenizerError(f"{source} is a {meta['kind']} tokenizer, not midichar: load it with theremin."
-                                 "tokenizer_kinds.load_configured (sampling and its constraints need midichar)")
+            raise TokenizerError(f"{source} is a {meta['kind']} tokenizer, not midichar: load it with theremin.codec."
+                                 "kinds.load_configured (sampling and its constraints need midichar)")
         if meta.get("format_version") != FORMAT_VERSION:
             raise TokenizerError(f"{source}: tokenizer format {meta.get('format_version')}, this code reads "
                                  f"{FORMAT_VERSION}: train it again")

@@ -23,9 +23,8 @@ import torch
 from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from theremin.codec.kinds import get_or_train_configured, load_configured
+from theremin.codec.kinds import Tokenizer, get_or_train_configured, load_configured
 from theremin.codec.midichar import MidiChar
-from theremin.codec.tokenizer import MidiTokenizer
 from theremin.config import plain
 from theremin.data.corpus import build_configured, load_manifest
 from theremin.errors import ThereminError
@@ -128,7 +127,7 @@ class MidiDataModule(pl.LightningDataModule):
         self.demo = plain(demo)
         # a trained tokenizer to use as it is (fine-tuning: the base model's) instead of one trained on this corpus
         self.tokenizer_dir = tokenizer_dir
-        self.tokenizer: MidiTokenizer | None = None
+        self.tokenizer: Tokenizer | None = None  # midichar or REMI (theremin.codec.kinds)
         self.token_dir: Path | None = None
 
     # ---- preparation (idempotent, cached, safe to call from every rank) -------------------------------

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from theremin import config as resolvers  # noqa: F401
+from theremin.codec.kinds import Tokenizer
 from theremin.codec.tokenizer import unknown_note_share
 from theremin.data.corpus import build_corpus, load_manifest
 from theremin.data.datamodule import ValWindows
@@ -65,7 +66,7 @@ class ScoreReport:
         return "\n".join(lines)
 
 
-def frame(tok, lines: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def frame(tok: Tokenizer, lines: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, notes completed per id, piece index per id) of pieces framed as the DataModule frames them."""
     ids: list[int] = []
     notes: list[int] = []
@@ -100,7 +101,7 @@ def token_nll(model, ids: np.ndarray, block_size: int, batch_size: int = 16, dev
     return out
 
 
-def score_texts(model, tok, lines: list[str], names: list[str], block_size: int | None = None,
+def score_texts(model, tok: Tokenizer, lines: list[str], names: list[str], block_size: int | None = None,
                 batch_size: int = 16, device: str = "cpu") -> dict:
     """Bits per note of pieces (midichar texts) under a model; totals and per piece."""
     block_size = int(block_size or model.config.block_size)

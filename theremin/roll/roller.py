@@ -22,6 +22,7 @@ from typing import NamedTuple
 import torch
 
 from theremin.codec.midichar import MidiChar
+from theremin.codec.tokenizer import MidiTokenizer
 from theremin.errors import ThereminError
 from theremin.model.checkpoint import DEFAULT_MAX_PARAMS, CheckpointError, open_checkpoint
 from theremin.model.gpt import GPT
@@ -162,7 +163,7 @@ class _Goal(NamedTuple):
 class Roller:
     """A loaded model + tokenizer, ready to roll variations (keeps constraint masks cached)."""
 
-    def __init__(self, model: GPT, tokenizer, codec: MidiChar, checkpoint: str = "",
+    def __init__(self, model: GPT, tokenizer: MidiTokenizer, codec: MidiChar, checkpoint: str = "",
                  corpus_dir: str | os.PathLike | None = None, limits: SamplingLimits | None = None):
         self.model, self.tok, self.codec, self.checkpoint = model, tokenizer, codec, checkpoint
         self.corpus_dir = Path(corpus_dir) if corpus_dir else None  # the training corpus, for evaluation
