@@ -15,8 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from theremin.music.midi import read_midi, write_midi
+
+# Playwright's expect() waits for a state (up to its timeout) instead of reading the page once: a page that
+# updates after a fetch is checked when it has updated, not raced (issue 21.9)
+expect.set_options(timeout=30_000)  # a loaded 2-core machine: generous, it returns as soon as the state holds
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,12 +90,11 @@ def test_roll_listen_download_keep_reroll_and_errors_in_chromium(browser, server
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(server)
     page.wait_for_function("document.querySelector('#model-info').textContent.includes('params')")
-    assert page.locator("#demo-prompt option").count() > 3  # "—" + built-in prompts
+    page.wait_for_function("document.querySelectorAll('#demo-prompt option').length > 3")  # "—" + built-ins
 
     # upload a prompt: it is drawn and counted
     page.set_input_files("#prompt-file", str(prompt))
-    page.wait_for_function("document.querySelector('#prompt-info').textContent.includes('notes')")
-    assert f"{len(piece.notes)} notes" in page.inner_text("#prompt-info")
+    expect(page.locator("#prompt-info")).to_contain_text(f"{len(piece.notes)} notes")
 
     # roll N variations
     page.fill("#n", str(N))
@@ -104,6 +108,7 @@ def test_roll_listen_download_keep_reroll_and_errors_in_chromium(browser, server
         src = cards.nth(i).locator("audio").get_attribute("src")
         peak, seconds = page.evaluate(PEAK, src)
         assert peak > 0.01 and seconds > 1, (src, peak, seconds)
+    expect(page.locator("#history li")).to_have_count(1)
     first_id = page.locator("#history li").first.get_attribute("data-id")
 
     # download a MIDI that parses: the prompt plus the new notes
@@ -122,8 +127,8 @@ def test_roll_listen_download_keep_reroll_and_errors_in_chromium(browser, server
     page.wait_for_function(f"document.querySelectorAll('#cards .card').length === {N}")
     page.wait_for_function("[...document.querySelectorAll('#cards img')].every(i => i.complete && i.naturalWidth > 0)",
                            timeout=60_000)
-    assert page.locator("#history li").first.get_attribute("data-id") != first_id
-    assert "variation 2" in page.inner_text("#history li >> nth=0")
+    expect(page.locator("#history li").first).not_to_have_attribute("data-id", first_id)
+    expect(page.locator("#history li").first).to_contain_text("variation 2")
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
 
@@ -131,25 +136,25 @@ def test_roll_listen_download_keep_reroll_and_errors_in_chromium(browser, server
     page.fill("#keep-bars", "1")
     page.click("#reroll")
     page.wait_for_function("document.querySelectorAll('#history li').length === 3", timeout=60_000)
-    assert "kept 1 bar of the prompt and re-rolled the rest" in page.inner_text("#results-title")
+    expect(page.locator("#results-title")).to_contain_text("kept 1 bar of the prompt and re-rolled the rest")
     page.locator(f"#history li[data-id='{first_id}'] button").click()
-    assert page.locator("#history li.current").get_attribute("data-id") == first_id
-    assert "two_bars.mid" in page.inner_text("#prompt-info")
+    expect(page.locator("#history li.current")).to_have_attribute("data-id", first_id)  # waits for the state
+    expect(page.locator("#prompt-info")).to_contain_text("two_bars.mid")
 
     # an error from the API is shown as its message
     bad = tmp_path / "notes.mid"
     bad.write_text("these are not notes")
     page.set_input_files("#prompt-file", str(bad))
     page.click("#roll")
-    page.wait_for_selector("#error:not([hidden])")
-    message = page.inner_text("#error")
-    assert "notes.mid" in message and "not a MIDI file" in message, message
+    expect(page.locator("#error")).to_be_visible()
+    expect(page.locator("#error")).to_contain_text("notes.mid")
+    expect(page.locator("#error")).to_contain_text("not a MIDI file")
     # and a bad setting: the message names the field
     page.select_option("#demo-prompt", "c-major-scale")
-    page.wait_for_function("document.querySelector('#prompt-info').textContent.startsWith('c-major-scale')")
+    expect(page.locator("#prompt-info")).to_contain_text("c-major-scale")
     page.fill("#pitch-lo", "84")
     page.fill("#pitch-hi", "48")
     page.click("#roll")
-    page.wait_for_function("document.querySelector('#error').textContent.includes('pitch_range')")
-    assert "reversed" in page.inner_text("#error")
+    expect(page.locator("#error")).to_contain_text("pitch_range")
+    expect(page.locator("#error")).to_contain_text("reversed")
     assert not errors, errors
