@@ -158,3 +158,22 @@ def test_roll_listen_download_keep_reroll_and_errors_in_chromium(browser, server
     expect(page.locator("#error")).to_contain_text("pitch_range")
     expect(page.locator("#error")).to_contain_text("reversed")
     assert not errors, errors
+
+
+def test_a_prompt_with_an_impossible_meter_is_drawn_and_refused_not_hung(browser, server, tmp_path):
+    """Issue 21.6: a 0/4 time signature made the page draw endless bars (the tab hung > 15 s) and the server
+    answer 500; now the page draws it in 4/4 and says so, and the roll is refused with the reason."""
+    import midi_factory as mf
+
+    notes = [(i * 480, (i + 1) * 480, p, 80) for i, p in enumerate((60, 64, 67, 72))]
+    path = tmp_path / "no_meter.mid"
+    path.write_bytes(mf.smf_bytes([[(0, bytes([0xFF, 0x58, 0x04, 0, 2, 24, 8])), *mf.notes_to_events(notes)]]))
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(10_000)  # a hung tab fails here instead of holding the test
+    page.goto(server)
+    expect(page.locator("#model-info")).to_contain_text("params")
+    page.set_input_files("#prompt-file", str(path))
+    expect(page.locator("#prompt-info")).to_contain_text("time signature 0/4 is not a meter")
+    page.click("#roll")
+    expect(page.locator("#error")).to_contain_text("time signature 0/4")
+    page.close()

@@ -43,22 +43,50 @@ class GenerateError(ThereminError):
 class SamplingLimits:
     """Upper bounds on one request, checked before anything is allocated (a server exposes every
     SamplingSettings field). conf/generate.yaml ``limits`` overrides these defaults for theremin-generate;
-    a server sets its own on its :class:`Roller` (``roller.limits``)."""
+    a server rolls with its own (conf/serve.yaml ``limits``, :class:`theremin.serve.forms.Limits`)."""
 
     max_n: int = 64  # variations per roll
     max_notes: int = 4096  # length with unit=notes
     max_bars: float = 256  # length with unit=bars
     max_seconds: float = 1200  # length with unit=seconds
     max_new_tokens: int = 32768  # tokens sampled per variation, whatever the length asked
+    max_beats: float = 2048  # a length in bars or seconds, in beats at the prompt's meter and tempo
+    # a prompt's tempos and meter: beyond these a length in bars or seconds means nothing a musician plays
+    min_bpm: float = 10
+    max_bpm: float = 1000
+    max_bar_beats: float = 32  # quarter-note beats in one bar (255/1 would be 1020)
 
     def __post_init__(self) -> None:
         for name in ("max_n", "max_notes", "max_new_tokens"):
             _check_number(f"limits.{name}", getattr(self, name), 1, None, integer=True)
-        for name in ("max_bars", "max_seconds"):
+        for name in ("max_bars", "max_seconds", "max_beats", "min_bpm", "max_bpm", "max_bar_beats"):
             _check_number(f"limits.{name}", getattr(self, name), 0, None, lo_open=True)
+        if self.min_bpm > self.max_bpm:
+            raise GenerateError(f"limits.min_bpm={self.min_bpm} is above limits.max_bpm={self.max_bpm}")
 
     def max_length(self, unit: str) -> float:
         return {"notes": self.max_notes, "bars": self.max_bars, "seconds": self.max_seconds}[unit]
+
+
+def check_meter(piece: Piece, limits: SamplingLimits, name: str = "the prompt") -> None:
+    """Refuse a prompt whose tempo or time signature makes bars and seconds meaningless (a 185-byte file with
+    3.6 bpm and 255/1 asked for a roll of 47,000 notes and a 32 GB WAV; 0/4 divided by zero)."""
+    for tick, num, den in piece.time_signatures:
+        where = f"at beat {tick / piece.ticks_per_beat:g}" if tick else "at its start"
+        if num < 1 or den < 1 or den > 64 or den & (den - 1):
+            raise GenerateError(f"prompt {name}: time signature {num}/{den} {where} is not a meter (a numerator "
+                                "of at least 1 over 1, 2, 4, ..., 64)")
+        beats = num * 4 / den
+        if beats > limits.max_bar_beats:
+            raise GenerateError(f"prompt {name}: time signature {num}/{den}: a bar of {beats:g} beats {where}, more "
+                                f"than limits.max_bar_beats={limits.max_bar_beats:g}")
+    for tick, us in piece.tempos:
+        bpm = 60e6 / us if us > 0 else math.inf
+        if not limits.min_bpm <= bpm <= limits.max_bpm:
+            where = f"at beat {tick / piece.ticks_per_beat:g}" if tick else "at its start"
+            shown = f"{bpm:.2f}".rstrip("0").rstrip(".")  # 3.58, 60000000
+            raise GenerateError(f"prompt {name}: a tempo of {shown} bpm {where}, outside limits.min_bpm..max_bpm "
+                                f"({limits.min_bpm:g}-{limits.max_bpm:g})")
 
 
 def _check_number(name: str, value, lo: float | None, hi: float | None, *, integer: bool = False,
@@ -199,6 +227,7 @@ class Roller:
         if prompt is None:
             return Prompt("", (4, 4), False, 0)
         piece = prompt if isinstance(prompt, Piece) else _read_prompt(prompt)
+        check_meter(piece, self.limits, "the prompt" if isinstance(prompt, Piece) else repr(str(prompt)))
         ts = piece.time_signatures[0][1:] if piece.time_signatures else (4, 4)
         notes, tempos = self.codec.quantize(piece)
         bar = self.bar_steps(ts)
@@ -305,6 +334,10 @@ class Roller:
             tempo_us = ([us for _, us in prompt_tempos] or [500_000])[-1]
             bar_beats = self.bar_steps(p.time_signature) / self.codec.grid
             beats = s.length * bar_beats if s.unit == "bars" else s.length * 1e6 / tempo_us
+            if beats > self.limits.max_beats:
+                at = f"{bar_beats:g} beats a bar" if s.unit == "bars" else f"{60e6 / tempo_us:.4g} bpm"
+                raise GenerateError(f"sampling.length={s.length:g} {s.unit} is {beats:g} beats ({at}), more than "
+                                    f"limits.max_beats={self.limits.max_beats:g}")
             notes, end = None, p.end + round(beats * self.codec.grid)
         max_new = s.max_new_tokens or int(min(8 * (notes or 4 * beats) + 64, self.limits.max_new_tokens))
         return _Goal(notes, end, max_new, prompt_notes)
@@ -381,7 +414,7 @@ class Roller:
         """MIDI (+ WAV, PNG) per variation. Each MIDI carries its provenance and its number of prompt notes as
         markers (:data:`PROMPT_NOTES_MARKER`), so theremin-evaluate scores the generated part alone."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        meta = {"theremin checkpoint": self.checkpoint, "sampling": repr(asdict(s)),
+        meta = {"theremin checkpoint": Path(self.checkpoint).name, "sampling": repr(asdict(s)),
                 PROMPT_NOTES_MARKER: str(result.prompt_notes)}
         for v in result.variations:
             stem = out_dir / f"variation_{v.index + 1:02d}"

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from theremin.config import conf_dir, known_settings
 from theremin.errors import ThereminError
 from theremin.roll.constraints import ConstraintError, parse_key
-from theremin.roll.roller import SamplingSettings
+from theremin.roll.roller import SamplingLimits, SamplingSettings
 
 SETTINGS_FIELDS = tuple(f.name for f in fields(SamplingSettings))
 NONE_WORDS = {"none", "null", "off"}  # an explicit "no filter" for top_k/top_p/min_p/... over a preset's value
@@ -34,22 +34,22 @@ class UnknownFieldError(FieldError):
     pass
 
 
-@dataclass
-class Limits:
-    """Upper bounds on what one request may ask for (conf/serve.yaml ``limits``)."""
+@dataclass(frozen=True)
+class Limits(SamplingLimits):
+    """What one request may ask for (conf/serve.yaml ``limits``): the Roller's limits (the server rolls with
+    these, max_new_tokens included when a request leaves it unset) with the server's defaults, plus bounds on
+    the fields only the server takes."""
 
     max_n: int = 16
     max_notes: int = 512
     max_bars: float = 32
     max_seconds: float = 60
     max_new_tokens: int = 4096
+    max_beats: float = 256
     max_temperature: float = 5.0
     max_keep_bars: int = 256
     max_polyphony: int = 32
     max_key_chars: int = 40
-
-    def max_length(self, unit: str) -> float:
-        return {"notes": self.max_notes, "bars": self.max_bars, "seconds": self.max_seconds}[unit]
 
 
 def load_presets(folder: Path | None = None) -> dict[str, dict]:

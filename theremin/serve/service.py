@@ -27,7 +27,7 @@ import torch
 from theremin.errors import ThereminError
 from theremin.music.midi import MidiError, Piece, read_midi, write_midi
 from theremin.music.render import piano_roll_png, render_wav
-from theremin.roll.roller import Roller, RollResult, SamplingSettings, Variation
+from theremin.roll.roller import GenerateError, Roller, RollResult, SamplingSettings, Variation, check_meter
 from theremin.serve.engine import BatchedModel, BatchEngine, RollTimeout, set_deadline
 from theremin.serve.figures import Figures
 from theremin.serve.forms import FieldError, Limits, load_presets, parse_settings
@@ -94,7 +94,7 @@ class RollService:
         if cfg.threads:
             torch.set_num_threads(int(cfg.threads))
         self.checkpoint = Path(checkpoint)
-        self.roller = Roller.load(self.checkpoint, device=cfg.device)
+        self.roller = Roller.load(self.checkpoint, device=cfg.device, limits=self.limits)  # one set: the server's
         self.model = self.roller.model
         self.engine = BatchEngine(self.model, max_rows=max(cfg.max_batch_rows, self.limits.max_n))
         self.roller.model = BatchedModel(self.model, self.engine)
@@ -140,8 +140,11 @@ class RollService:
     def _read_prompt(self, path: Path, name: str) -> Piece:
         try:
             piece = read_midi(path)
+            check_meter(piece, self.limits, repr(name))  # before its bars or seconds mean anything
         except MidiError as e:
             raise PromptError(f"prompt {name!r}: {e.reason}") from None
+        except GenerateError as e:
+            raise PromptError(str(e)) from None
         # cheap bound before any encoding: even at several notes per token this never fits the context
         if len(piece.notes) > 4 * self.model.block_size:
             raise PromptError(f"prompt {name!r}: {len(piece.notes)} notes, far longer than the model's context "

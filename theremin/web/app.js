@@ -50,7 +50,8 @@ async function setPrompt(blob, name) {
   try {
     const midi = parseMidi(await blob.arrayBuffer());
     const bars = Math.ceil(Math.max(0, ...midi.notes.map((n) => n.end)) / ((midi.timeSig[0] * 4) / midi.timeSig[1]));
-    $("prompt-info").textContent = `${name}: ${midi.notes.length} notes, ${bars} bars`;
+    const odd = midi.oddMeter ? ` (its time signature ${midi.oddMeter} is not a meter: drawn in 4/4)` : "";
+    $("prompt-info").textContent = `${name}: ${midi.notes.length} notes, ${bars} bars${odd}`;
     drawPianoRoll(canvas, midi);
   } catch (e) {
     $("prompt-info").textContent = `${name}: cannot draw it (${e.message}); the server will say more`;

@@ -2,6 +2,9 @@
 // The server reads the file for real (and says what is wrong with it); this only draws.
 "use strict";
 
+const MAX_BAR_BEATS = 32; // as the server's limits.max_bar_beats
+const MAX_BAR_LINES = 64; // a long song labels every k-th bar instead of piling numbers into a strip
+
 function parseMidi(buffer) {
   const d = new DataView(buffer);
   const tag = (at) => String.fromCharCode(d.getUint8(at), d.getUint8(at + 1), d.getUint8(at + 2), d.getUint8(at + 3));
@@ -49,7 +52,11 @@ function parseMidi(buffer) {
     p = end;
   }
   notes.sort((x, y) => x.start - y.start || x.pitch - y.pitch);
-  return { notes, timeSig };
+  // 0/4, 4/256 or 255/1 would make bars of no or endless length (the tab hung drawing them): drawn in 4/4,
+  // and said (the server refuses such a prompt with its reason)
+  const [num, den] = timeSig;
+  const meter = num >= 1 && den >= 1 && den <= 64 && (num * 4) / den <= MAX_BAR_BEATS;
+  return { notes, timeSig: meter ? timeSig : [4, 4], oddMeter: meter ? null : `${num}/${den}` };
 }
 
 function drawPianoRoll(canvas, midi, color = "#4c72b0") {
@@ -69,7 +76,8 @@ function drawPianoRoll(canvas, midi, color = "#4c72b0") {
   g.strokeStyle = "#ddd";
   g.fillStyle = "#999";
   g.font = "10px sans-serif";
-  for (let bar = 0; bar <= bars; bar++) {
+  const every = Math.max(1, Math.ceil(bars / MAX_BAR_LINES));
+  for (let bar = 0; bar <= bars; bar += every) {
     g.beginPath();
     g.moveTo(x(bar * beatsPerBar), 0);
     g.lineTo(x(bar * beatsPerBar), h);
