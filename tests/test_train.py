@@ -184,6 +184,30 @@ def test_checkpoint_from_another_tokenizer_is_refused(data_root, demo_midi, tmp_
         train(make_cfg(data_root, demo_midi, tmp_path / "b", "tokenizer.vocab_size=900", f"ckpt_path={ckpt}"))
 
 
+def test_a_run_killed_during_a_validation_resumes_with_that_validation(data_root, demo_midi, tmp_path):
+    """A kill while the validation of step 10 runs: the same command resumes and the run's metrics.csv holds
+    the same (step, metric) cells as an uninterrupted run's, that validation's included. (last.ckpt was saved
+    at step 10 before its validation, and Lightning does not run the validation of a checkpoint's own step
+    again: its figures were lost, and the sigkill test below failed when its kill landed in one.)"""
+    args = ["trainer.max_steps=15", "trainer.val_check_interval=10", "callbacks.last_checkpoint.every_n_train_steps=5",
+            "logger=csv", "trainer.log_every_n_steps=1", "callbacks=default"]
+    ref = cli(data_root, demo_midi, *args, f"hydra.run.dir={tmp_path / 'ref'}")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    run = [*args, f"hydra.run.dir={tmp_path / 'run'}"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    killed = subprocess.run([sys.executable, "-m", "theremin.apps.train", *TINY, f"paths.data_dir={data_root}",
+                             f"data.input_dir={demo_midi}", *run, "+callbacks.die._target_=die_in_validation."
+                             "DieInValidation", "+callbacks.die.step=10"], capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert killed.returncode == 9, killed.stderr[-3000:]
+    again = cli(data_root, demo_midi, *run)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stderr + again.stdout
+    ref_cells, run_cells = logged_cells(tmp_path / "ref"), logged_cells(tmp_path / "run")
+    assert max(run_cells.values()) == 1
+    assert set(run_cells) == set(ref_cells), sorted(set(ref_cells) ^ set(run_cells))
+
+
 def test_resume_after_sigkill_continues_step_and_loss_curve(data_root, demo_midi, tmp_path):
     args = ["trainer.max_steps=40", "trainer.val_check_interval=20", "callbacks.last_checkpoint.every_n_train_steps=5",
             "logger=csv", "trainer.log_every_n_steps=1", "callbacks=default"]

@@ -14,19 +14,52 @@ from pytorch_lightning.utilities import rank_zero_only
 log = logging.getLogger("theremin.apps.train")
 
 
-
-
 class LastCheckpoint(ModelCheckpoint):
     """``last.ckpt`` every N steps (where the same command resumes), and once more after the run's final
     validation: a finished run's last checkpoint holds its final weights together with their figures, so running
-    the finished command again reports the same number without training or validating anything."""
+    the finished command again reports the same number without training or validating anything.
+
+    A killed run resumes exactly: at a step whose validation is about to run, last.ckpt is written after that
+    validation, not before it (Lightning never runs again the validation of a checkpoint's own step, so a kill
+    during it lost its figures); and the loggers are flushed first, so every row up to a checkpoint's step is on
+    disk when the checkpoint is."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._after_validation = False
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args, **kwargs) -> None:
+        if _validates_after_this_batch(trainer):
+            self._after_validation = True
+            return
+        if not self._should_skip_saving_checkpoint(trainer) and self._every_n_train_steps >= 1 \
+                and trainer.global_step % self._every_n_train_steps == 0:
+            _flush(trainer)
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
+        deferred, self._after_validation = self._after_validation, False
         final = 0 < trainer.max_steps <= trainer.global_step
-        if (final and self.save_last and trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
-                and not trainer.fast_dev_run):
+        if ((deferred or final) and self.save_last and trainer.state.fn == TrainerFn.FITTING
+                and not trainer.sanity_checking and not trainer.fast_dev_run):
+            _flush(trainer)
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def _validates_after_this_batch(trainer: pl.Trainer) -> bool:
+    """Whether Lightning runs a validation right after the batch that just ended (its own test; False where a
+    Lightning release lacks it: then last.ckpt is written at the batch end as before)."""
+    loop = trainer.fit_loop
+    try:
+        return bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
+    except (AttributeError, TypeError):
+        return False
+
+
+def _flush(trainer: pl.Trainer) -> None:
+    for logger in trainer.loggers:
+        logger.save()
 
 
 def _duration(seconds: float) -> str:
