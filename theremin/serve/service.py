@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import re
-import shutil
 import tempfile
 import threading
 import time
@@ -208,7 +207,7 @@ class RollService:
                     "seconds": round(result.seconds, 3), "variations": variations}
             self.store.save_meta(folder, meta)
         except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
+            self.store.discard(roll_id)  # removed and forgotten (the store accounts every roll)
             raise
         self.store.prune(keep=roll_id, every_s=self.cfg.prune_every_s)
         return meta
