@@ -86,8 +86,8 @@ class ValWindows(Dataset):
         start = self.windows[i] * self.block_size
         w = torch.from_numpy(self.tokens[start : start + self.block_size + 1].astype(np.int64))
         notes = int(self.notes[start + 1 : start + self.block_size + 1].sum())
-        x = torch.zeros(self.block_size, dtype=torch.long)
-        y = torch.full((self.block_size,), -1, dtype=torch.long)
+        x = torch.zeros(self.block_size, dtype=torch.long, device="cpu")  # batches are made on the CPU, then moved
+        y = torch.full((self.block_size,), -1, dtype=torch.long, device="cpu")
         x[: len(w) - 1], y[: len(w) - 1] = w[:-1], w[1:]
         return x, y, notes
 

@@ -527,12 +527,11 @@ class Constraints:
     def apply(self, row: RowState, logits: torch.Tensor, want_end: bool, sampling: dict) -> torch.Tensor:
         """Mask one row's logits (V,) for its state. ``want_end``: the length target is reached, so a
         complete row must end (EOS only)."""
-        neg = torch.full_like(logits, float("-inf"))
-        eos = self.tok.eos_id
-        if row.done:  # finished rows pad with EOS
-            return neg.index_fill(0, torch.tensor([eos]), 0.0)
-        if want_end and self.complete(row):
-            return neg.index_fill(0, torch.tensor([eos]), 0.0)
+        neg = torch.full_like(logits, float("-inf"))  # on the logits' device, as everything made here
+        if row.done or (want_end and self.complete(row)):  # finished rows pad with EOS; a row at its length ends
+            only_eos = neg.clone()
+            only_eos[self.tok.eos_id] = 0.0
+            return only_eos
         allowed = self.row_mask(row)
         repeats = self._chord_mask(row)
         if repeats is not None and (allowed & ~repeats).any():
