@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import midi_factory as mf
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,6 +27,7 @@ from theremin.codec.tokenizer import (
     to_relative,
 )
 from theremin.errors import ThereminError
+from theremin.music.midi import Note, Piece
 
 CODEC = MidiChar()
 VEL = CODEC.velocity_index(80)
@@ -331,3 +333,29 @@ def test_rests_and_extensions_beyond_the_room_fall_back_to_bytes(tmp_path):
     assert len(others & pieces) <= 181 // 2
     for ln in lines:
         assert tok.decode(tok.encode(ln)) == ln
+
+
+def test_a_100k_note_piece_trains_in_parts_and_round_trips(tmp_path, monkeypatch):
+    """Issue 19.5: sentencepiece < 0.2.3 aborts the whole process on a line over 65,535 symbols (a long
+    performance, a humanized base corpus); the tokenizer trains on such a line in parts and encodes it whole."""
+    import sentencepiece as spm
+
+    from theremin.codec.tokenizer import SPM_MAX_LINE
+
+    rng = np.random.default_rng(0)
+    notes = [Note(int(i * 120), int(i * 120 + 240), int(p), 80) for i, p in enumerate(rng.integers(48, 84, 100_000))]
+    text = CODEC.encode(Piece(notes, 480))
+    assert CODEC.count_notes(text) == 100_000 and len(text) > SPM_MAX_LINE
+    corpus = tmp_path / "train.txt"
+    corpus.write_text(text + "\n" + CODEC.encode(Piece(notes[:50], 480)) + "\n", encoding="utf-8")
+    seen = []
+    train = spm.SentencePieceTrainer.train
+
+    def spy(**kwargs):
+        seen.append(max(len(ln) for ln in Path(kwargs["input"]).read_text(encoding="utf-8").split("\n")))
+        return train(**kwargs)
+
+    monkeypatch.setattr(spm.SentencePieceTrainer, "train", spy)
+    tok = MidiTokenizer.train(corpus, 2000, tmp_path / "tok", CODEC, num_threads=1)
+    assert seen and seen[0] <= SPM_MAX_LINE  # what sentencepiece was given
+    assert tok.decode(tok.encode(text)) == text

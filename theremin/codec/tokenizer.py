@@ -77,6 +77,9 @@ DEFAULT_OPTIONS: dict = {
     "hard_vocab_limit": True,  # False: spm may return a smaller vocab than asked instead of failing
     "num_threads": None,  # None = all cores
 }
+# sentencepiece 0.2.0-0.2.2 abort the process (a C++ check, no message) on a line over 65,535 symbols: a long
+# performance is trained on in parts of at most this many characters (BPE only loses the pairs across a cut)
+SPM_MAX_LINE = 65_535
 _RUNTIME_OPTIONS = {"num_threads"}
 
 
@@ -514,10 +517,11 @@ def _train_spm(lines: list[str], extra_lines: list[str], prefix: Path, vocab_siz
     feasible range."""
     with tempfile.TemporaryDirectory(prefix="spm-input-") as tmp:
         inp = Path(tmp) / "train.txt"
+        parts = [ln[i:i + SPM_MAX_LINE] for ln in lines for i in range(0, len(ln), SPM_MAX_LINE)]
         with open(inp, "w", encoding="utf-8") as f:
-            for ln in (*lines, *extra_lines):
+            for ln in (*parts, *extra_lines):
                 f.write(ln + "\n")
-        longest = max(len(ln.encode("utf-8")) for ln in lines)
+        longest = max(len(ln.encode("utf-8")) for ln in parts)
         try:
             spm.SentencePieceTrainer.train(**_spm_args(inp, prefix, vocab_size, opts, longest))
         except RuntimeError as e:
