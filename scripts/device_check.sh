@@ -6,7 +6,10 @@
 # It makes a virtualenv, installs torch (PyPI's default CUDA build) and this package, then runs
 #   - scripts/bench_train.py for the small and medium presets in bf16 with torch.compile
 #     (Lightning vs bare loop: target lightning / bare >= 0.95; MFU target >= 40 %),
-#   - scripts/bench_generate.py on the GPU (KV-cache speedup).
+#   - scripts/bench_generate.py on the GPU (KV-cache speedup),
+#   - the real path on the GPU: the demo's model trained there (trainer=gpu, bf16), then rolled with every kind of
+#     constraint, served through the batching engine and scored there (scripts/device_roll.py: the same notes as
+#     the CPU for greedy rolls, the same bits/note within 1e-3).
 # Each run's output is also written to "$OUT" when that is set (else ./outputs/device_check).
 #
 # Environment:
@@ -54,6 +57,12 @@ done
 
 echo "=== bench_generate"
 "$PY" scripts/bench_generate.py --device cuda 2>&1 | tee "$OUT_DIR/bench_generate.txt" || status=1
+
+echo "=== the demo's model trained, rolled, served and scored on the GPU"
+"$PY" -m theremin.apps.train experiment=demo trainer=gpu paths.data_dir="$OUT_DIR/data" \
+    hydra.run.dir="$OUT_DIR/train" 2>&1 | tail -5 | tee "$OUT_DIR/train_gpu.txt" || status=1
+"$PY" scripts/device_roll.py "$OUT_DIR/train/checkpoints/last.ckpt" --device cuda --out "$OUT_DIR/rolls" 2>&1 \
+    | tee "$OUT_DIR/device_roll.txt" || status=1
 
 echo "outputs in $OUT_DIR"
 exit "$status"
