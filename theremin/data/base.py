@@ -8,8 +8,18 @@ Sources (each written once to ``<input_dir>/<source>/``, then cached):
   MIDI file per tune. A book is parsed and written in one worker process; a finished book leaves a marker
   (``.<book>.done``, with its counts), so a re-run only lists the folder. ``exclude`` (glob patterns) keeps
   books out: the held-out ones (:func:`build_heldout_midi` writes them for fine-tune tests);
+- ``dataset`` sources: a public dataset of the catalogue (``data.catalog``, theremin/conf/datasets/), fetched from a
+  mirror or downloaded, checked and unpacked once by :mod:`theremin.data.datasets`, converted to MIDI when it is not
+  MIDI, and linked file by file under ``<input_dir>/<source>/``; ``data.datasets=[pop909, ...]`` turns catalogue
+  entries on as sources of their own name. ``include``/``exclude`` (patterns on paths inside the dataset's folder)
+  and ``limit`` (the first N files) pick files; ``weight`` sizes the source against the others
+  (:class:`Balance`: at most ``weight x data.balance.notes_per_weight`` notes);
 - ``extra_dirs``: folders of your own, linked file by file under ``<input_dir>/extra/`` (the corpus walker
   follows linked files, so nothing is copied and a changed folder is seen).
+
+Every build counts each source's files and notes as the corpus reader keeps them (pitched notes; a file it would
+refuse is skipped, with its reason) and writes the figures, with each source's share of the notes and each
+dataset's licence, to ``<input_dir>/sources.json``; :class:`BaseDataModule` prints them as a table.
 
 Why music21 and not abcmidi's ``abc2midi`` (which converts a tune book in about a second): music21 is already a
 dependency and runs wherever pip does (macOS, the Docker image, CI), so the base corpus is the same on every
@@ -23,20 +33,26 @@ from __future__ import annotations
 import copy
 import fnmatch
 import json
+import logging
 import os
 import re
 import shutil
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
-from theremin.config import plain
+from theremin.config import known_settings, plain
 from theremin.data.datamodule import MidiDataModule
+from theremin.data.datasets import Selection, build_source, count_notes, load_catalog
 from theremin.data.demo import build_demo_midi
 from theremin.errors import ThereminError
 from theremin.fsio import atomic_write
-from theremin.music.midi import is_midi_path
+from theremin.music.midi import MAX_NOTES, is_midi_path
+
+log = logging.getLogger("theremin.data.base")
 
 EXTRA = "extra"  # <input_dir>/extra/: the links to extra folders
 DONE_FORMAT = 1
@@ -172,28 +188,152 @@ def link_extra_dirs(extra_dirs: list[str], out: Path) -> int:
     return n
 
 
+@dataclass(frozen=True)
+class Balance:
+    """How dataset sources are balanced against each other (data.balance): a dataset source contributes at most
+    ``weight x notes_per_weight`` notes (its ``weight``, default 1), whole files picked in a fixed pseudo-random
+    order (theremin.data.datasets.under_cap), so one big dataset cannot swamp the others (T5's
+    examples-proportional mixing with a cap). ``null``: no cap. music21 sources are sized by their ``limit``."""
+
+    notes_per_weight: int | None = 300_000
+
+
+DATASET_KEYS = ("dataset", "include", "exclude", "limit", "weight")
+SOURCES_FILE = "sources.json"  # <input_dir>/sources.json: the per-source figures of the last build
+SOURCES_FORMAT = 1
+
+
+def all_sources(sources: dict | None, datasets: list[str] | tuple[str, ...] = ()) -> dict:
+    """``sources`` plus one ``{dataset: <name>}`` source per name in ``datasets`` that is not a source already."""
+    out = {name: dict(src) for name, src in dict(sources or {}).items()}
+    for d in datasets or ():
+        if d not in out:
+            out[d] = {"dataset": d}
+        elif "dataset" not in out[d]:
+            raise BaseDataError(f"data.datasets: {d!r} is also a source of another kind (data.sources.{d})")
+    return out
+
+
+def _dataset_source(name: str, src: dict, root: Path, specs: dict, balance: Balance, *, mirror, datasets_dir,
+                    download: bool, workers, max_notes: int, min_notes: int, progress: bool) -> dict:
+    where = f"data.sources.{name}"
+    src = known_settings(DATASET_KEYS, src, where, "a dataset source setting", BaseDataError)
+    spec = specs.get(src["dataset"])
+    if spec is None:
+        raise BaseDataError(f"{where}.dataset: {src['dataset']!r} is not in data.catalog (known: "
+                            f"{', '.join(sorted(specs))})")
+    if not spec.licence.commercial:
+        log.warning("%s: dataset %s is licensed %s, non-commercial: a model trained on it inherits the "
+                    "non-commercial licence", where, spec.name, spec.licence.name)
+    weight = float(src.get("weight", 1.0))
+    if weight < 0:
+        raise BaseDataError(f"{where}.weight: {weight} is negative")
+    cap = None if balance.notes_per_weight is None else round(weight * balance.notes_per_weight)
+    include = src.get("include")
+    sel = Selection(include=None if include is None else tuple(include), exclude=tuple(src.get("exclude") or ()),
+                    limit=src.get("limit"))
+    r = build_source(root / name, spec, sel, cap, root=datasets_dir, mirror=mirror, download=download,
+                     counts_cache=root / COUNTS / f"{name}.json", workers=workers, max_notes=max_notes,
+                     min_notes=min_notes, progress=progress)
+    if r["skipped"] and not r["available_files"]:
+        log.warning("%s: none of the %d files of %s is usable (%s)", where, r["skipped"], spec.name,
+                    next(iter(r["skipped_reasons"])))
+    return {**r, "weight": weight, "written": r["files"]}
+
+
+COUNTS = ".counts"  # <input_dir>/.counts/<source>.json: notes per file, cached
+
+
+def _count_folder(name: str, root: Path, max_notes: int, min_notes: int) -> dict:
+    folder = root / name
+    paths = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if is_midi_path(p.name)}
+    counts = count_notes(paths, root / COUNTS / f"{name}.json", max_notes, min_notes)
+    usable = [n for n in counts.values() if isinstance(n, int)]
+    reasons = Counter(n for n in counts.values() if isinstance(n, str))
+    return {"files": len(usable), "notes": sum(usable), "skipped": sum(reasons.values()),
+            "skipped_reasons": dict(reasons.most_common(5))}
+
+
 def build_base_midi(input_dir: str | os.PathLike, sources: dict, extra_dirs: list[str] | None = None,
-                    workers: int | None = None, progress: bool = True) -> dict:
-    """Build (or reuse) the base MIDI folder: one subfolder per source, plus ``extra/``. Returns counts per
-    source (files written, tunes that failed to convert)."""
+                    workers: int | None = None, progress: bool = True, *, datasets: list[str] | tuple = (),
+                    catalog: dict | None = None, mirror: str | None = None, datasets_dir: str | None = None,
+                    download: bool = True, balance: dict | None = None, max_notes: int = MAX_NOTES,
+                    min_notes: int = 1) -> dict:
+    """Build (or reuse) the base MIDI folder: one subfolder per source, plus ``extra/``. Returns the figures per
+    source (files and notes the corpus reader keeps, share of all notes; files written or linked), also written
+    to ``<input_dir>/sources.json``."""
 
     root = Path(input_dir)
+    sources = all_sources(sources, datasets)
+    bal = Balance(**known_settings(Balance, balance, "data.balance", "a balance setting", BaseDataError))
+    specs = load_catalog(catalog) if any("dataset" in s for s in sources.values()) else {}
+    _unlink_dropped(root, sources)
     report = {}
-    for name, src in (sources or {}).items():
-        if name == EXTRA:
-            raise BaseDataError(f"data.sources: {EXTRA!r} is reserved for data.extra_dirs")
-        src = dict(src)
+    for name, src in sources.items():
+        if name in (EXTRA, COUNTS):
+            raise BaseDataError(f"data.sources: {name!r} is reserved")
+        if "dataset" in src:
+            report[name] = _dataset_source(name, src, root, specs, bal, mirror=mirror, datasets_dir=datasets_dir,
+                                           download=download, workers=workers, max_notes=max_notes,
+                                           min_notes=min_notes, progress=progress)
+            continue
         if "composer" in src:
             folder = build_demo_midi(root / name, composer=src["composer"], limit=src.get("limit"), workers=workers,
                                      progress=progress)
-            report[name] = {"written": sum(1 for _ in folder.glob("*.mid"))}
+            report[name] = {"kind": "composer", "written": sum(1 for _ in folder.glob("*.mid"))}
         elif "folder" in src:
             books = book_paths(src["folder"], src.get("exclude") or (), src.get("include"))
-            report[name] = build_books(books, root / name, workers, src.get("limit"), progress)
+            report[name] = {"kind": "folder", **build_books(books, root / name, workers, src.get("limit"), progress)}
         else:
-            raise BaseDataError(f"data.sources.{name}: give `composer: <name>` or `folder: <music21 corpus folder>`")
-    report[EXTRA] = {"written": link_extra_dirs(list(extra_dirs or []), root / EXTRA)}
+            raise BaseDataError(f"data.sources.{name}: give `composer: <name>`, `folder: <music21 corpus folder>` "
+                                "or `dataset: <catalogue name>`")
+        report[name].update(_count_folder(name, root, max_notes, min_notes))
+    report[EXTRA] = {"kind": "extra", "written": link_extra_dirs(list(extra_dirs or []), root / EXTRA)}
+    report[EXTRA].update(_count_folder(EXTRA, root, max_notes, min_notes))
+    total = sum(r["notes"] for r in report.values())
+    for r in report.values():
+        r["share"] = r["notes"] / total if total else 0.0
+    _write_sources(root, report, bal)
     return report
+
+
+def _unlink_dropped(root: Path, sources: dict) -> None:
+    """Remove the link folders of dataset sources the last build made and this one does not: the corpus reads all
+    of ``root``. (A music21 source's folder stays: it holds conversions that took minutes.)"""
+    try:
+        last = json.loads((root / SOURCES_FILE).read_text())["sources"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    for name, r in last.items():
+        folder = root / name
+        dropped = r.get("kind") == "dataset" and "dataset" not in sources.get(name, {}) and folder.is_dir()
+        if dropped and all(p.is_dir() or p.is_symlink() for p in folder.rglob("*")):  # links only: nobody's files
+            shutil.rmtree(folder)
+
+
+def _write_sources(root: Path, report: dict, balance: Balance) -> None:
+    doc = {"format": SOURCES_FORMAT, "balance": asdict(balance), "sources": report,
+           "total": {k: sum(r[k] for r in report.values()) for k in ("files", "notes")},
+           "non_commercial": sorted(n for n, r in report.items() if r.get("licence", {}).get("commercial") is False)}
+    text = json.dumps(doc, indent=1)
+    atomic_write(root / SOURCES_FILE, lambda tmp: tmp.write_text(text))
+
+
+def sources_table(report: dict) -> str:
+    """The per-source figures as a text table (what the base build prints)."""
+    rows = [("source", "kind", "files", "notes", "share", "skipped", "licence")]
+    for name, r in report.items():
+        kind = r.get("dataset", r.get("kind", ""))
+        lic = r.get("licence", {})
+        licence = f"{lic['name']}{'' if lic.get('commercial', True) else ' (non-commercial)'}" if lic else ""
+        rows.append((name, kind, f"{r['files']:,}", f"{r['notes']:,}", f"{100 * r['share']:.1f} %",
+                     f"{r.get('skipped', 0):,}", licence))
+    rows.append(("total", "", f"{sum(r['files'] for r in report.values()):,}",
+                 f"{sum(r['notes'] for r in report.values()):,}", "100.0 %", "", ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    right = {2, 3, 4, 5}
+    return "\n".join("  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+                     .rstrip() for row in rows)
 
 
 class BaseDataModule(MidiDataModule):
@@ -201,18 +341,26 @@ class BaseDataModule(MidiDataModule):
     :class:`MidiDataModule` does for any folder (corpus, tokenizer, token files)."""
 
     def __init__(self, *, sources: dict, extra_dirs: list[str] | None = None, workers: int | None = None,
-                 **kwargs):
+                 datasets: list[str] | None = None, catalog: dict | None = None, mirror: str | None = None,
+                 datasets_dir: str | None = None, download: bool = True, balance: dict | None = None, **kwargs):
         super().__init__(**kwargs)
 
         self.sources = plain(sources)
         self.extra_dirs = list(plain(extra_dirs) or [])
         self.workers = workers
+        self.datasets = list(plain(datasets) or [])
+        self.catalog = plain(catalog)
+        self.mirror, self.datasets_dir, self.download = mirror, datasets_dir, download
+        self.balance = plain(balance)
 
     def prepare(self) -> None:
         if self.input_dir is None:
             raise BaseDataError("data.input_dir: the base corpus needs a folder to build its MIDI files in")
-        report = build_base_midi(self.input_dir, self.sources, self.extra_dirs, self.workers)
-        print("base MIDI " + ", ".join(f"{k}: {v['written']:,} files" for k, v in report.items()), flush=True)
+        report = build_base_midi(self.input_dir, self.sources, self.extra_dirs, self.workers, datasets=self.datasets,
+                                 catalog=self.catalog, mirror=self.mirror, datasets_dir=self.datasets_dir,
+                                 download=self.download, balance=self.balance, max_notes=self.max_notes,
+                                 min_notes=self.min_notes)
+        print(f"base MIDI sources ({Path(self.input_dir) / SOURCES_FILE}):\n{sources_table(report)}", flush=True)
         super().prepare()
 
 
