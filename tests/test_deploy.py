@@ -312,9 +312,11 @@ def test_serve_listens_where_the_probes_look_and_reads_a_checkpoint_on_a_volume(
     assert cfg.host == "0.0.0.0", "theremin-serve binds 127.0.0.1 by default: probes and the Service need host=0.0.0.0"
     ports = _ports(launch.container)
     assert cfg.port in ports.values(), f"port={cfg.port} is not a containerPort {ports}"
-    for probe in ("readinessProbe", "livenessProbe"):
+    # ready: /api/health (503 while the queue is full, so the Service sends new requests elsewhere);
+    # alive: /api/health/live (a full queue must not restart the pod)
+    for probe, path in (("readinessProbe", "/api/health"), ("livenessProbe", "/api/health/live")):
         http = launch.container[probe]["httpGet"]
-        assert http["path"] == "/api/health", probe
+        assert http["path"] == path, probe
         assert ports.get(http["port"], http["port"]) == cfg.port, probe
     # the checkpoint lies on a PersistentVolumeClaim, where a training launch writes its run folder
     mounts = {m["mountPath"]: m["name"] for m in launch.container["volumeMounts"]}

@@ -7,12 +7,17 @@ Both heavy imports happen inside the functions: importing this module stays chea
 
 Every reason a render cannot be done is a :class:`RenderError` naming the input and the fix. Files are
 written atomically (:func:`theremin.fsio.atomic_write`): a failed render leaves no partial file behind.
+A WAV can be bounded: :func:`render_wav` refuses a piece whose WAV would pass ``max_seconds`` or ``max_bytes``
+before rendering anything (:class:`RenderTooLarge`; :func:`wav_size` says what a piece would take), and stops
+at a ``deadline`` or when ``cancel`` is set (:class:`RenderTimeout`), removing the partial file.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import threading
+import time
 import wave
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +32,8 @@ GENERATED_COLOR = "#dd8452"  # orange: the notes the model wrote
 PROMPT_END_COLOR = "#c44e52"
 
 MIN_NOTE_SECONDS = 0.05  # zero-length notes (see theremin.music.midi) still sound, briefly
+WAV_CHANNELS, WAV_SAMPLE_BYTES = 2, 2  # 16-bit stereo
+WAV_HEADER_BYTES = 44
 _CHUNK_FRAMES = 1 << 16  # frames pulled from the synth per call: few calls, bounded buffers
 _NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 _BLACK_KEYS = frozenset({1, 3, 6, 8, 10})
@@ -39,6 +46,14 @@ _MISSING_LIBRARY = (
 
 class RenderError(ThereminError):
     """A WAV or PNG theremin cannot render; the message names the input and the fix."""
+
+
+class RenderTooLarge(RenderError):
+    """A WAV longer or larger than its caps allow: refused before anything is rendered."""
+
+
+class RenderTimeout(RenderError):
+    """A render stopped at its deadline (or cancelled); the partial file is removed."""
 
 
 def default_soundfont() -> Path:
@@ -91,6 +106,25 @@ def _note_events(piece: Piece, sample_rate: int) -> tuple[list[tuple[int, int, i
     return events, max(e[0] for e in events)
 
 
+def wav_size(piece: Piece, sample_rate: int = 44100, tail_seconds: float = 1.0) -> tuple[float, int]:
+    """(seconds, bytes) of the WAV :func:`render_wav` writes for this piece, computed from the notes and the
+    tempo map alone (nothing is rendered): to refuse a piece before its render, or budget the disk for it."""
+    frames = _note_events(piece, sample_rate)[1] + round(tail_seconds * sample_rate) if piece.notes else 0
+    return frames / sample_rate, WAV_HEADER_BYTES + frames * WAV_CHANNELS * WAV_SAMPLE_BYTES
+
+
+def check_wav_size(piece: Piece, wav_path: str | os.PathLike, sample_rate: int = 44100, tail_seconds: float = 1.0,
+                   max_seconds: float | None = None, max_bytes: int | None = None) -> tuple[float, int]:
+    """:func:`wav_size`, or :class:`RenderTooLarge` naming the file and the cap when it passes one."""
+    seconds, nbytes = wav_size(piece, sample_rate, tail_seconds)
+    what = f"cannot render {Path(wav_path).name}: the piece lasts {seconds:,.0f} s ({nbytes:,} bytes of WAV)"
+    if max_seconds is not None and seconds > max_seconds:
+        raise RenderTooLarge(f"{what}, over the limit of {max_seconds:g} s of audio; send a shorter or faster piece")
+    if max_bytes is not None and nbytes > max_bytes:
+        raise RenderTooLarge(f"{what}, over the limit of {max_bytes} bytes; send a shorter or faster piece")
+    return seconds, nbytes
+
+
 def render_wav(
     piece: Piece,
     wav_path: str | os.PathLike,
@@ -99,12 +133,21 @@ def render_wav(
     program: int = 0,
     tail_seconds: float = 1.0,
     gain: float = 0.8,
+    *,
+    max_seconds: float | None = None,
+    max_bytes: int | None = None,
+    deadline: float | None = None,
+    cancel: threading.Event | None = None,
 ) -> Path:
     """Render a piece to a 16-bit stereo WAV with FluidSynth; the tempo map sets when each note sounds.
 
     The WAV lasts until the last note ends plus ``tail_seconds`` (release and reverb). ``program`` is the
     General MIDI instrument (0 = acoustic grand piano); ``gain`` is FluidSynth's master gain: its own default
     (0.2) is faint with this soundfont, while at 0.8 a ten-note chord at full velocity peaks near -6 dBFS.
+
+    Bounds (None: none): a WAV over ``max_seconds`` of audio or ``max_bytes`` is refused before rendering
+    (:class:`RenderTooLarge`); past ``deadline`` (a :func:`time.monotonic` time) or once ``cancel`` is set, the
+    render stops within one chunk (~1.5 s of audio) and leaves no file (:class:`RenderTimeout`).
     """
     wav_path = Path(wav_path)
     if not piece.notes:
@@ -113,6 +156,7 @@ def render_wav(
         raise RenderError(f"cannot render {wav_path}: program={program} is outside General MIDI's 0..127")
     if tail_seconds < 0:
         raise RenderError(f"cannot render {wav_path}: tail_seconds={tail_seconds} must be >= 0")
+    check_wav_size(piece, wav_path, sample_rate, tail_seconds, max_seconds, max_bytes)
     sf_path = default_soundfont() if soundfont is None else Path(soundfont).expanduser()
     if not sf_path.is_file():
         raise RenderError(f"soundfont {sf_path} does not exist; pass an existing .sf2 file or leave it unset")
@@ -120,6 +164,12 @@ def render_wav(
 
     events, last_frame = _note_events(piece, sample_rate)
     total_frames = last_frame + round(tail_seconds * sample_rate)
+
+    def stop() -> None:
+        if cancel is not None and cancel.is_set():
+            raise RenderTimeout(f"cannot render {wav_path.name}: stopped (the server is shutting down)")
+        if deadline is not None and time.monotonic() > deadline:
+            raise RenderTimeout(f"cannot render {wav_path.name}: past its deadline; try again")
 
     synth = fluidsynth.Synth(gain=float(gain), samplerate=float(sample_rate))
     try:
@@ -138,10 +188,10 @@ def render_wav(
 
         def write(tmp: Path) -> None:
             with wave.open(str(tmp), "wb") as out:
-                out.setnchannels(2)
-                out.setsampwidth(2)
+                out.setnchannels(WAV_CHANNELS)
+                out.setsampwidth(WAV_SAMPLE_BYTES)
                 out.setframerate(sample_rate)
-                _render_events(synth, events, total_frames, out)
+                _render_events(synth, events, total_frames, out, stop)
 
         atomic_write(wav_path, write)
     finally:
@@ -149,14 +199,17 @@ def render_wav(
     return wav_path
 
 
-def _render_events(synth, events, total_frames: int, out: wave.Wave_write) -> None:
-    """Play the events, pulling the samples between them in chunks and streaming them to the WAV."""
+def _render_events(synth, events, total_frames: int, out: wave.Wave_write, stop=lambda: None) -> None:
+    """Play the events, pulling the samples between them in chunks and streaming them to the WAV; ``stop()``
+    runs before each chunk (it raises to end the render)."""
     sounding = [0] * 128  # overlapping notes of one pitch: release the key only when the last one ends
     pos = 0
+    stop()
 
     def pull(until: int) -> None:
         nonlocal pos
         while pos < until:
+            stop()
             n = min(_CHUNK_FRAMES, until - pos)
             # interleaved stereo int16 in native order; WAV wants little-endian
             out.writeframesraw(synth.get_samples(n).astype("<i2", copy=False).tobytes())

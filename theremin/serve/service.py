@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
+from theremin.config import known_settings
 from theremin.errors import ThereminError
 from theremin.music.midi import MidiError, Piece, read_midi, write_midi
-from theremin.music.render import piano_roll_png, render_wav
+from theremin.music.render import RenderError, RenderTimeout, RenderTooLarge, piano_roll_png, render_wav, wav_size
 from theremin.roll.roller import GenerateError, Roller, RollResult, SamplingSettings, Variation, check_meter
 from theremin.serve.engine import BatchedModel, BatchEngine, RollTimeout, set_deadline
 from theremin.serve.figures import Figures
@@ -101,36 +102,60 @@ class RollService:
         self.presets = load_presets()
         self.figures = Figures.for_corpus(self.roller.corpus_dir, self.roller.codec)
         self.prompts: dict[str, Piece] = {**made_in_code(), **from_corpus(self.roller.corpus_dir, self.roller.codec)}
-        self.render = {"soundfont": None, "sample_rate": 44100, **(cfg.render or {})}
+        # render (conf/serve.yaml): a WAV over max_seconds of audio or max_mb is refused before rendering, one
+        # past timeout_s is stopped; WAVs and PNGs are made by `workers` threads of their own (not the rolls')
+        defaults = {"soundfont": None, "sample_rate": 44100, "max_seconds": 600, "max_mb": 64, "timeout_s": 60,
+                    "workers": 2}
+        self.render = {**defaults, **known_settings(defaults, cfg.render, "render", "a render setting")}
         if self.render["soundfont"] and not Path(self.render["soundfont"]).is_file():
             raise ThereminError(f"render.soundfont={self.render['soundfont']}: no such file")
         self.store = RollStore(cfg.rolls_dir, cfg.store or StoreLimits(), self._make_file)
         self._prompt_bytes: dict[str, bytes] = {}
         self.pool = ThreadPoolExecutor(cfg.workers, thread_name_prefix="theremin-roll")
+        self.render_pool = ThreadPoolExecutor(max(1, int(self.render["workers"])), thread_name_prefix="theremin-render")
+        self._closing = threading.Event()  # set by close(): renders stop within a chunk
+        self._render_deadline = threading.local()  # per render thread: when its render must give up
         self._lock = threading.Lock()
         self.in_flight = 0
+        self._clients: collections.Counter[str] = collections.Counter()  # queue places held per client
         self.info = self._model_info()
 
     def close(self) -> None:
+        """Stop at once: the engine, queued rolls and renders cancelled, running renders stopped (no waiting)."""
+        self._closing.set()
         self.engine.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.render_pool.shutdown(wait=False, cancel_futures=True)
 
     def healthy(self) -> bool:
-        return self.engine.alive()
+        return self.engine.alive() and not self._closing.is_set()
 
     # ---- admission --------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def admit(self):
+    def admit(self, client: str | None = None, max_per_client: int | None = None):
+        """A place in the queue for one request (:class:`Busy` when none is left, or when ``client``, an
+        address, holds ``max_per_client`` places already)."""
+        retry = self.cfg.retry_after_s
         with self._lock:
             if self.in_flight >= self.cfg.queue_size:
                 raise Busy(f"the server is busy ({self.in_flight} rolls in progress, the queue holds "
-                           f"{self.cfg.queue_size}): try again in {self.cfg.retry_after_s} s", self.cfg.retry_after_s)
+                           f"{self.cfg.queue_size}): try again in {retry} s", retry)
+            if client is not None and max_per_client and self._clients[client] >= max_per_client:
+                raise Busy(f"the server is busy with {self._clients[client]} requests from {client}, as many as one "
+                           f"client may have at once (max_per_client={max_per_client}): try again in {retry} s "
+                           "when one has ended", retry)
             self.in_flight += 1
+            if client is not None:
+                self._clients[client] += 1
         try:
             yield
         finally:
             with self._lock:
                 self.in_flight -= 1
+                if client is not None:
+                    self._clients[client] -= 1
+                    if self._clients[client] <= 0:
+                        del self._clients[client]
 
     def settings(self, fields: dict[str, str], extra: tuple[str, ...] = ()) -> SamplingSettings:
         return parse_settings(fields, self.presets, self.limits, self.roller.tok.vocab_size, extra)
@@ -223,11 +248,30 @@ class RollService:
             self.roller.write(result, Path(tmp), settings, {"wav": False, "png": False})
             return result.variations[0].files["mid"].read_bytes()
 
-    def file(self, roll_id: str, name: str) -> Path:
-        return self.store.file(roll_id, name)
+    def file(self, roll_id: str, name: str, deadline: float | None = None, make: bool = True) -> Path | None:
+        """A roll's file, made first if it is a variation file not made yet (by ``deadline``, a
+        time.monotonic() time; default: render.timeout_s from now). ``make=False``: None instead of making it
+        (a file not there yet; the caller then makes it on the render pool)."""
+        if not make and not (self.store.folder(roll_id) / name).is_file():
+            return None
+        self._render_deadline.at = deadline
+        try:
+            return self.store.file(roll_id, name)
+        finally:
+            self._render_deadline.at = None
 
     def _make_file(self, folder: Path, path: Path) -> None:
-        """A variation's MIDI (Roller.write: markers with checkpoint, seed, settings), WAV or PNG, from roll.json."""
+        """A variation's MIDI (Roller.write: markers with checkpoint, seed, settings), WAV or PNG, from roll.json.
+        A WAV is bounded: refused before rendering when over render.max_seconds or render.max_mb, or when the
+        store has no room for it (store.reserve), and stopped at its deadline or at close()."""
+        if self._closing.is_set():
+            raise RenderTimeout(f"cannot render {path.name}: the server is shutting down; try again")
+        deadline = getattr(self._render_deadline, "at", None)
+        if deadline is None:
+            deadline = time.monotonic() + float(self.render["timeout_s"])
+        if time.monotonic() > deadline:
+            raise RenderTimeout(f"cannot render {path.name}: it waited past its time limit (render.timeout_s="
+                                f"{float(self.render['timeout_s']):g} s): the server is busy, try again")
         meta = json.loads((folder / "roll.json").read_text())
         index = int(path.stem.rsplit("_", 1)[1])
         v = meta["variations"][index - 1]
@@ -239,7 +283,28 @@ class RollService:
             self.roller.write(RollResult([variation], meta["prompt"]["notes"], False, 0.0), folder, settings,
                               {"wav": False, "png": False})
         elif path.suffix == ".wav":
-            render_wav(piece, path, soundfont=self.render["soundfont"], sample_rate=self.render["sample_rate"])
+            r = self.render
+            max_seconds = float(r["max_seconds"]) if r["max_seconds"] is not None else None
+            max_bytes = int(float(r["max_mb"]) * 2**20) if r["max_mb"] is not None else None
+            seconds, nbytes = wav_size(piece, r["sample_rate"])
+            what = f"cannot render {path.name}: the variation lasts {seconds:,.0f} s, {nbytes / 2**20:,.1f} MB as a WAV"
+            if max_seconds is not None and seconds > max_seconds:
+                raise RenderTooLarge(f"{what}, over render.max_seconds={max_seconds:g} s (its MIDI and piano roll "
+                                     "are still there)")
+            if max_bytes is not None and nbytes > max_bytes:
+                raise RenderTooLarge(f"{what}, over render.max_mb={float(r['max_mb']):g} MB (its MIDI and piano roll "
+                                     "are still there)")
+            self.store.reserve(path, nbytes)  # NoRoom when the store cannot hold it
+            try:
+                render_wav(piece, path, soundfont=r["soundfont"], sample_rate=r["sample_rate"], max_seconds=max_seconds,
+                           max_bytes=max_bytes, deadline=deadline, cancel=self._closing)
+            except RenderTimeout:
+                if self._closing.is_set():
+                    raise RenderTimeout(f"cannot render {path.name}: the server is shutting down; try again") from None
+                raise RenderTimeout(f"cannot render {path.name}: past its time limit (render.timeout_s="
+                                    f"{float(r['timeout_s']):g} s): the server is busy, try again") from None
+            except RenderError as e:  # its message may name the roll's folder: only the file's name leaves here
+                raise type(e)(str(e).replace(f"{path.parent}/", "")) from None
         else:
             piano_roll_png(piece, path, prompt_end_tick=v["prompt_end_tick"],
                            title=f"variation {index} (seed {meta['seed']})")
@@ -286,7 +351,7 @@ class RollService:
         corpus = {"dir": str(self.roller.corpus_dir) if self.roller.corpus_dir else None}
         if self.figures is not None:
             corpus.update(pieces=self.figures.pieces, notes=self.figures.notes)
-        return {"checkpoint": str(self.checkpoint), "step": ckpt.get("global_step"),
+        return {"checkpoint": self.checkpoint.name, "step": ckpt.get("global_step"),  # its name: no server path
                 "params": self.model.num_params(), "vocab": self.roller.tok.vocab_size,
                 "block_size": c.block_size, "n_layer": c.n_layer, "n_embd": c.n_embd,
                 "val_bits_per_note": val, "corpus": corpus, "presets": self.presets,
