@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +21,8 @@ from theremin.data.datasets import DatasetError, DatasetSpec, Layout, Licence
 from theremin.music.midi import read_midi
 from theremin.music.tables import NoteTableError, read_note_table, write_note_table_midi
 
-MIRROR = Path(__file__).resolve().parents[2] / "shared" / "datasets"  # ../shared/datasets from the checkout
+# $THEREMIN_DATASETS when set (a mirror laid out like ../shared/datasets), else ../shared/datasets from the checkout
+MIRROR = Path(os.environ.get("THEREMIN_DATASETS") or Path(__file__).resolve().parents[2] / "shared" / "datasets")
 needs_mirror = pytest.mark.skipif(not (MIRROR / "SHA256SUMS").is_file(),
                                   reason=f"no dataset mirror at {MIRROR} (../shared/datasets)")
 FIVE = ("pop909", "groove", "pianolatron", "openewld", "wjazzd")
