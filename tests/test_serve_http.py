@@ -442,3 +442,11 @@ def test_model_info_names_the_checkpoint_file_not_its_path(client, trained):
     assert info["checkpoint"] == Path(trained[0]).name and "/" not in info["checkpoint"]
     assert info["step"] and info["params"] > 0 and info["limits"]["max_n"] == 8  # the rest is still there
 
+
+
+def test_continue_names_the_upload_by_its_file_name(client):
+    """Issue 20.6: an error about /api/continue's body called it 'body'; `?name=` gives it the user's file name."""
+    r = client.post("/api/continue?length=8&name=my_song.mid", content=b"these are not notes")
+    assert r.status_code == 422 and "'my_song.mid'" in r.json()["detail"], r.text
+    r = client.post("/api/continue?length=8", content=b"these are not notes")
+    assert r.status_code == 422 and "'body'" in r.json()["detail"], r.text

@@ -373,9 +373,11 @@ def _add_continue_route(app: FastAPI, service: RollService, http: HttpSettings) 
         if len(body) > limit:
             raise TooLarge(f"body: {len(body)} bytes, over the limit of {limit} bytes for a prompt "
                            "(max_upload_bytes)")
-        settings = service.settings(_continue_query(request))
+        query = _continue_query(request)
+        name = _upload_name(query.pop("name", ""))  # what errors call the body: the user's file name
+        settings = service.settings(query)
         with service.admit(_client(request), http.max_per_client):
-            midi = await _wait(service, service.submit(service.continuation, settings, body))
+            midi = await _wait(service, service.submit(service.continuation, settings, body, name))
         return Response(midi, media_type="audio/midi",
                         headers={"Content-Disposition": 'attachment; filename="continuation.mid"'})
 
@@ -388,6 +390,12 @@ async def _read_body(request: Request, http: HttpSettings) -> bytes:
     except asyncio.TimeoutError:
         raise SlowBody(f"request body: not received whole within {http.body_timeout_s:g} s (body_timeout_s); "
                        "send it at once") from None
+
+
+def _upload_name(name: str) -> str:
+    """``?name=`` of /api/continue (the prompt's file name, for messages), printable and short; else "body"."""
+    name = "".join(ch for ch in name.strip() if ch.isprintable())
+    return name[:100] or "body"
 
 
 def _continue_query(request: Request) -> dict[str, str]:

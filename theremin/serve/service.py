@@ -237,13 +237,14 @@ class RollService:
         self.store.prune(keep=roll_id, every_s=self.cfg.prune_every_s)
         return meta
 
-    def continuation(self, settings: SamplingSettings, body: bytes) -> bytes:
-        """POST /api/continue: one continuation of a raw MIDI body, as MIDI bytes."""
+    def continuation(self, settings: SamplingSettings, body: bytes, name: str = "body") -> bytes:
+        """POST /api/continue: one continuation of a raw MIDI body (``name``: its file name, for messages), as MIDI
+        bytes."""
         with tempfile.TemporaryDirectory(prefix="theremin-continue-") as tmp:
             path = Path(tmp) / "prompt.mid"
             path.write_bytes(body)
-            piece = self._read_prompt(path, "body")
-            self._check_context(piece, settings, "body")
+            piece = self._read_prompt(path, name)
+            self._check_context(piece, settings, name)
             result = self.roller.roll(piece, settings)
             self.roller.write(result, Path(tmp), settings, {"wav": False, "png": False})
             return result.variations[0].files["mid"].read_bytes()
