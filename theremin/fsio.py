@@ -4,6 +4,7 @@ files a killed write leaves (:func:`stale_temps`), the process umask read safely
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import stat
 import tempfile
@@ -62,3 +63,12 @@ def atomic_write(path: Path, write) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks (corpora, archives)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -40,10 +40,10 @@ from pathlib import Path
 from theremin.codec import cache
 from theremin.codec.cache import META_FILE
 from theremin.codec.midichar import MidiChar
-from theremin.codec.tokenizer import compression, file_sha256
+from theremin.codec.tokenizer import compression
 from theremin.config import known_settings
 from theremin.errors import ThereminError
-from theremin.fsio import atomic_write
+from theremin.fsio import atomic_write, file_sha256
 from theremin.music.midi import Note, Piece
 
 KIND = "remi"

@@ -49,7 +49,7 @@ from theremin.codec.cache import META_FILE
 from theremin.codec.midichar import BASE, MidiChar
 from theremin.config import known_settings
 from theremin.errors import ThereminError
-from theremin.fsio import atomic_write
+from theremin.fsio import atomic_write, file_sha256
 from theremin.music.midi import Note, Piece
 
 FORMAT_VERSION = 1
@@ -591,14 +591,6 @@ def cache_key(corpus_sha256: str, vocab_size: int, codec: MidiChar, **options) -
     blob = json.dumps({"format": FORMAT_VERSION, "corpus": corpus_sha256, "vocab_size": int(vocab_size),
                        "options": opts, "codec": codec.config}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def cache_dir_for(text_file: str | os.PathLike, vocab_size: int, cache_root: str | os.PathLike,

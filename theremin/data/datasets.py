@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from theremin.config import conf_dir, data_dir, known_settings, plain
 from theremin.errors import ThereminError
-from theremin.fsio import atomic_write
+from theremin.fsio import atomic_write, file_sha256
 from theremin.music.midi import MAX_NOTES, MidiError, read_midi
 from theremin.procs import die_with_parent
 
@@ -149,14 +149,6 @@ def default_root() -> Path:
 
 
 # ---- fetch ---------------------------------------------------------------------------------------------------
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fetched(folder: Path, sha256: str | None = None) -> dict | None:
@@ -292,7 +284,7 @@ def download_file(url: str, dest: Path, sha256: str, progress: bool = True) -> P
     """Download ``url`` to ``dest`` (verified against ``sha256``). Bytes arrive in ``<dest>.part``; a later call
     asks only for the rest (HTTP Range) and starts over when the server ignores it. A complete file whose
     checksum differs is deleted and refused; an interrupted one stays to be resumed."""
-    if dest.is_file() and sha256_of(dest) == sha256:
+    if dest.is_file() and file_sha256(dest) == sha256:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -309,7 +301,7 @@ def download_file(url: str, dest: Path, sha256: str, progress: bool = True) -> P
     if resp is not None:
         with resp:
             _receive(resp, part, have, url, progress)
-    _check_sha(part, sha256_of(part), sha256, url)
+    _check_sha(part, file_sha256(part), sha256, url)
     os.replace(part, dest)
     return dest
 
