@@ -8,6 +8,8 @@ from pathlib import Path
 import midi_factory as mf
 import pytest
 
+from theremin.music.midi import read_midi, write_midi
+
 
 @pytest.fixture
 def midi_factory():
@@ -85,3 +87,40 @@ def trained(tmp_path_factory, bach_midi):
         del cfg["hydra"]
     train(cfg)
     return out / "checkpoints" / "last.ckpt", root / "corpus" / "bach", midi
+
+
+# ---- theremin-serve: one service per test module (tests/test_serve*.py), on the `trained` model -------------
+def make_service(ckpt, rolls_dir, **kw):
+    from theremin.serve.forms import Limits
+    from theremin.serve.service import RollService, ServeSettings
+    from theremin.serve.store import StoreLimits
+
+    limits = kw.pop("limits", Limits(max_n=8, max_notes=128))
+    return RollService(ckpt, ServeSettings(rolls_dir=str(rolls_dir), max_upload_bytes=64 * 1024, timeout_s=30,
+                                           workers=8, max_batch_rows=32, limits=limits,
+                                           store=kw.pop("store", StoreLimits()), **kw))
+
+
+@pytest.fixture(scope="module")
+def service(trained, tmp_path_factory):
+    svc = make_service(trained[0], tmp_path_factory.mktemp("rolls"))
+    yield svc
+    svc.close()
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    from fastapi.testclient import TestClient
+
+    from theremin.serve.app import create_app
+
+    with TestClient(create_app(service)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def prompt_bytes(trained, tmp_path_factory) -> bytes:
+    """The first two bars of a chorale (the whole piece is longer than the tiny model's context)."""
+    piece = read_midi(sorted(Path(trained[2]).glob("*.mid"))[3])
+    piece.notes = [n for n in piece.notes if n.start < 8 * piece.ticks_per_beat]
+    return write_midi(piece, tmp_path_factory.mktemp("prompt") / "bars.mid").read_bytes()

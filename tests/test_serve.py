@@ -15,48 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_service  # the serve fixtures live in conftest.py
 
 from theremin.music.midi import Note, Piece, read_midi, write_midi
 from theremin.roll.roller import Roller, SamplingSettings
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 fastapi = pytest.importorskip("fastapi", reason="pip install -e .[dev]")
-
-
-def make_service(ckpt, rolls_dir, **kw):
-    from theremin.serve.forms import Limits
-    from theremin.serve.service import RollService, ServeSettings
-    from theremin.serve.store import StoreLimits
-
-    limits = kw.pop("limits", Limits(max_n=8, max_notes=128))
-    return RollService(ckpt, ServeSettings(rolls_dir=str(rolls_dir), max_upload_bytes=64 * 1024, timeout_s=30,
-                                           workers=8, max_batch_rows=32, limits=limits,
-                                           store=kw.pop("store", StoreLimits()), **kw))
-
-
-@pytest.fixture(scope="module")
-def service(trained, tmp_path_factory):
-    svc = make_service(trained[0], tmp_path_factory.mktemp("rolls"))
-    yield svc
-    svc.close()
-
-
-@pytest.fixture(scope="module")
-def client(service):
-    from fastapi.testclient import TestClient
-
-    from theremin.serve.app import create_app
-
-    with TestClient(create_app(service)) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def prompt_bytes(trained, tmp_path_factory) -> bytes:
-    """The first two bars of a chorale (the whole piece is longer than the tiny model's context)."""
-    piece = read_midi(sorted(Path(trained[2]).glob("*.mid"))[3])
-    piece.notes = [n for n in piece.notes if n.start < 8 * piece.ticks_per_beat]
-    return write_midi(piece, tmp_path_factory.mktemp("prompt") / "bars.mid").read_bytes()
 
 
 def roll(client, prompt: bytes | None = None, name="bars.mid", **fields):

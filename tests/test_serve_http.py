@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from test_serve import make_service, midi_bytes, roll
 
-from theremin.music.midi import Note, Piece, read_midi, write_midi
+from theremin.music.midi import Note, Piece
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 fastapi = pytest.importorskip("fastapi", reason="pip install -e .[dev]")
@@ -51,14 +51,6 @@ def service(trained, tmp_path_factory):
 def client(service):
     with client_for(service) as c:
         yield c
-
-
-@pytest.fixture(scope="module")
-def prompt_bytes(trained, tmp_path_factory) -> bytes:
-    """The first two bars of a chorale (as tests/test_serve.py's)."""
-    piece = read_midi(sorted(Path(trained[2]).glob("*.mid"))[3])
-    piece.notes = [n for n in piece.notes if n.start < 8 * piece.ticks_per_beat]
-    return write_midi(piece, tmp_path_factory.mktemp("prompt") / "bars.mid").read_bytes()
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ import re
 
 import midi_factory as mf
 import pytest
-from test_serve import make_service, roll
+from test_serve import roll
 
 from theremin.roll.roller import GenerateError, Roller, SamplingLimits, SamplingSettings
 
@@ -28,23 +28,6 @@ def prompt(meta: list[bytes]) -> bytes:
     """A bar of quarter notes after the given meta events (at tick 0): about a hundred bytes."""
     notes = [(i * 480, (i + 1) * 480, p, 80) for i, p in enumerate((60, 64, 67, 72))]
     return mf.smf_bytes([[(0, m) for m in meta] + mf.notes_to_events(notes)])
-
-
-@pytest.fixture(scope="module")
-def service(trained, tmp_path_factory):
-    svc = make_service(trained[0], tmp_path_factory.mktemp("rolls"))
-    yield svc
-    svc.close()
-
-
-@pytest.fixture(scope="module")
-def client(service):
-    from fastapi.testclient import TestClient
-
-    from theremin.serve.app import create_app
-
-    with TestClient(create_app(service)) as c:
-        yield c
 
 
 @pytest.mark.parametrize(("meta", "reason"), [
