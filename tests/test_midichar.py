@@ -47,7 +47,8 @@ def as_grid(piece):
 def test_layout_fits_the_supplementary_planes():
     assert CODEC.n_codes <= 0x100000
     assert CODEC.kind(chr(BASE)) == "note"
-    assert CODEC.kind(chr(BASE + CODEC.n_codes - 1)) == "tempo_lo"
+    assert CODEC.kind(chr(BASE + CODEC.n_codes - 1)) == "select"
+    assert MidiChar(instruments=False).kind(chr(BASE + MidiChar(instruments=False).n_codes - 1)) == "tempo_lo"
     assert CODEC.kind(chr(BASE + CODEC.n_codes)) == "invalid"
     assert CODEC.kind("a") == "invalid"
 
@@ -78,16 +79,20 @@ def test_defaults_live_in_code_not_in_a_config_file(monkeypatch, tmp_path):
     import theremin.config
 
     monkeypatch.setattr(theremin.config, "conf_dir", lambda: tmp_path / "no-conf-here")  # e.g. a bare install
-    assert MidiChar().config == RECORDED
+    assert MidiChar().config == {**RECORDED, "instruments": True}
 
 
 def test_a_recorded_config_rebuilds_the_same_codec_and_keys():
-    codec = MidiChar(**RECORDED)
-    assert json.dumps(codec.config, sort_keys=True) == json.dumps(RECORDED, sort_keys=True)  # cache keys hold
+    # a config recorded before instruments existed means a codec without them, keys and all
+    old = MidiChar.from_recorded(RECORDED)
+    assert old.instruments is False and old.config == {**RECORDED, "instruments": False}
+    codec = MidiChar(**{**RECORDED, "instruments": True})
     assert MidiChar(**codec.config).config == codec.config
+    assert MidiChar.from_recorded(codec.config).config == codec.config
     # a setting added later is recorded only when changed, so older configs keep their keys
-    assert MidiChar(max_note_beats=4096).config == RECORDED
-    assert MidiChar(max_note_beats=100).config == {**RECORDED, "max_note_beats": 100}
+    assert MidiChar(max_note_beats=4096).config == codec.config
+    assert MidiChar(max_note_beats=100).config == {**codec.config, "max_note_beats": 100}
+    assert MidiChar(max_same_program=12, max_name_bytes=64).config == codec.config
 
 
 def test_the_yaml_only_overrides_the_defaults_in_code():
@@ -102,13 +107,13 @@ def test_the_yaml_only_overrides_the_defaults_in_code():
     assert spelled.pop("_target_") == "theremin.codec.midichar.MidiChar"
     assert spelled == defaults  # the file spells the defaults out for the command line; it must not drift
     for convert in ("none", "all"):  # Hydra hands over ListConfig unless told to convert
-        assert hydra.utils.instantiate(yaml, _convert_=convert).config == RECORDED
+        assert hydra.utils.instantiate(yaml, _convert_=convert).config == {**RECORDED, "instruments": True}
     assert hydra.utils.instantiate(yaml, grid=24).config["grid"] == 24
 
 
 def test_unknown_setting_is_refused_by_name():
     with pytest.raises(ThereminError, match=r"codec\.gird is not a codec setting \(known: grid, velocities, .*"
-                                            r"max_gap_beats, max_note_beats\)"):
+                                            r"max_gap_beats, max_note_beats, instruments.*\)"):
         MidiChar(gird=12)
 
 
@@ -227,15 +232,18 @@ def test_orphans_are_errors():
 
 
 # the grammar written independently, as a regular expression over one letter per char: N note, E DUR_EXT,
-# R REST, H/h TEMPO_HI (h: value 0), L/l TEMPO_LO (l: value 0), x anything else
-WORDS = re.compile(r"(?:NE*|R|H[Ll]|hL)*")
+# R REST, H/h TEMPO_HI (h: value 0), L/l TEMPO_LO (l: value 0), D part declaration, M name byte, S part switch,
+# x anything else
+WORDS = re.compile(r"(?:DM*)*(?:NE*|R|H[Ll]|hL|SNE*)*")
 LETTER_CODES = {"N": [0, 127, 128 * 5 + 60, CODEC.n_notes - 1], "R": [CODEC.rest_lo, CODEC.ext_lo - 1],
                 "E": [CODEC.ext_lo, CODEC.tempo_hi_lo - 1], "H": [CODEC.tempo_hi_lo + 1, CODEC.tempo_lo_lo - 1],
-                "h": [CODEC.tempo_hi_lo], "L": [CODEC.tempo_lo_lo + 1, CODEC.n_codes - 1],
-                "l": [CODEC.tempo_lo_lo], "x": [CODEC.n_codes, -BASE + ord("x")]}
+                "h": [CODEC.tempo_hi_lo], "L": [CODEC.tempo_lo_lo + 1, CODEC.decl_lo - 1],
+                "l": [CODEC.tempo_lo_lo], "D": [CODEC.decl_lo, CODEC.name_lo - 1],
+                "M": [CODEC.name_lo, CODEC.select_lo - 1], "S": [CODEC.select_lo, CODEC.n_codes - 1],
+                "x": [CODEC.n_codes, -BASE + ord("x")]}
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(st.lists(st.sampled_from(sorted(LETTER_CODES)), max_size=12), st.randoms())
 def test_decode_and_repair_follow_the_grammar(letters, rnd):
     text = "".join(chr(BASE + rnd.choice(LETTER_CODES[x])) for x in letters)

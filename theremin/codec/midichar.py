@@ -16,7 +16,19 @@ Bit layout (code point = 0x10000 + index), with S = len(steps), D = len(duration
     next max_dur_ext code points       DUR_EXT lengthen the preceding note by n = 1..max_dur_ext steps
     next 4096                          TEMPO_HI high 12 bits of a tempo (microseconds per quarter, 24 bits)
     next 4096                          TEMPO_LO low 12 bits; always right after a TEMPO_HI
+    next 256                           DECL     declares a part: General MIDI program + 128 * drum (header only)
+    next 256                           NAME     one byte (UTF-8) of the name of the part declared before it
+    next 256 * max_same_program        SELECT   switch to the part (program + 128 * drum, ordinal): the next
+                                                note is that part's (ordinal: the k-th part of that sound)
     the rest up to 2^20                reserved (invalid)
+
+Instruments (``instruments=True``, the default): a piece is a list of parts (track name, program, drum flag).
+A text starts with a header, one DECL (plus its NAME bytes) per part, unless the piece is one unnamed piano
+part: a single-instrument piece costs nothing. Notes belong to the current part: the first declared one, until
+a SELECT switches. So one note is one char wherever a piece stays on one instrument; a switch costs one char,
+and the switch names the instrument itself, so a window cut from the middle of a piece still says which
+instrument plays. A SELECT for a part the header did not declare adds one (a model may bring in a new part).
+``instruments=False`` is the codec before instruments: drums dropped, every other note on one piano part.
 
 Pitch is the low field, so transposing a note by k semitones adds k to its code point.
 
@@ -31,9 +43,11 @@ Multi-character forms (nothing is ever clamped or dropped):
 Which character may follow which is :data:`GRAMMAR`, a small automaton over character classes; decoding,
 :meth:`MidiChar.repair` and the sampling constraints (theremin.roll.constraints) all walk it.
 
-Canonical order: events by grid position; at one position the tempo first, then notes by rising pitch.
-Quantisation: positions round to the nearest grid step; a note keeps at least one step of duration; notes
-of one pitch at one position sound as one (the longest is kept); velocity becomes the nearest level.
+Canonical order: events by grid position; at one position the tempo first, then the notes of the current part,
+then those of the other parts in part order, each part's by rising pitch (so a chord across parts costs one
+switch per part). Quantisation: positions round to the nearest grid step; a note keeps at least one step of
+duration; notes of one pitch at one position in one part sound as one (the longest is kept); velocity becomes
+the nearest level. A part name longer than ``max_name_bytes`` (UTF-8) is cut at a character boundary.
 ``encode(decode(t)) == t`` holds for every canonical text, and ``decode(encode(p))`` is ``p`` on the grid.
 
 Every setting and its default is :class:`CodecConfig`; conf/codec/default.yaml only overrides it.
@@ -49,11 +63,12 @@ from types import MappingProxyType
 
 from theremin.config import known_settings, plain
 from theremin.errors import ThereminError
-from theremin.music.midi import DEFAULT_TEMPO_US, MidiError, Note, Piece, read_midi, write_midi
+from theremin.music.midi import DEFAULT_TEMPO_US, PIANO, MidiError, Note, Part, Piece, read_midi, write_midi
 
 BASE = 0x10000
 PLANE_SPAN = 0x100000  # code points U+10000..U+10FFFF
 TEMPO_FIELD = 4096  # 12 bits per tempo half
+SOUNDS = 256  # a part's sound: General MIDI program + 128 if it is a drum part
 
 
 class CodecError(ThereminError):
@@ -91,6 +106,14 @@ class CodecConfig:
     # escape chars: no file expands far beyond its size (at most ~24 chars per note with the defaults)
     max_gap_beats: float = 4096
     max_note_beats: float = field(default=4096, metadata=_LATER)
+    # keep each note's part (program, drums, track): see the module docstring. Always recorded: a config
+    # recorded before instruments existed lacks it and means False (MidiChar.from_recorded)
+    instruments: bool = True
+    # parts of one sound (program + drum flag) a piece may have, e.g. POP909's three piano tracks; a piece with
+    # more is refused with that reason
+    max_same_program: int = field(default=12, metadata=_LATER)
+    # a part name's UTF-8 bytes kept in the header (longer names are cut at a character boundary)
+    max_name_bytes: int = field(default=64, metadata=_LATER)
 
     def __post_init__(self):
         for f in fields(self):  # lists (YAML, JSON) become tuples: a frozen config holds no mutable value
@@ -147,33 +170,45 @@ class CodecConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise CodecError(f"codec.{name} must be a number of beats > 0, got {v!r}")
+        if not isinstance(self.instruments, bool):
+            raise CodecError(f"codec.instruments must be true or false, got {self.instruments!r}")
+        same = whole("max_same_program", self.max_same_program, 1)
+        whole("max_name_bytes", self.max_name_bytes, 0)
         size = len(steps) * len(durations) * len(velocities) * 128 + max_rest + max_dur_ext + 2 * TEMPO_FIELD
+        if self.instruments:
+            size += 2 * SOUNDS + SOUNDS * same
         if size > PLANE_SPAN:
             raise CodecError(
                 f"codec layout needs {size} code points but only {PLANE_SPAN} exist in U+10000..U+10FFFF: "
-                "shorten codec.steps, codec.durations, codec.velocities or the escape ranges")
+                "shorten codec.steps, codec.durations, codec.velocities, the escape ranges or max_same_program")
 
 
 # ---- the grammar ----------------------------------------------------------------------------------------
 # Character classes (MidiChar.char_class). A tempo half of value 0 is a class of its own, so that a tempo of
 # 0 microseconds (TEMPO_HI 0 then TEMPO_LO 0) is no word of the grammar.
-INVALID, NOTE, REST, DUR_EXT, TEMPO_HI, TEMPO_HI0, TEMPO_LO, TEMPO_LO0 = range(8)
-KIND = ("invalid", "note", "rest", "dur_ext", "tempo_hi", "tempo_hi", "tempo_lo", "tempo_lo")  # per class
+INVALID, NOTE, REST, DUR_EXT, TEMPO_HI, TEMPO_HI0, TEMPO_LO, TEMPO_LO0, DECL, NAME, SELECT = range(11)
+KIND = ("invalid", "note", "rest", "dur_ext", "tempo_hi", "tempo_hi", "tempo_lo", "tempo_lo",  # per class
+        "decl", "name", "select")
 # States: START before the first char, then the class of the last char (after TEMPO_LO0 the state is TEMPO_LO).
-START = 8
-_EVENT = {NOTE: NOTE, REST: REST, TEMPO_HI: TEMPO_HI, TEMPO_HI0: TEMPO_HI0}  # the chars that open an event
+START = len(KIND)
+# the chars that open an event; SELECT opens a note of another part
+_EVENT = {NOTE: NOTE, REST: REST, TEMPO_HI: TEMPO_HI, TEMPO_HI0: TEMPO_HI0, SELECT: SELECT}
 GRAMMAR: MappingProxyType[int, MappingProxyType[int, int]] = MappingProxyType({
     state: MappingProxyType(follow) for state, follow in {
-        START: _EVENT,
+        START: {**_EVENT, DECL: DECL},  # the header (DECL NAME*)* comes first or not at all
+        DECL: {**_EVENT, DECL: DECL, NAME: NAME},
+        NAME: {**_EVENT, DECL: DECL, NAME: NAME},
         NOTE: {**_EVENT, DUR_EXT: DUR_EXT},  # DUR_EXT only lengthens the note right before it
         DUR_EXT: {**_EVENT, DUR_EXT: DUR_EXT},
         REST: _EVENT,
         TEMPO_HI: {TEMPO_LO: TEMPO_LO, TEMPO_LO0: TEMPO_LO},  # a TEMPO_HI always has its TEMPO_LO right after
         TEMPO_HI0: {TEMPO_LO: TEMPO_LO},
         TEMPO_LO: _EVENT,
+        SELECT: {NOTE: NOTE},  # a switch is always followed by the note it is for
     }.items()})
 """state → {class of the next char: next state}; a class missing there cannot come in that state."""
-ACCEPTING = frozenset({START, NOTE, DUR_EXT, REST, TEMPO_LO})  # a text may end in these (not inside a tempo)
+# a text may end in these (not inside a tempo, not after a switch)
+ACCEPTING = frozenset({START, NOTE, DUR_EXT, REST, TEMPO_LO, DECL, NAME})
 _STATE_AFTER = {cls: nxt for follow in GRAMMAR.values() for cls, nxt in follow.items()}  # one per class
 # GRAMMAR as a table, _NEXT[state][class] (None: refused), for the loops that read every char
 _NEXT = tuple(tuple(GRAMMAR.get(state, {}).get(cls) for cls in range(len(KIND))) for state in range(START + 1))
@@ -188,6 +223,10 @@ def refusal(state: int, cls: int, ch: str) -> str:
         return f"DUR_EXT must follow a note, it follows {KIND[state] if state != START else 'nothing'}"
     if cls in (TEMPO_LO, TEMPO_LO0):
         return "TEMPO_LO without a TEMPO_HI before it"
+    if state == SELECT:
+        return f"a part switch (SELECT) must be followed by a note, got {KIND[cls]}"
+    if cls in (DECL, NAME):
+        return f"{KIND[cls].upper()} belongs to the header, before any event"
     return f"U+{ord(ch):04X} is not a midichar of this codec"
 
 
@@ -209,6 +248,9 @@ class MidiChar:
         self.ticks_per_beat = int(s.ticks_per_beat)
         self.max_gap_beats = float(s.max_gap_beats)
         self.max_note_beats = float(s.max_note_beats)
+        self.instruments = bool(s.instruments)
+        self.max_same_program = int(s.max_same_program)
+        self.max_name_bytes = int(s.max_name_bytes)
         self._vel_bounds = [(a + b) / 2 for a, b in zip(self.velocities, self.velocities[1:])]
         nv = len(self.velocities)
         self.n_notes = len(self.steps) * len(self.durations) * nv * 128
@@ -216,12 +258,24 @@ class MidiChar:
         self.ext_lo = self.rest_lo + self.max_rest
         self.tempo_hi_lo = self.ext_lo + self.max_dur_ext
         self.tempo_lo_lo = self.tempo_hi_lo + TEMPO_FIELD
-        self.n_codes = self.tempo_lo_lo + TEMPO_FIELD
+        self.decl_lo = self.tempo_lo_lo + TEMPO_FIELD
+        self.name_lo = self.decl_lo + SOUNDS
+        self.select_lo = self.name_lo + 256
+        self.n_codes = self.select_lo + SOUNDS * self.max_same_program if self.instruments else self.decl_lo
         # the layout as (first code point, class) ranges, for char_class
         self._class_starts = [BASE + i for i in (0, self.rest_lo, self.ext_lo, self.tempo_hi_lo,
                                                  self.tempo_hi_lo + 1, self.tempo_lo_lo, self.tempo_lo_lo + 1,
-                                                 self.n_codes)]
-        self._classes = (INVALID, NOTE, REST, DUR_EXT, TEMPO_HI0, TEMPO_HI, TEMPO_LO0, TEMPO_LO, INVALID)
+                                                 self.decl_lo, self.name_lo, self.select_lo, self.n_codes)]
+        self._classes = (INVALID, NOTE, REST, DUR_EXT, TEMPO_HI0, TEMPO_HI, TEMPO_LO0, TEMPO_LO,
+                         *((DECL, NAME, SELECT) if self.instruments else (INVALID,) * 3), INVALID)
+
+    @classmethod
+    def from_recorded(cls, config: dict | None) -> MidiChar:
+        """The codec a manifest, tokenizer or checkpoint recorded. A config recorded before instruments existed
+        lacks ``instruments`` and was made without them."""
+        config = dict(config or {})
+        config.setdefault("instruments", False)
+        return cls(**config)
 
     # ---- characters -------------------------------------------------------------------------------------
     def note_char(self, step_i: int, dur_i: int, vel_i: int, pitch: int) -> str:
@@ -235,6 +289,17 @@ class MidiChar:
         i, vel_i = divmod(i, len(self.velocities))
         step_i, dur_i = divmod(i, len(self.durations))
         return step_i, dur_i, vel_i, pitch
+
+    def decl_char(self, part: Part) -> str:
+        return chr(BASE + self.decl_lo + sound(part))
+
+    def select_char(self, part: Part, ordinal: int) -> str:
+        return chr(BASE + self.select_lo + ordinal * SOUNDS + sound(part))
+
+    def split_select(self, ch: str) -> tuple[Part, int]:
+        """(the part's sound as an unnamed Part, ordinal) of a SELECT char."""
+        ordinal, code = divmod(ord(ch) - BASE - self.select_lo, SOUNDS)
+        return Part(code % 128, code >= 128), ordinal
 
     def char_class(self, ch: str) -> int:
         """The grammar's class of a char: NOTE, REST, DUR_EXT, TEMPO_HI(0), TEMPO_LO(0) or INVALID."""
@@ -251,14 +316,33 @@ class MidiChar:
         lo, hi = chr(BASE), chr(BASE + self.n_notes)
         return sum(1 for c in text if lo <= c < hi)
 
+    def drum_flags(self, text: str) -> list[bool]:
+        """Per char: whether it is a note of a drum part (the header's first part plays until a SELECT)."""
+        lo, hi = chr(BASE), chr(BASE + self.n_notes)
+        decl, name, sel, end = (chr(BASE + x) for x in (self.decl_lo, self.name_lo, self.select_lo, self.n_codes))
+        drum, declared, out = False, False, []
+        for c in text:
+            if lo <= c < hi:
+                out.append(drum)
+                continue
+            if sel <= c < end:
+                drum = (ord(c) - BASE - self.select_lo) % SOUNDS >= 128
+            elif decl <= c < name and not declared:
+                drum, declared = ord(c) - BASE - self.decl_lo >= 128, True
+            out.append(False)
+        return out
+
     def transpose(self, text: str, semitones: int) -> str | None:
-        """The text with every note moved by ``semitones``; None if a note would leave MIDI's 0..127."""
+        """The text with every note moved by ``semitones`` (drum notes stay: their pitch is a drum sound);
+        None if a note would leave MIDI's 0..127."""
         if semitones == 0:
             return text
         lo, hi = chr(BASE), chr(BASE + self.n_notes)
+        has_drums = self.instruments and any(self.char_class(c) in (DECL, SELECT) for c in set(text))
+        drums = self.drum_flags(text) if has_drums else None
         out = []
-        for c in text:
-            if lo <= c < hi:
+        for i, c in enumerate(text):
+            if lo <= c < hi and not (drums and drums[i]):
                 pitch = (ord(c) - BASE) % 128 + semitones
                 if not 0 <= pitch <= 127:
                     return None
@@ -287,22 +371,29 @@ class MidiChar:
         return bisect.bisect_left(self._vel_bounds, velocity)
 
     # ---- encoding ---------------------------------------------------------------------------------------
-    def quantize(self, piece: Piece) -> tuple[list[tuple[int, int, int, int]], list[tuple[int, int]]]:
-        """Notes as (position, duration, pitch, velocity_index) and tempos as (position, us) on the grid."""
+    def quantize(self, piece: Piece) -> tuple[list[tuple[int, int, int, int, int]], list[tuple[int, int]]]:
+        """Notes as (position, duration, pitch, velocity_index, part) and tempos as (position, us) on the grid.
+        Without instruments every note is on part 0 and drum notes are left out."""
         tpb, g = piece.ticks_per_beat, self.grid
 
         def q(tick: int) -> int:  # nearest grid step, halves rounding up, in exact integer arithmetic
             return (2 * tick * g + tpb) // (2 * tpb)
 
-        best: dict[tuple[int, int], tuple[int, int]] = {}
+        parts = piece.parts or [PIANO]
+        best: dict[tuple[int, int, int], tuple[int, int]] = {}
         for n in piece.notes:
+            part = n.part
+            if not self.instruments:
+                if 0 <= part < len(parts) and parts[part].is_drum:
+                    continue
+                part = 0
             pos = q(n.start)
             dur = max(1, q(n.end) - pos)
-            key, value = (pos, n.pitch), (dur, self.velocity_index(n.velocity))
+            key, value = (pos, n.pitch, part), (dur, self.velocity_index(n.velocity))
             if key not in best or value > best[key]:  # the longest sounds; of equal ones, the loudest
                 best[key] = value
-        notes = [(pos, dur, pitch, vel) for (pos, pitch), (dur, vel) in sorted(best.items())]
-        end = max((pos + dur for pos, dur, _, _ in notes), default=0)
+        notes = [(pos, dur, pitch, vel, part) for (pos, pitch, part), (dur, vel) in sorted(best.items())]
+        end = max((pos + dur for pos, dur, *_ in notes), default=0)
         by_pos: dict[int, int] = {}
         for tick, us in piece.tempos:
             if not 1 <= us < TEMPO_FIELD * TEMPO_FIELD:
@@ -315,39 +406,75 @@ class MidiChar:
                 current = by_pos[pos]
         return notes, tempos
 
+    def header(self, parts: list[Part]) -> str:
+        """The header chars of a piece with these parts ("" for one unnamed piano part, or no instruments)."""
+        if not self.instruments or list(parts) in ([], [PIANO]):
+            return ""
+        out = []
+        for part in parts:
+            name = part.name.encode("utf-8")[:self.max_name_bytes].decode("utf-8", "ignore").encode("utf-8")
+            out.append(self.decl_char(part))
+            out += [chr(BASE + self.name_lo + b) for b in name]
+        return "".join(out)
+
+    def part_keys(self, parts: list[Part]) -> list[str]:
+        """Per part, its SELECT char; :class:`CodecError` when more parts share one sound than the codec holds."""
+        seen: dict[int, int] = {}
+        out = []
+        for part in parts:
+            if not (0 <= part.program <= 127):
+                raise CodecError(f"part {part.name!r}: program {part.program} is outside General MIDI's 0..127")
+            k = seen.get(sound(part), 0)
+            if k >= self.max_same_program:
+                what = "drum parts with program" if part.is_drum else "parts play program"
+                raise CodecError(f"more than {self.max_same_program} {what} {part.program} "
+                                 f"(codec.max_same_program={self.max_same_program})")
+            seen[sound(part)] = k + 1
+            out.append(self.select_char(part, k))
+        return out
+
     def encode(self, piece: Piece) -> str:
-        """Piece → text (canonical). Raises :class:`MidiError` for an absurd silence or note length."""
+        """Piece → text (canonical). Raises :class:`MidiError` for an absurd silence or note length, or more
+        parts of one sound than the codec holds."""
         notes, tempos = self.quantize(piece)
         max_dur = self.max_note_beats * self.grid
-        for pos, dur, _, _ in notes:
+        parts = list(piece.parts or [PIANO]) if self.instruments else [PIANO]
+        for pos, dur, _, _, part in notes:
             if dur > max_dur:
                 raise MidiError(None, f"absurd note of {dur / self.grid:.0f} beats at beat {pos / self.grid:.0f} "
                                       f"(codec.max_note_beats={self.max_note_beats:g})")
-        events = sorted([(pos, 0, us, 0, 0) for pos, us in tempos]
-                        + [(pos, 1, pitch, dur, vel) for pos, dur, pitch, vel in notes])
+            if not 0 <= part < len(parts):
+                raise MidiError(None, f"note at beat {pos / self.grid:g} names part {part}; the piece has "
+                                      f"{len(parts)}")
+        keys = self.part_keys(parts) if self.instruments else [""]
+        out: list[str] = [self.header(parts)]
         max_gap = self.max_gap_beats * self.grid
-        out: list[str] = []
-        cursor = 0
-        for pos, is_note, a, dur, vel in events:
+        cursor = current = 0
+        for pos, tempo, group in _by_position(notes, tempos):
             gap = pos - cursor
             if gap > max_gap:
                 raise MidiError(None, f"absurd silence of {gap / self.grid:.0f} beats before beat "
                                       f"{pos / self.grid:.0f} (codec.max_gap_beats={self.max_gap_beats:g})")
-            cursor = pos
-            if not is_note:
+            if tempo is not None:
                 out += self._rest_chars(gap)
-                out += self._tempo_chars(a)
-                continue
-            step_i = bisect.bisect_right(self.steps, gap) - 1
-            out += self._rest_chars(gap - self.steps[step_i])
-            dur_i = bisect.bisect_right(self.durations, dur) - 1
-            out.append(self.note_char(step_i, dur_i, vel, a))
-            out += self._ext_chars(dur - self.durations[dur_i])
+                out += self._tempo_chars(tempo)
+                cursor, gap = pos, 0
+            # the current part's notes first, then the other parts in order, each by rising pitch
+            for _, dur, pitch, vel, part in sorted(group, key=lambda n: (n[4] != current, n[4], n[2])):
+                step_i = bisect.bisect_right(self.steps, gap) - 1
+                out += self._rest_chars(gap - self.steps[step_i])
+                if part != current:
+                    out.append(keys[part])
+                    current = part
+                dur_i = bisect.bisect_right(self.durations, dur) - 1
+                out.append(self.note_char(step_i, dur_i, vel, pitch))
+                out += self._ext_chars(dur - self.durations[dur_i])
+                cursor, gap = pos, 0
         return "".join(out)
 
     def encode_file(self, path: str | os.PathLike, min_notes: int = 1) -> str:
         """Read, clean (see theremin.music.midi) and encode a MIDI file; :class:`MidiError` names the reason."""
-        piece = read_midi(path, min_notes=min_notes)
+        piece = read_midi(path, min_notes=min_notes, instruments=self.instruments)
         try:
             return self.encode(piece)
         except (MidiError, CodecError) as e:
@@ -356,18 +483,28 @@ class MidiChar:
     # ---- decoding ---------------------------------------------------------------------------------------
     def decode_grid(
         self, text: str, errors: str = "strict"
-    ) -> tuple[list[tuple[int, int, int, int]], list[tuple[int, int]]]:
-        """Text → notes (position, duration, pitch, velocity_index) and tempos (position, us) on the grid.
+    ) -> tuple[list[tuple[int, int, int, int, int]], list[tuple[int, int]]]:
+        """Text → notes (position, duration, pitch, velocity_index, part) and tempos (position, us) on the grid;
+        :meth:`decode_parts` gives the parts too.
 
         Raises :class:`CodecError` (with the character position) for characters outside the alphabet, a
-        DUR_EXT with no note before it, or a tempo half without its partner. ``errors="skip"`` drops such
-        characters instead (for text of unknown origin, e.g. an unconstrained model sample).
+        DUR_EXT with no note before it, a tempo half without its partner, a SELECT not followed by a note, or a
+        header char after the header. ``errors="skip"`` drops such characters instead (for text of unknown
+        origin, e.g. an unconstrained model sample).
         """
+        notes, tempos, _ = self.decode_parts(text, errors)
+        return notes, tempos
+
+    def decode_parts(self, text: str, errors: str = "strict"):
+        """:meth:`decode_grid` plus the parts: (notes, tempos, parts)."""
         if errors == "skip":
             text = self.repair(text)
         notes: list[list[int]] = []
         tempos: list[tuple[int, int]] = []
-        cursor = hi = 0
+        names: list[bytearray] = []
+        parts: list[Part] = []
+        index: dict[int, int] = {}  # SELECT code → part index
+        cursor = hi = part = 0
         state = START
         nd, nv = len(self.durations), len(self.velocities)
         starts, classes, find = self._class_starts, self._classes, bisect.bisect_right  # char_class, inlined
@@ -383,39 +520,61 @@ class MidiChar:
                 rest, vel_i = divmod(rest, nv)
                 step_i, dur_i = divmod(rest, nd)
                 cursor += self.steps[step_i]
-                notes.append([cursor, self.durations[dur_i], pitch, vel_i])
+                notes.append([cursor, self.durations[dur_i], pitch, vel_i, part])
             elif cls == REST:
                 cursor += code - self.rest_lo + 1
             elif cls == DUR_EXT:
                 notes[-1][1] += code - self.ext_lo + 1
             elif nxt == TEMPO_LO:
                 tempos.append((cursor, hi * TEMPO_FIELD + code - self.tempo_lo_lo))
-            else:  # a TEMPO_HI: its TEMPO_LO comes next
+            elif cls in (TEMPO_HI, TEMPO_HI0):  # its TEMPO_LO comes next
                 hi = code - self.tempo_hi_lo
+            elif cls == DECL:
+                snd = code - self.decl_lo
+                ordinal = sum(1 for p in parts if sound(p) == snd)
+                index[ordinal * SOUNDS + snd] = len(parts)
+                parts.append(Part(snd % 128, snd >= 128))
+                names.append(bytearray())
+            elif cls == NAME:
+                names[-1].append(code - self.name_lo)
+            else:  # SELECT
+                if not parts:
+                    parts.append(PIANO)
+                    index[0] = 0
+                key = code - self.select_lo
+                if key not in index:  # a part the header did not declare joins the piece
+                    index[key] = len(parts)
+                    parts.append(Part(key % SOUNDS % 128, key % SOUNDS >= 128))
+                part = index[key]
             state = nxt
         if state not in ACCEPTING:
-            raise CodecError(f"char {len(text) - 1}: text ends inside a tempo (TEMPO_HI without TEMPO_LO)")
-        return [tuple(n) for n in notes], tempos
+            where = "inside a tempo (TEMPO_HI without TEMPO_LO)" if state != SELECT else "after a part switch"
+            raise CodecError(f"char {len(text) - 1}: text ends {where}")
+        for k, name in enumerate(names):
+            if name:
+                parts[k] = Part(parts[k].program, parts[k].is_drum, name.decode("utf-8", "replace"))
+        return [tuple(n) for n in notes], tempos, parts or [PIANO]
 
     def repair(self, text: str) -> str:
         """The text without the characters the grammar refuses: foreign chars, orphan escapes, a TEMPO_HI
-        without its TEMPO_LO, a tempo of 0. Notes are never dropped."""
+        without its TEMPO_LO, a tempo of 0, a part switch not followed by a note, header chars after the
+        header. Notes are never dropped."""
         out: list[str] = []
+        before: list[int] = []  # the state before each kept char
         state = START
         starts, classes, find = self._class_starts, self._classes, bisect.bisect_right  # char_class, inlined
         for ch in text:
             cls = classes[find(starts, ord(ch))]
             nxt = _NEXT[state][cls]
-            if nxt is None and state in (TEMPO_HI, TEMPO_HI0):
-                out.pop()  # the unfinished tempo goes
-                if cls == TEMPO_LO0:  # a tempo of 0: its TEMPO_LO goes too, back to the state before the tempo
-                    state = _STATE_AFTER[self.char_class(out[-1])] if out else START
-                    continue
-                # what followed the dropped TEMPO_HI cannot attach to the char before it (a DUR_EXT goes)
-                state = START
+            if nxt is None and state in (TEMPO_HI, TEMPO_HI0, SELECT):
+                out.pop()  # the unfinished tempo or the dangling switch goes
+                state = before.pop()
+                if cls in (TEMPO_LO0, DUR_EXT):  # a tempo of 0: its TEMPO_LO goes too; a DUR_EXT cannot
+                    continue  # attach to the char before the dropped one
                 nxt = _NEXT[state][cls]
             if nxt is not None:
                 out.append(ch)
+                before.append(state)
                 state = nxt
         if state not in ACCEPTING:
             out.pop()
@@ -423,12 +582,32 @@ class MidiChar:
 
     def decode(self, text: str, errors: str = "strict") -> Piece:
         """Text → Piece at ``ticks_per_beat`` resolution (notes sorted by time, then pitch)."""
-        notes, tempos = self.decode_grid(text, errors)
+        notes, tempos, parts = self.decode_parts(text, errors)
         k = self.ticks_per_beat // self.grid
-        out = sorted(Note(pos * k, (pos + dur) * k, pitch, self.velocities[vel]) for pos, dur, pitch, vel in notes)
-        return Piece(notes=out, ticks_per_beat=self.ticks_per_beat, tempos=[(pos * k, us) for pos, us in tempos])
+        out = sorted(Note(pos * k, (pos + dur) * k, pitch, self.velocities[vel], part)
+                     for pos, dur, pitch, vel, part in notes)
+        return Piece(notes=out, ticks_per_beat=self.ticks_per_beat, tempos=[(pos * k, us) for pos, us in tempos],
+                     parts=parts)
 
     def decode_to_file(self, text: str, path: str | os.PathLike, **write_kwargs) -> Path:
-        """Decode and write a one-track MIDI file atomically (``write_kwargs`` go to theremin.music.midi.write_midi)."""
+        """Decode and write a MIDI file (a track per part) atomically (``write_kwargs`` go to
+        theremin.music.midi.write_midi)."""
         piece = self.decode(text)
         return write_midi(piece, path, **write_kwargs)
+
+
+def sound(part: Part) -> int:
+    """A part's sound: its program, + 128 on a drum part (the DECL and SELECT field)."""
+    return part.program + (SOUNDS // 2 if part.is_drum else 0)
+
+
+def _by_position(notes, tempos):
+    """(position, tempo or None, notes there) in time order: the canonical order's groups."""
+    tempo_at = dict(tempos)
+    i, n = 0, len(notes)
+    for pos in sorted({p for p, *_ in notes} | set(tempo_at)):
+        j = i
+        while j < n and notes[j][0] == pos:
+            j += 1
+        yield pos, tempo_at.get(pos), notes[i:j]
+        i = j

@@ -13,12 +13,20 @@ from theremin.errors import ThereminError
 
 
 def decode_notes(text: str, codec: MidiChar) -> np.ndarray:
-    """(n, 4) int64 array of (position, duration, pitch, velocity_index) in text order, grid units.
+    """(n, 6) int64 array of (position, duration, pitch, velocity_index, part, is_drum) in text order, grid
+    units (columns 0-3 as before instruments; a drum note's pitch is a drum sound: see :func:`pitched`).
 
     Invalid characters (an unconstrained model sample) are skipped rather than failing the evaluation.
     """
-    notes, _ = codec.decode_grid(text, errors="skip")
-    return np.asarray(notes, dtype=np.int64).reshape(-1, 4)
+    notes, _, parts = codec.decode_parts(text, errors="skip")
+    drum = [int(p.is_drum) for p in parts]
+    return np.asarray([(*n, drum[n[4]]) for n in notes], dtype=np.int64).reshape(-1, 6)
+
+
+def pitched(notes: np.ndarray) -> np.ndarray:
+    """The rows of :func:`decode_notes` that are not drum notes."""
+    return notes[notes[:, 5] == 0] if notes.shape[1] > 5 else notes
+
 
 def _generated(notes: np.ndarray, skip: int) -> np.ndarray:
     return notes[max(0, int(skip)):]
@@ -33,7 +41,7 @@ def corpus_codec(corpus_dir: str | Path) -> MidiChar:
     """The codec a corpus was built with (from its manifest), else the default codec."""
     m = load_manifest(Path(corpus_dir))
     cfg = ((m or {}).get("codec") or {}).get("config")
-    return MidiChar(**cfg) if cfg else MidiChar()
+    return MidiChar.from_recorded(cfg) if cfg else MidiChar()
 
 def load_corpus(
     corpus_dir: str | Path, split: str = "train", limit: int | None = None, augmented: bool = False

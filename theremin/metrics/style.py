@@ -39,7 +39,7 @@ import numpy as np
 from theremin.codec.midichar import MidiChar
 from theremin.errors import ThereminError
 from theremin.metrics.copies import CopyIndex
-from theremin.metrics.notes import _generated, decode_notes
+from theremin.metrics.notes import _generated, decode_notes, pitched
 from theremin.music.midi import PROMPT_NOTES_MARKER, is_midi_path
 
 PITCH_CLASSES = 12
@@ -67,12 +67,13 @@ _trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy 2 renamed it
 def pitch_class_histogram(pieces: Sequence[np.ndarray]) -> np.ndarray:
     counts = np.zeros(PITCH_CLASSES, dtype=np.int64)
     for n in pieces:
-        counts += np.bincount(n[:, 2] % PITCH_CLASSES, minlength=PITCH_CLASSES)
+        counts += np.bincount(pitched(n)[:, 2] % PITCH_CLASSES, minlength=PITCH_CLASSES)
     return counts
 
 
 def melody(notes: np.ndarray) -> np.ndarray:
-    """Pitch of the highest note of each onset, in onset order."""
+    """Pitch of the highest pitched (not drum) note of each onset, in onset order."""
+    notes = pitched(notes)
     if not len(notes):
         return notes[:, 2]
     order = np.lexsort((notes[:, 2], notes[:, 0]))  # by onset, then pitch: the last of each onset is highest

@@ -87,7 +87,7 @@ def open_checkpoint(path: str | os.PathLike, *, max_params: int | None = DEFAULT
         raise CheckpointError(f"checkpoint {path} lacks model/tokenizer/codec settings: not a theremin checkpoint")
     config = _model_config(path, hp["model"], max_params)
     try:
-        codec = MidiChar(**hp["codec"])
+        codec = MidiChar.from_recorded(hp["codec"])
     except (TypeError, ThereminError) as e:
         raise CheckpointError(f"checkpoint {path}: its codec settings do not make a codec ({e})") from None
     extra = raw.get("theremin") if isinstance(raw.get("theremin"), dict) else {}

@@ -8,7 +8,10 @@ augmentation: the same cleaning, refusals and de-duplication, one piece per usab
 piece framed as the DataModule frames it (``BOS ids EOS``) and the stream scored in the consecutive windows of
 :class:`theremin.data.datamodule.ValWindows`. So on the files of a run's val split it gives that run's
 ``val/bits_per_note`` (tests/test_score.py checks it): the total NLL in bits over every note, counted by the tokenizer's
-``note_counts`` (a note spelled over several tokens counts where it completes).
+``note_counts`` (a note spelled over several tokens counts where it completes). Per instrument family too
+(General MIDI's 16 families, e.g. Piano, Bass, Guitar, and Drums): a token's bits go to the notes it completes,
+evenly, and the bits of tokens that complete no note (rests, part switches, EOS) to the next note completed
+(the last piece's last note for what trails it), so the families' bits add up to the total.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class ScoreReport:
     duplicates: int = 0
     per_file: dict[str, dict] = field(default_factory=dict)  # path → {notes, tokens, bits_per_note}
     factored_share: float = 0.0  # notes spelled by the factored fallback (unknown to the tokenizer)
+    per_family: dict[str, dict] = field(default_factory=dict)  # family → {notes, bits_per_note}
 
     def summary(self, per_file: bool = False) -> str:
         lines = [f"bits/note = {self.bits_per_note:.4f}",
@@ -60,6 +64,10 @@ class ScoreReport:
         if self.failed or self.duplicates:
             lines.append(f"  left out: {len(self.failed)} unusable files, {self.duplicates} duplicates")
             lines += [f"    {p}: {why}" for p, why in list(self.failed.items())[:5]]
+        if len(self.per_family) > 1:
+            lines.append("  per instrument family: " + ", ".join(
+                f"{fam} {f['bits_per_note']:.4f} ({f['notes']:,} notes)"
+                for fam, f in sorted(self.per_family.items(), key=lambda kv: -kv[1]["notes"])))
         if per_file:
             for p, f in sorted(self.per_file.items(), key=lambda kv: kv[1]["bits_per_note"]):
                 lines.append(f"  {f['bits_per_note']:8.4f}  {f['notes']:7,} notes  {p}")
@@ -117,7 +125,38 @@ def score_texts(model, tok: Tokenizer, lines: list[str], names: list[str], block
         per[name] = {"notes": n, "tokens": int(m.sum()), "bits_per_note": float(bits[m].sum() / max(n, 1))}
     total_notes = int(notes.sum())
     return {"bits_per_note": float(bits.sum() / max(total_notes, 1)), "notes": total_notes,
-            "tokens": int(len(ids) - 1), "per_file": per}
+            "tokens": int(len(ids) - 1), "per_file": per,
+            "per_family": per_family(bits, notes, [note_families(tok.codec, ln) for ln in lines])}
+
+
+def note_families(codec, text: str) -> list[str]:
+    """The instrument family of each note of a midichar text, in text order ("Drums" for a drum part)."""
+    import pretty_midi
+
+    _, _, parts = codec.decode_parts(text)
+    fam = ["Drums" if p.is_drum else pretty_midi.program_to_instrument_class(p.program) for p in parts]
+    return [fam[n[4]] for n in codec.decode_grid(text)[0]]
+
+
+def per_family(bits: np.ndarray, notes: np.ndarray, families: list[list[str]]) -> dict[str, dict]:
+    """Bits/note per family (see the module docstring): ``bits`` and ``notes`` per token of the framed
+    stream, ``families`` the notes' families piece by piece, in the stream's order."""
+    order = [f for piece in families for f in piece]
+    if len(order) != int(notes.sum()):  # a tokenizer whose note counts differ from the codec's: no breakdown
+        return {}
+    total: dict[str, list[float]] = {}
+    pending, k = 0.0, 0
+    for b, c in zip(bits.tolist(), notes.tolist()):
+        pending += b
+        if c:
+            for f in order[k:k + c]:
+                acc = total.setdefault(f, [0.0, 0])
+                acc[0] += pending / c
+                acc[1] += 1
+            pending, k = 0.0, k + c
+    if pending and order:
+        total[order[-1]][0] += pending
+    return {f: {"notes": n, "bits_per_note": b / n} for f, (b, n) in total.items()}
 
 
 def prepare_folder(input_dir: str | os.PathLike, codec, workdir: Path, *, min_notes: int = 8,
@@ -169,4 +208,4 @@ def score_folder(ckpt_path: str | os.PathLike, input_dir: str | os.PathLike, *, 
     return ScoreReport(bits_per_note=s["bits_per_note"], notes=s["notes"], files=len(lines), tokens=s["tokens"],
                        input_dir=str(input_dir), checkpoint=str(ckpt_path), failed=dict(report.failed),
                        duplicates=len(report.duplicates), per_file=s["per_file"],
-                       factored_share=unknown_note_share(tok, lines))
+                       factored_share=unknown_note_share(tok, lines), per_family=s["per_family"])

@@ -1,12 +1,15 @@
 """Reading (symusic), cleaning and writing (miditoolkit) MIDI files.
 
-A :class:`Piece` is what the rest of theremin sees of a MIDI file: one merged, drum-free list of notes in
-ticks, plus the tempo map and time signatures. Every reason a file cannot be used is a :class:`MidiError`
-whose message names the file and the reason, so a corpus build can report it and go on.
+A :class:`Piece` is what the rest of theremin sees of a MIDI file: its parts (:class:`Part`: General MIDI
+program, drum flag, track name), one list of notes in ticks (each names its part), the tempo map and time
+signatures. Every reason a file cannot be used is a :class:`MidiError` whose message names the file and the
+reason, so a corpus build can report it and go on.
 
 Cleaning rules (applied by :func:`read_midi`):
-- drum tracks (channel 10, ``is_drum``) are dropped; all other instruments merge onto one track;
-- notes of one pitch that start on the same tick sound as one: the longest is kept;
+- every track with notes is a part, drums (channel 10, ``is_drum``) included; a program change inside a track
+  starts a new part of the same name (the note's program is the one in force: symusic splits tracks so);
+  ``instruments=False`` reads the old way: drums dropped, every other note merged onto one piano part;
+- notes of one pitch that start on the same tick in one part sound as one: the longest is kept;
 - a zero-length note (note-on then its note-off on the same tick) keeps its onset and lasts zero ticks here;
   the codec gives it the shortest duration on its grid. A note-off with no sounding note is ignored, and a
   note-on never closed before the end of its track is dropped (as every MIDI player does);
@@ -53,16 +56,30 @@ class MidiError(ThereminError):
 class Note:
     start: int  # ticks
     end: int  # ticks (== start for a zero-length note)
-    pitch: int  # 0..127
+    pitch: int  # 0..127 (on a drum part: the General MIDI drum sound)
     velocity: int  # 1..127
+    part: int = 0  # index into Piece.parts
+
+
+@dataclass(frozen=True)
+class Part:
+    """One instrument part of a piece: what a DAW shows as a track."""
+
+    program: int = 0  # General MIDI program 0..127 (0: Acoustic Grand Piano)
+    is_drum: bool = False  # channel 10: pitch is a drum sound
+    name: str = ""  # the track's name ("" when it had none, or General MIDI's name for its program)
+
+
+PIANO = Part()
 
 
 @dataclass
 class Piece:
-    notes: list[Note]  # sorted by (start, pitch)
+    notes: list[Note]  # sorted by (start, pitch, ...)
     ticks_per_beat: int
     tempos: list[tuple[int, int]] = field(default_factory=list)  # (tick, microseconds per quarter note)
     time_signatures: list[tuple[int, int, int]] = field(default_factory=list)  # (tick, numerator, denominator)
+    parts: list[Part] = field(default_factory=lambda: [PIANO])  # every Note.part indexes this list
 
     def seconds(self, tick: int) -> float:
         """Time in seconds of a tick, with the tempo map applied."""
@@ -90,7 +107,8 @@ def is_midi_path(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(MIDI_SUFFIXES)
 
 
-def read_midi(path: str | os.PathLike, min_notes: int = 1, *, max_notes: int | None = MAX_NOTES) -> Piece:
+def read_midi(path: str | os.PathLike, min_notes: int = 1, *, max_notes: int | None = MAX_NOTES,
+              instruments: bool = True) -> Piece:
     """Read and clean one MIDI file; raise :class:`MidiError` with the reason when it cannot be used.
 
     ``max_notes`` (None: no cap) refuses a file before any per-note work: memory and time stay bounded.
@@ -99,11 +117,8 @@ def read_midi(path: str | os.PathLike, min_notes: int = 1, *, max_notes: int | N
     the tempo map of type 1 files correctly (miditoolkit restarts its tempo list at every track's tick-0
     tempo). miditoolkit still writes files (:func:`write_midi`).
     """
-    return parse_midi(read_regular_file(path), path, min_notes=min_notes, max_notes=max_notes)
-
-
-
-
+    return parse_midi(read_regular_file(path), path, min_notes=min_notes, max_notes=max_notes,
+                      instruments=instruments)
 
 
 def parse_midi(
@@ -112,6 +127,7 @@ def parse_midi(
     *,
     min_notes: int = 1,
     max_notes: int | None = MAX_NOTES,
+    instruments: bool = True,
 ) -> Piece:
     """:func:`read_midi` on bytes already read; ``path`` only names the file in errors."""
     from symusic import Score  # imported here: worker processes import this module
@@ -132,41 +148,84 @@ def parse_midi(
     tracks = score.tracks
     if not any(len(t.notes) for t in tracks):
         raise MidiError(path, "no notes")
-    pitched = [t for t in tracks if not t.is_drum and len(t.notes)]
-    if not pitched:
-        raise MidiError(path, "drums only (all notes are on drum tracks)")
-    count = sum(len(t.notes) for t in pitched)
+    if instruments:
+        used = [t for t in tracks if len(t.notes)]
+        parts, track_part = _parts_of(used)
+    else:
+        used = [t for t in tracks if not t.is_drum and len(t.notes)]
+        if not used:
+            raise MidiError(path, "drums only (all notes are on drum tracks)")
+        parts = [PIANO]
+    count = sum(len(t.notes) for t in used)
     if max_notes is not None and count > max_notes:  # checked before any per-note work
         raise MidiError(path, f"too many notes ({count:,} > max_notes={max_notes:,})")
-    arrays = [t.notes.numpy() for t in pitched]
+    arrays = [t.notes.numpy() for t in used]
     start = np.concatenate([a["time"] for a in arrays]).astype(np.int64)
     end = start + np.concatenate([a["duration"] for a in arrays]).astype(np.int64)
     if start.min() < 0 or end.max() >= 2**31:  # symusic keeps ticks in 32 bits: later ones wrap around
         raise MidiError(path, "event times beyond 2**31 ticks (a delta-time overflow)")
     pitch = np.concatenate([a["pitch"] for a in arrays]).astype(np.int64)
     velocity = np.concatenate([a["velocity"] for a in arrays]).astype(np.int64)
-    notes = merge_notes(start, end, pitch, velocity)
+    part = (np.concatenate([np.full(len(a["time"]), track_part[i], dtype=np.int64) for i, a in enumerate(arrays)])
+            if instruments else None)
+    notes = merge_notes(start, end, pitch, velocity, part)
     if len(notes) < min_notes:
         raise MidiError(path, f"too few notes ({len(notes)} < min_notes={min_notes})")
     tempos = clean_tempos((tc.time, tc.mspq) for tc in score.tempos)
     sigs = sorted({(ts.time, ts.numerator, ts.denominator) for ts in score.time_signatures})
-    return Piece(notes=notes, ticks_per_beat=tpb, tempos=tempos, time_signatures=sigs)
+    return Piece(notes=notes, ticks_per_beat=tpb, tempos=tempos, time_signatures=sigs, parts=parts)
 
 
-def merge_notes(start, end, pitch, velocity) -> list[Note]:
-    """Raw notes (numpy arrays, ticks) merged onto one track: notes of one pitch that start on one tick sound
-    as one, the longest wins (of equal ones, the loudest); sorted by (start, pitch). Vectorised: no Python
-    object per raw note."""
+def _parts_of(tracks) -> tuple[list[Part], list[int]]:
+    """The parts of symusic tracks, and each track's part. A track :func:`write_midi` wrote for notes that
+    overlap a note of their pitch ("<name> overlap k", same sound, after its part) joins that part."""
+    parts: list[Part] = []
+    track_part: list[int] = []
+    for t in tracks:
+        program, drum = int(t.program), bool(t.is_drum)
+        base, _, k = t.name.rpartition(" overlap ")
+        home = next((i for i, p in enumerate(parts) if k.isdigit() and (p.program, p.is_drum) == (program, drum)
+                     and p.name == track_name(base, program, drum)), None)
+        if home is None:
+            home = len(parts)
+            parts.append(Part(program, drum, track_name(t.name, program, drum)))
+        track_part.append(home)
+    return parts, track_part
 
+
+def track_name(name: str, program: int, is_drum: bool) -> str:
+    """A track's name as a Part keeps it: "" for none, or for General MIDI's own name of its sound (what
+    :func:`write_midi` writes for an unnamed part), so that an unnamed part reads back unnamed; also "" for
+    "theremin", the name theremin gave every track before it kept instruments (cached corpora, old rolls)."""
+    name = name.strip("\x00")
+    unnamed = {default_name(program, is_drum)} | (set() if is_drum else {"theremin"})
+    return "" if name in unnamed else name
+
+
+def default_name(program: int, is_drum: bool) -> str:
+    """General MIDI's name of a program ("Drums" on channel 10), from pretty_midi's table."""
+    import pretty_midi
+
+    return "Drums" if is_drum else pretty_midi.program_to_instrument_name(program)
+
+
+def merge_notes(start, end, pitch, velocity, part=None) -> list[Note]:
+    """Raw notes (numpy arrays, ticks) cleaned: notes of one pitch that start on one tick in one part sound as
+    one, the longest wins (of equal ones, the loudest); sorted by (start, pitch, part). ``part`` None: all on
+    part 0. Vectorised: no Python object per raw note."""
+
+    if part is None:
+        part = np.zeros(len(start), dtype=np.int64)
     keep = (pitch >= 0) & (pitch <= 127)
-    start, end, pitch = np.maximum(start[keep], 0), end[keep], pitch[keep]
+    start, end, pitch, part = np.maximum(start[keep], 0), end[keep], pitch[keep], part[keep]
     end, velocity = np.maximum(end, start), np.clip(velocity[keep], 1, 127)
-    order = np.lexsort((velocity, end, pitch, start))  # by (start, pitch), then the longest, then the loudest
-    start, end, pitch, velocity = start[order], end[order], pitch[order], velocity[order]
-    last = np.ones(len(start), dtype=bool)  # the last of each (start, pitch) run wins
-    last[:-1] = (start[1:] != start[:-1]) | (pitch[1:] != pitch[:-1])
-    cols = (a[last].tolist() for a in (start, end, pitch, velocity))
-    return [Note(s, e, p, v) for s, e, p, v in zip(*cols)]
+    # by (start, pitch, part), then the longest, then the loudest
+    order = np.lexsort((velocity, end, part, pitch, start))
+    start, end, pitch, velocity, part = start[order], end[order], pitch[order], velocity[order], part[order]
+    last = np.ones(len(start), dtype=bool)  # the last of each (start, pitch, part) run wins
+    last[:-1] = (start[1:] != start[:-1]) | (pitch[1:] != pitch[:-1]) | (part[1:] != part[:-1])
+    cols = (a[last].tolist() for a in (start, end, pitch, velocity, part))
+    return [Note(s, e, p, v, k) for s, e, p, v, k in zip(*cols)]
 
 
 def clean_tempos(tempos: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -189,44 +248,51 @@ MAX_DELTA_TICKS = 0x0FFFFFFF  # the largest delta time a MIDI file can store (a 
 def write_midi(
     piece: Piece,
     path: str | os.PathLike,
-    program: int = 0,
+    program: int | None = None,
     meta: dict[str, str] | None = None,
+    *,
+    overlaps: str = "layer",
+    track_prefix: str = "",
 ) -> Path:
     """Write a piece as a MIDI file, atomically (a temp file in the same folder, then rename).
 
-    One track, plus an extra track (own channel) for each layer of notes that overlap a note of the same
-    pitch: within one track a reader pairs a note-off with the earliest sounding note of its pitch, which
-    would swap such durations. ``meta`` entries are stored as text markers at tick 0 ("key: value"), e.g.
-    the provenance of a generation.
+    One track per part, with its program and name (General MIDI's name when it has none), drums on channel
+    10. Within one track a reader pairs a note-off with the earliest sounding note of its pitch, so two notes
+    of one pitch that overlap in a part cannot both keep their length there: ``overlaps="layer"`` writes the
+    later one on an extra track of the same part (exact round trips), ``"trim"`` ends the earlier note where
+    the later one starts (what one MIDI channel plays anyway; no extra tracks, what a DAW wants).
+    ``program`` (None: each part's own) overrides the program of every pitched part. ``meta`` entries are
+    stored as text markers at tick 0 ("key: value"), e.g. the provenance of a generation; ``track_prefix``
+    goes before every track name (e.g. "prompt: ").
     """
     import miditoolkit
     from miditoolkit.midi.containers import Instrument, Marker, TempoChange, TimeSignature
-    from miditoolkit.midi.containers import Note as MtkNote
 
+    if overlaps not in ("layer", "trim"):
+        raise ValueError(f"overlaps must be 'layer' or 'trim', got {overlaps!r}")
     path = Path(path)
     midi = miditoolkit.MidiFile(ticks_per_beat=piece.ticks_per_beat)
-    layers: list[list[MtkNote]] = []
-    free_at: list[dict[int, int]] = []  # per layer: pitch → tick its last note ends
-    for n in sorted(piece.notes):
-        layer = next((i for i, f in enumerate(free_at) if f.get(n.pitch, -1) <= n.start), None)
-        if layer is None:
-            layer = len(layers)
-            layers.append([])
-            free_at.append({})
-        layers[layer].append(MtkNote(velocity=n.velocity, pitch=n.pitch, start=n.start, end=n.end))
-        free_at[layer][n.pitch] = n.end
     midi.instruments = []
-    for i, notes in enumerate(layers or [[]]):
-        ins = Instrument(program=program, is_drum=False, name="theremin" if i == 0 else f"theremin overlap {i}")
-        ins.notes = notes
-        midi.instruments.append(ins)
+    tracks_notes = []
+    parts = piece.parts or [PIANO]
+    for k, layers in enumerate(_part_layers(piece, len(parts), overlaps)):
+        part = parts[k]
+        prog = part.program if program is None or part.is_drum else program
+        name = track_prefix + (part.name or default_name(part.program, part.is_drum))
+        if not layers and (k > 0 or len(parts) > 1):
+            continue  # a part with no notes makes no track (a one-part piece keeps its empty track)
+        for i, notes in enumerate(layers or [[]]):
+            ins = Instrument(program=prog, is_drum=part.is_drum, name=name if i == 0 else f"{name} overlap {i}")
+            ins.notes = notes
+            midi.instruments.append(ins)
+            tracks_notes.append(notes)
     midi.tempo_changes = [TempoChange(tempo=60_000_000 / us, time=t) for t, us in piece.tempos] or [
         TempoChange(tempo=60_000_000 / DEFAULT_TEMPO_US, time=0)
     ]
     midi.time_signature_changes = [TimeSignature(n, d, t) for t, n, d in piece.time_signatures]
     midi.markers = [Marker(text=f"{k}: {v}", time=0) for k, v in (meta or {}).items()]
     meta_times = [0] + [t for t, _ in piece.tempos] + [t for t, _, _ in piece.time_signatures]
-    for times in [meta_times, *([0, *(t for n in notes for t in (n.start, n.end))] for notes in layers)]:
+    for times in [meta_times, *([0, *(t for n in notes for t in (n.start, n.end))] for notes in tracks_notes)]:
         times = sorted(times)
         gap = max((b - a for a, b in itertools.pairwise(times)), default=0)
         if gap > MAX_DELTA_TICKS:  # a longer delta cannot be stored: the file would read back as garbage
@@ -234,6 +300,36 @@ def write_midi(
                             f"most {MAX_DELTA_TICKS}); shorten the silence or lower ticks_per_beat")
     atomic_write(path, lambda tmp: midi.dump(str(tmp)))
     return path
+
+
+def _part_layers(piece: Piece, n_parts: int, overlaps: str) -> list[list[list]]:
+    """Per part, its notes as miditoolkit notes in layers: no two notes of one pitch overlap in one layer."""
+    from miditoolkit.midi.containers import Note as MtkNote
+
+    out: list[list[list]] = [[] for _ in range(n_parts)]
+    free_at: list[list[dict[int, int]]] = [[] for _ in range(n_parts)]  # per part, per layer: pitch → end
+    last: list[dict[int, MtkNote]] = [{} for _ in range(n_parts)]  # "trim": per part, pitch → its last note
+    for n in sorted(piece.notes):
+        if not 0 <= n.part < n_parts:
+            raise MidiError(None, f"note at tick {n.start} names part {n.part}, the piece has {n_parts}")
+        layers, free = out[n.part], free_at[n.part]
+        if overlaps == "trim":
+            prev = last[n.part].get(n.pitch)
+            if prev is not None and prev.end > n.start:
+                prev.end = n.start
+            note = MtkNote(velocity=n.velocity, pitch=n.pitch, start=n.start, end=n.end)
+            last[n.part][n.pitch] = note
+            layers[:1] = layers[:1] or [[]]
+            layers[0].append(note)
+            continue
+        layer = next((i for i, f in enumerate(free) if f.get(n.pitch, -1) <= n.start), None)
+        if layer is None:
+            layer = len(layers)
+            layers.append([])
+            free.append({})
+        layers[layer].append(MtkNote(velocity=n.velocity, pitch=n.pitch, start=n.start, end=n.end))
+        free[layer][n.pitch] = n.end
+    return out
 
 
 def read_regular_file(path: str | os.PathLike) -> bytes:

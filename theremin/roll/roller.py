@@ -26,7 +26,18 @@ from theremin.codec.tokenizer import MidiTokenizer
 from theremin.errors import ThereminError
 from theremin.model.checkpoint import DEFAULT_MAX_PARAMS, CheckpointError, open_checkpoint
 from theremin.model.gpt import GPT
-from theremin.music.midi import PROMPT_NOTES_MARKER, MidiError, Note, Piece, is_midi_path, read_midi, write_midi
+from theremin.music.midi import (
+    PIANO,
+    PROMPT_NOTES_MARKER,
+    MidiError,
+    Note,
+    Part,
+    Piece,
+    default_name,
+    is_midi_path,
+    read_midi,
+    write_midi,
+)
 from theremin.music.render import piano_roll_png, render_wav
 from theremin.roll.constraints import Constraints, RowState
 
@@ -153,6 +164,7 @@ class Prompt(NamedTuple):
     truncated: bool  # its oldest part was cut to fit the context
     end: int  # grid position where the prompt ends: the end of the kept bars (``keep_bars``), else the end of
     # the bar that holds its last onset. A length in bars or seconds is counted from here.
+    parts: tuple[Part, ...] = (PIANO,)  # the prompt's instruments (the header of ``text``)
 
 
 @dataclass
@@ -230,6 +242,7 @@ class Roller:
         check_meter(piece, self.limits, "the prompt" if isinstance(prompt, Piece) else repr(str(prompt)))
         ts = piece.time_signatures[0][1:] if piece.time_signatures else (4, 4)
         notes, tempos = self.codec.quantize(piece)
+        parts = tuple(piece.parts) if self.codec.instruments else (PIANO,)
         bar = self.bar_steps(ts)
         if keep_bars is not None:
             end = round(keep_bars * bar)
@@ -239,14 +252,14 @@ class Roller:
             tempos = [t for t in tempos if t[0] < end]
         else:  # the end of the bar that holds the last onset: a length in bars fills whole bars
             end = round((notes[-1][0] // bar + 1) * bar) if notes else 0
-        notes, tempos, shift, truncated = self._keep_recent(notes, tempos, bar)
-        return Prompt(self._grid_text(notes, tempos), ts, truncated, end - shift)
+        notes, tempos, shift, truncated = self._keep_recent(notes, tempos, bar, parts)
+        return Prompt(self._grid_text(notes, tempos, parts), ts, truncated, end - shift, parts)
 
     def prompt_text(self, prompt: str | os.PathLike | Piece | None, keep_bars: int | None):
         """(text, time_signature, truncated): :meth:`prompt` without its end."""
         return self.prompt(prompt, keep_bars)[:3]
 
-    def _keep_recent(self, notes, tempos, bar: float):
+    def _keep_recent(self, notes, tempos, bar: float, parts):
         """(notes, tempos, shift, truncated): the most recent notes that fit half the context (the other half
         is for the continuation), cut at an onset and moved back by ``shift``, a whole number of bars, so bar
         lines stay where they were; the tempo in force at the cut comes along. When the last onset alone does
@@ -263,12 +276,12 @@ class Roller:
             cut = notes[i][0]
             shift = int(cut // bar * bar)
             in_force = [(0, us) for p, us in tempos if p <= cut][-1:]
-            return ([(p - shift, d, pi, v) for p, d, pi, v in notes[i:]],
+            return ([(p - shift, d, pi, v, pa) for p, d, pi, v, pa in notes[i:]],
                     in_force + [(p - shift, us) for p, us in tempos if p > cut], shift)
 
         def fits(i: int) -> bool:
             kept, kept_tempos, _ = suffix(i)
-            return len(self.tok.encode(self._grid_text(kept, kept_tempos))) + 1 <= room
+            return len(self.tok.encode(self._grid_text(kept, kept_tempos, parts))) + 1 <= room
 
         if not notes or fits(0):
             return notes, tempos, 0, False
@@ -278,10 +291,10 @@ class Roller:
             i = _first_fitting(list(range(onsets[-1], len(notes) + 1)), fits)
         return *suffix(i), True
 
-    def _grid_text(self, notes, tempos) -> str:
+    def _grid_text(self, notes, tempos, parts) -> str:
         k = self.codec.ticks_per_beat // self.codec.grid
-        piece = Piece([Note(p * k, (p + d) * k, pi, self.codec.velocities[v]) for p, d, pi, v in notes],
-                      self.codec.ticks_per_beat, [(p * k, us) for p, us in tempos])
+        piece = Piece([Note(p * k, (p + d) * k, pi, self.codec.velocities[v], pa) for p, d, pi, v, pa in notes],
+                      self.codec.ticks_per_beat, [(p * k, us) for p, us in tempos], parts=list(parts))
         return self.codec.encode(piece)
 
     def bar_steps(self, ts: tuple[int, int]) -> float:
@@ -303,12 +316,12 @@ class Roller:
         prompt_ids = [self.tok.bos_id, *self.tok.encode(p.text)]
         base = self._prompt_state(cons, prompt_ids)
         prompt_grid, prompt_tempos = self.codec.decode_grid(p.text)
-        base.register = register_window([pitch for _, _, pitch, _ in prompt_grid], s)
+        base.register = register_window([n[2] for n in prompt_grid if not p.parts[n[4]].is_drum], s)
         goal = self._goal(s, p, prompt_tempos, base.notes)
         rows = [base.copy() for _ in range(s.n)]
         out = self._sample(prompt_ids, rows, cons, s, goal)
         k = self.codec.ticks_per_beat // self.codec.grid
-        prompt_keys = frozenset((pos * k, pitch) for pos, _, pitch, _ in prompt_grid)
+        prompt_keys = frozenset((n[0] * k, n[2]) for n in prompt_grid)
         variations = [self._variation(b, out[b, len(prompt_ids):].tolist(), prompt_ids, p, goal, prompt_keys)
                       for b in range(s.n)]
         result = RollResult(variations, self.codec.count_notes(p.text), p.truncated, time.perf_counter() - t0)
@@ -392,39 +405,87 @@ class Roller:
         """Prompt + continuation cut to exactly the asked length (tokens can overshoot by a few notes), as
         canonical text."""
         full = prompt + cont
-        notes, tempos = self.codec.decode_grid(full)
+        notes, tempos, parts = self.codec.decode_parts(full)
         n_prompt = self.codec.count_notes(prompt)
-        if target_notes is not None:  # the first target_notes distinct new (onset, pitch) of the continuation
-            seen = {(n[0], n[2]) for n in notes[:n_prompt]}
+        if target_notes is not None:  # the first target_notes distinct new (onset, pitch, part) of the continuation
+            seen = {(n[0], n[2], n[4]) for n in notes[:n_prompt]}
             new = 0
             keep = notes[:n_prompt]
             for n in notes[n_prompt:]:
-                if (n[0], n[2]) not in seen:
+                if (n[0], n[2], n[4]) not in seen:
                     if new == target_notes:
                         break
                     new += 1
-                    seen.add((n[0], n[2]))
+                    seen.add((n[0], n[2], n[4]))
                 keep.append(n)
         else:
             keep = notes[:n_prompt] + [n for n in notes[n_prompt:] if n[0] < end_pos]
-        return self._grid_text(keep, tempos)  # canonical text: a pitch sampled twice on one onset sounds once
+        used = sorted({n[4] for n in keep} | set(range(len(self.prompt_parts(prompt)))))
+        renumber = {old: new for new, old in enumerate(used)}  # a part the model opened and left empty goes
+        keep = [(*n[:4], renumber[n[4]]) for n in keep]
+        # canonical text: a pitch sampled twice on one onset sounds once
+        return self._grid_text(keep, tempos, [parts[i] for i in used])
+
+    def prompt_parts(self, prompt_text: str) -> list[Part]:
+        """The parts a prompt text declares (its header; one piano part without one)."""
+        return self.codec.decode_parts(prompt_text)[2]
 
     # ---- outputs ----------------------------------------------------------------------------------------
     def write(self, result: RollResult, out_dir: Path, s: SamplingSettings, render: dict) -> None:
-        """MIDI (+ WAV, PNG) per variation. Each MIDI carries its provenance and its number of prompt notes as
-        markers (:data:`PROMPT_NOTES_MARKER`), so theremin-evaluate scores the generated part alone."""
+        """Per variation: ``variation_NN.mid`` (prompt and continuation, a DAW track per instrument, the prompt's
+        on their own tracks named "prompt: <name>"), ``variation_NN_new.mid`` (only the new notes, from bar 1,
+        with the prompt's tempo, meter and instruments), + WAV and PNG per ``render``. The MIDI carries its
+        provenance and its number of prompt notes as markers (:data:`PROMPT_NOTES_MARKER`), so
+        theremin-evaluate scores the generated part alone."""
         out_dir.mkdir(parents=True, exist_ok=True)
         meta = {"theremin checkpoint": Path(self.checkpoint).name, "sampling": repr(asdict(s)),
                 PROMPT_NOTES_MARKER: str(result.prompt_notes)}
         for v in result.variations:
             stem = out_dir / f"variation_{v.index + 1:02d}"
-            v.files["mid"] = write_midi(v.piece, stem.with_suffix(".mid"), meta={**meta, "variation": str(v.index)})
+            v.files["mid"] = write_midi(daw_piece(v), stem.with_suffix(".mid"), overlaps="trim",
+                                        meta={**meta, "variation": str(v.index + 1)})
+            v.files["mid_new"] = write_midi(new_notes_piece(v), out_dir / f"{stem.name}_new.mid", overlaps="trim",
+                                            meta={"theremin checkpoint": meta["theremin checkpoint"],
+                                                  "variation": str(v.index + 1), "new notes only": "yes"})
             if render.get("png", True):
                 v.files["png"] = piano_roll_png(v.piece, stem.with_suffix(".png"), prompt_end_tick=v.prompt_end_tick,
                                                 prompt_notes=v.prompt_notes,
                                                 title=f"variation {v.index + 1} (seed {s.seed})")
             if render.get("wav", True):
                 v.files["wav"] = render_wav(v.piece, stem.with_suffix(".wav"), soundfont=render.get("soundfont"))
+
+
+def _is_prompt_note(v: Variation, n: Note) -> bool:
+    return (n.start, n.pitch) in v.prompt_notes and n.start < max(v.prompt_end_tick, 1)
+
+
+def daw_piece(v: Variation) -> Piece:
+    """The variation as a DAW wants it: the prompt's notes on their own parts, named "prompt: <name>", then a
+    part per instrument of the continuation (empty parts make no track)."""
+    p = v.piece
+    n_parts = len(p.parts)
+    named = [Part(x.program, x.is_drum, x.name or default_name(x.program, x.is_drum)) for x in p.parts]
+    parts = [Part(x.program, x.is_drum, f"prompt: {x.name}") for x in named] + named
+    notes = [Note(n.start, n.end, n.pitch, n.velocity, n.part if _is_prompt_note(v, n) else n_parts + n.part)
+             for n in p.notes]
+    used = sorted({n.part for n in notes})
+    renumber = {old: new for new, old in enumerate(used)}
+    return Piece([Note(n.start, n.end, n.pitch, n.velocity, renumber[n.part]) for n in notes], p.ticks_per_beat,
+                 list(p.tempos), list(p.time_signatures), [parts[i] for i in used] or [named[0]])
+
+
+def new_notes_piece(v: Variation) -> Piece:
+    """Only the variation's new notes, moved to start at bar 1 (by whole bars, so the meter holds), with the
+    tempo in force there, the meter and the instruments of the whole variation."""
+    p = v.piece
+    new = [n for n in p.notes if not _is_prompt_note(v, n)]
+    num, den = (p.time_signatures[0][1:] if p.time_signatures else (4, 4))
+    bar = round(num * 4 / den * p.ticks_per_beat)
+    shift = (min(n.start for n in new) // bar * bar) if new else 0
+    in_force = [(0, us) for t, us in p.tempos if t <= shift][-1:]
+    tempos = in_force + [(t - shift, us) for t, us in p.tempos if t > shift]
+    notes = [Note(n.start - shift, n.end - shift, n.pitch, n.velocity, n.part) for n in new]
+    return Piece(notes, p.ticks_per_beat, tempos, [(0, num, den)], list(p.parts))
 
 
 def _render_options(render: dict | None, out_dir) -> dict:
