@@ -1,5 +1,6 @@
-"""Rendering: the WAV follows the MIDI (timing, tempo map, silences), failures are clear, the piano roll shows
-prompt and continuation apart.
+"""Rendering: the WAV follows the MIDI (timing, tempo map, silences), each part sounds its own instrument (drums
+on channel 10), failures are clear, the piano roll shows prompt and continuation apart and, with several
+instruments, each part in its colour.
 
 Audio tests need libfluidsynth and skip without it (the project installs it in setup); the test of the
 message given when it is missing always runs, on a simulated absence.
@@ -13,16 +14,26 @@ import subprocess
 import sys
 import wave
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from theremin.music.midi import Note, Piece
+import theremin.music.render as render
+from theremin.music.midi import Note, Part, Piece
 from theremin.music.render import (
+    DRUM_BANK,
+    DRUM_CHANNEL,
     GENERATED_COLOR,
+    PITCHED_CHANNELS,
     PROMPT_COLOR,
+    PROMPT_EDGE_COLOR,
+    PROMPT_HATCH,
     RenderError,
+    channel_plan,
     default_soundfont,
+    draw_piano_roll,
+    part_label,
     piano_roll_png,
     render_wav,
     roll_layout,
@@ -171,6 +182,113 @@ def test_unsupported_sample_rate_is_refused(tmp_path):
     assert no_stray_files(tmp_path, set())
 
 
+PIANO_PART, BASS_PART, DRUM_PART = 0, 1, 2
+KICK, SNARE, HAT = 36, 38, 42  # General MIDI drum sounds
+
+
+def band(bpm: float = 120, drums: Part | None = None) -> Piece:
+    """Piano chord and bass for beats 0-2 (0-1 s at 120 bpm); then, after a rest, drums alone for beats 6-8."""
+    notes = [Note(0, 2 * TPB, p, 100, PIANO_PART) for p in (60, 64, 67)]
+    notes += [Note(0, 2 * TPB, 36, 100, BASS_PART)]
+    hits = [KICK, HAT, SNARE, HAT]
+    notes += [Note(6 * TPB + i * TPB // 2, 6 * TPB + i * TPB // 2, p, 110, DRUM_PART) for i, p in enumerate(hits)]
+    parts = [Part(0), Part(33), drums or Part(0, is_drum=True)]
+    return Piece(sorted(notes), TPB, tempos=tempo(bpm), parts=parts)
+
+
+def spy_synth(monkeypatch) -> list[tuple]:
+    """Record what render_wav asks of FluidSynth: ("select", channel, bank, preset) and ("on", channel, pitch)."""
+    import fluidsynth
+
+    calls: list[tuple] = []
+
+    class Spy(fluidsynth.Synth):
+        def program_select(self, chan, sfid, bank, preset):
+            calls.append(("select", chan, bank, preset))
+            return super().program_select(chan, sfid, bank, preset)
+
+        def noteon(self, chan, key, vel):
+            calls.append(("on", chan, key))
+            return super().noteon(chan, key, vel)
+
+    monkeypatch.setattr(render, "_import_fluidsynth", lambda: SimpleNamespace(Synth=Spy))
+    return calls
+
+
+def sounds(calls: list[tuple]) -> set[tuple[int, int, int, int]]:
+    """(channel, bank, preset, pitch) of each note struck: the preset its channel had when it was struck."""
+    preset: dict[int, tuple[int, int]] = {}
+    struck = set()
+    for call in calls:
+        if call[0] == "select":
+            preset[call[1]] = call[2:]
+        else:
+            struck.add((call[1], *preset[call[1]], call[2]))
+    return struck
+
+
+@needs_fluidsynth
+def test_band_drums_are_audible_in_their_own_window(tmp_path):
+    _, x = read_wav(render_wav(band(), tmp_path / "band.wav", sample_rate=SR, tail_seconds=0.5))
+    drums, rest = rms(x, 3.0, 4.0), rms(x, 1.8, 2.9)  # drums alone from 3 s; piano and bass died out by 1.8 s
+    assert drums > 100  # int16 full scale is 32767; silence is ~1
+    assert rest < drums / 10
+    assert rms(x, 0.1, 0.9) > 100  # the piano and bass sound too
+
+
+@needs_fluidsynth
+def test_each_part_plays_its_program_on_its_channel_drums_on_channel_10(tmp_path, monkeypatch):
+    calls = spy_synth(monkeypatch)
+    render_wav(band(), tmp_path / "band.wav", sample_rate=SR, tail_seconds=0)
+    piano, bass = PITCHED_CHANNELS[0], PITCHED_CHANNELS[1]
+    assert sounds(calls) == {*((piano, 0, 0, p) for p in (60, 64, 67)), (bass, 0, 33, 36),
+                             *((DRUM_CHANNEL, DRUM_BANK, 0, p) for p in (KICK, SNARE, HAT))}
+
+
+@needs_fluidsynth
+def test_an_explicit_program_plays_every_pitched_part_but_drums_stay_drums(tmp_path, monkeypatch):
+    calls = spy_synth(monkeypatch)
+    render_wav(band(), tmp_path / "band.wav", sample_rate=SR, tail_seconds=0, program=19)
+    assert {(chan, bank, preset) for chan, bank, preset, _ in sounds(calls)} == {
+        (PITCHED_CHANNELS[0], 0, 19), (PITCHED_CHANNELS[1], 0, 19), (DRUM_CHANNEL, DRUM_BANK, 0)}
+
+
+@needs_fluidsynth
+@pytest.mark.parametrize(("kit", "played"), [(25, 25), (127, 0)])  # TimGM6mb has kit 25, not 127: the standard kit
+def test_a_drum_part_plays_its_kit_or_the_standard_one(tmp_path, monkeypatch, kit, played):
+    calls = spy_synth(monkeypatch)
+    out = render_wav(band(drums=Part(kit, is_drum=True)), tmp_path / "band.wav", sample_rate=SR, tail_seconds=0.5)
+    assert {s for s in sounds(calls) if s[0] == DRUM_CHANNEL} == {
+        (DRUM_CHANNEL, DRUM_BANK, played, p) for p in (KICK, SNARE, HAT)}
+    assert rms(read_wav(out)[1], 3.0, 4.0) > 100
+
+
+def test_a_note_of_no_part_is_refused(tmp_path):
+    piece = Piece([Note(0, TPB, 60, 100, part=2)], TPB, parts=[Part(0), Part(33)])
+    with pytest.raises(RenderError, match="names part 2, the piece has 2"):
+        render_wav(piece, tmp_path / "bad.wav")
+    assert no_stray_files(tmp_path, set())
+
+
+def test_channel_plan_never_puts_a_pitched_part_on_the_drum_channel():
+    drums = Part(8, is_drum=True)
+    plan = channel_plan([Part(0), drums, Part(33)])
+    assert plan == [(PITCHED_CHANNELS[0], 0, 0), (DRUM_CHANNEL, DRUM_BANK, 8), (PITCHED_CHANNELS[1], 0, 33)]
+    assert DRUM_CHANNEL not in PITCHED_CHANNELS and len(PITCHED_CHANNELS) == 15
+    # 15 pitched parts: one channel each
+    assert sorted(c for c, _, _ in channel_plan([Part(p) for p in range(15)])) == sorted(PITCHED_CHANNELS)
+    # more: the parts of one program share a channel...
+    shared = channel_plan([Part(p % 3) for p in range(20)] + [drums])
+    assert [c for c, _, _ in shared[:20]] == [PITCHED_CHANNELS[p % 3] for p in range(20)]
+    assert shared[20] == (DRUM_CHANNEL, DRUM_BANK, 8)
+    # ...and past 15 programs the channels are reused round-robin, never channel 10
+    many = channel_plan([Part(p) for p in range(40)])
+    assert [(c, p) for c, _, p in many] == [(PITCHED_CHANNELS[p % 15], p) for p in range(40)]
+    # an explicit program for every pitched part; parts without notes take no channel
+    assert channel_plan([Part(0), drums, Part(33)], program=19, used={1, 2}) == [
+        None, (DRUM_CHANNEL, DRUM_BANK, 8), (PITCHED_CHANNELS[0], 0, 19)]
+
+
 def test_empty_piece_is_refused(tmp_path):
     with pytest.raises(RenderError, match="no notes"):
         render_wav(Piece([], TPB), tmp_path / "empty.wav")
@@ -268,3 +386,81 @@ def test_roll_layout_colours_by_origin_not_by_onset():
     # a roll from nothing: no prompt note, no line
     empty = roll_layout(piece, prompt_end_tick=0, prompt_notes=set())
     assert empty.prompt == [] and empty.prompt_end_beat is None
+
+
+def band_roll(parts: list[Part] | None = None) -> Piece:
+    """Four bars at velocity 127: piano chords, a bass line and drums; the first two bars are the prompt."""
+    notes = []
+    for beat in range(0, 16, 2):
+        notes += [Note(beat * TPB, (beat + 2) * TPB, p + beat % 4, 127, PIANO_PART) for p in (60, 64, 67)]
+        notes += [Note(beat * TPB, (beat + 1) * TPB, 40 + beat % 3, 127, BASS_PART)]
+        notes += [Note(beat * TPB + i * TPB // 2, beat * TPB + i * TPB // 2, p, 127, DRUM_PART)
+                  for i, p in enumerate([KICK, HAT, SNARE, HAT])]
+    parts = parts or [Part(0), Part(33), Part(0, is_drum=True)]
+    return Piece(sorted(notes), TPB, tempos=tempo(120), parts=parts)
+
+
+def legend_texts(fig) -> list[str]:
+    return [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+
+
+def test_piano_roll_of_a_band_colours_each_part_and_names_it(tmp_path):
+    from matplotlib import colormaps
+
+    piece = band_roll()
+    fig = draw_piano_roll(piece, prompt_end_tick=8 * TPB)
+    assert legend_texts(fig) == ["Acoustic Grand Piano (Piano)", "Electric Bass (finger) (Bass)", "Drums",
+                                 "prompt (light, hatched)", "generated (solid)", "prompt end"]
+    out = piano_roll_png(piece, tmp_path / "band.png", prompt_end_tick=8 * TPB)
+    assert out.stat().st_size > 10_000 and no_stray_files(tmp_path, {"band.png"})
+    tab10 = colormaps["tab10"]
+    assert colour_pixels(out, tab10(0)) > 1_000  # generated piano notes, solid in the piano's colour
+    assert colour_pixels(out, tab10(1)) > 300  # the bass's
+    assert colour_pixels(out, tab10(2)) > 100  # the drum hits' diamonds
+    assert colour_pixels(out, PROMPT_COLOR) == 0 and colour_pixels(out, GENERATED_COLOR) == 0
+
+
+def test_piano_roll_of_a_band_draws_the_prompt_light_and_hatched(tmp_path):
+    from matplotlib.collections import PolyCollection
+    from matplotlib.colors import to_rgba
+
+    fig = draw_piano_roll(band_roll(), prompt_end_tick=8 * TPB)
+    boxes = [c for c in fig.axes[0].collections if isinstance(c, PolyCollection) and c.get_zorder() == 2]
+    prompt, generated = boxes  # prompt notes first, generated on top
+    assert prompt.get_hatch() == PROMPT_HATCH and generated.get_hatch() is None
+    assert all(tuple(e) == to_rgba(PROMPT_EDGE_COLOR) for e in prompt.get_edgecolor())
+    assert prompt.get_facecolor()[:, 3].max() < generated.get_facecolor()[:, 3].min()  # lighter, at one velocity
+
+
+def test_piano_roll_legend_names_named_parts_and_tells_twins_apart():
+    parts = [Part(0, name="Left hand"), Part(33, name="Walking bass"), Part(0, is_drum=True, name="Kit")]
+    assert legend_texts(draw_piano_roll(band_roll(parts)))[:3] == ["Left hand (Piano)", "Walking bass (Bass)",
+                                                                  "Kit (Drums)"]
+    twins = legend_texts(draw_piano_roll(band_roll([Part(33), Part(33), Part(25, is_drum=True)])))
+    assert twins[:3] == ["Electric Bass (finger) (Bass) #1", "Electric Bass (finger) (Bass) #2", "Drums"]
+    assert part_label(Part(25, is_drum=True, name="Drums")) == "Drums"
+
+
+def test_piano_roll_of_one_instrument_keeps_the_prompt_and_generated_colours(tmp_path):
+    # a violin piece, in a piece that lists other parts without notes: one instrument drawn, today's two colours
+    up, down = prompt_and_continuation().notes[:8], prompt_and_continuation().notes[8:]
+    piece = Piece([Note(n.start, n.end, n.pitch, n.velocity, part=1) for n in up + down], TPB,
+                  tempos=tempo(100), parts=[Part(0), Part(40), Part(0, is_drum=True)])
+    out = piano_roll_png(piece, tmp_path / "v.png", prompt_end_tick=8 * TPB)
+    assert colour_pixels(out, PROMPT_COLOR) > 2_000 and colour_pixels(out, GENERATED_COLOR) > 2_000
+    fig = draw_piano_roll(piece, prompt_end_tick=8 * TPB)
+    assert legend_texts(fig) == ["prompt", "generated", "prompt end"]
+    assert fig.axes[0].get_legend().get_title().get_text() == "Violin (Strings)"
+    # the plain piano of old: the same legend, untitled
+    piano = draw_piano_roll(prompt_and_continuation(), prompt_end_tick=8 * TPB)
+    assert legend_texts(piano) == ["prompt", "generated", "prompt end"]
+    assert piano.axes[0].get_legend().get_title().get_text() == ""
+
+
+def test_roll_layout_takes_the_prompt_notes_part_when_given():
+    # the bass and the piano both play C3 on beat 0: only the piano's came from the prompt
+    piano, bass = Note(0, TPB, 48, 90, PIANO_PART), Note(0, TPB, 48, 90, BASS_PART)
+    piece = Piece([piano, bass], TPB, parts=[Part(0), Part(33)])
+    layout = roll_layout(piece, TPB, {(0, 48, PIANO_PART)})
+    assert layout.prompt == [piano] and layout.generated == [bass]
+    assert roll_layout(piece, TPB, {(0, 48)}).prompt == [piano, bass]  # a (start, pitch) pair: any part

@@ -238,7 +238,8 @@ def test_outputs_follow_the_umask_and_leave_no_temp_files(roller, prompt, tmp_pa
         finally:
             os.umask(old)
         files = sorted(out.iterdir())
-        assert [f.suffix for f in files] == [".mid", ".png", ".wav"]  # no .tmp left behind
+        assert [f.name for f in files] == ["variation_01.mid", "variation_01.png", "variation_01.wav",
+                                           "variation_01_new.mid"]  # no .tmp left behind
         assert {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o666 & ~umask}
 
 
@@ -272,8 +273,18 @@ def test_outputs_midi_wav_png(roller, prompt, tmp_path):
     res = roller.roll(prompt, SamplingSettings(n=2, length=16, seed=9, keep_bars=2), out_dir=tmp_path)
     orig = read_midi(prompt)
     for v in res.variations:
-        assert set(v.files) == {"mid", "wav", "png"}
+        assert set(v.files) == {"mid", "mid_new", "wav", "png"}
         mid = read_midi(v.files["mid"])
+        # a DAW's view: the prompt on its own track, the continuation on another, no stray tracks
+        import symusic
+
+        names = [t.name for t in symusic.Score(str(v.files["mid"])).tracks]
+        assert names == ["prompt: Acoustic Grand Piano", "Acoustic Grand Piano"]
+        assert len(mid.notes) == len(v.piece.notes)
+        new = read_midi(v.files["mid_new"])
+        assert len(new.notes) == v.generated_notes
+        assert new.notes[0].start < 4 * 480  # from bar 1
+        assert new.time_signatures[0][1:] == orig.time_signatures[0][1:]
         assert mid.time_signatures[0][1:] == orig.time_signatures[0][1:]
         assert mid.tempos[:1] == orig.tempos[:1] or (not orig.tempos and not mid.tempos)
         import miditoolkit

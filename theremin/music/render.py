@@ -1,8 +1,11 @@
 """Turning a :class:`~theremin.music.midi.Piece` into something a musician can hear (WAV) and see (piano-roll PNG).
 
 Audio is rendered offline with FluidSynth (pyfluidsynth, no audio driver) and the General MIDI soundfont that
-ships inside the ``pretty_midi`` wheel; the WAV is written with the stdlib :mod:`wave` module. The piano roll
-is drawn with matplotlib's Agg canvas, without pyplot, so it never needs a display nor touches global state.
+ships inside the ``pretty_midi`` wheel; the WAV is written with the stdlib :mod:`wave` module. Each part plays
+its own General MIDI program on its own channel (drum parts on channel 10 with the drum bank:
+:func:`channel_plan`). The piano roll is drawn with matplotlib's Agg canvas, without pyplot, so it never needs
+a display nor touches global state; with several instruments each part has its colour (:func:`part_label`
+names it in the legend) and the prompt's notes are drawn light and hatched.
 Both heavy imports happen inside the functions: importing this module stays cheap.
 
 Every reason a render cannot be done is a :class:`RenderError` naming the input and the fix. Files are
@@ -19,17 +22,24 @@ import os
 import threading
 import time
 import wave
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from theremin.errors import ThereminError
 from theremin.fsio import atomic_write
-from theremin.music.midi import Note, Piece
+from theremin.music.midi import PIANO, Note, Part, Piece, default_name
 
 PROMPT_COLOR = "#4c72b0"  # blue: the notes the model was given
 GENERATED_COLOR = "#dd8452"  # orange: the notes the model wrote
 PROMPT_END_COLOR = "#c44e52"
+PROMPT_EDGE_COLOR = "#666666"  # several instruments: a prompt note is its part's colour, light, grey-edged, hatched
+PROMPT_HATCH = "////"
+
+DRUM_CHANNEL = 9  # General MIDI's channel 10, counted from 0
+DRUM_BANK = 128  # where a General MIDI soundfont keeps its drum kits
+PITCHED_CHANNELS = tuple(c for c in range(16) if c != DRUM_CHANNEL)
 
 MIN_NOTE_SECONDS = 0.05  # zero-length notes (see theremin.music.midi) still sound, briefly
 WAV_CHANNELS, WAV_SAMPLE_BYTES = 2, 2  # 16-bit stereo
@@ -84,8 +94,13 @@ def note_name(pitch: int) -> str:
     return f"{_NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}"
 
 
-def _note_events(piece: Piece, sample_rate: int) -> tuple[list[tuple[int, int, int, int]], int]:
-    """Note-on/off events as (frame, on, pitch, velocity), sorted; and the frame the last note ends."""
+Route = tuple[int, int, int]  # (channel, bank, preset) a part plays on
+Event = tuple[int, int, int, int, int, int, int]  # (frame, on, channel, pitch, velocity, bank, preset)
+
+
+def _note_events(piece: Piece, sample_rate: int, route: list[Route | None] | None = None) -> tuple[list[Event], int]:
+    """Note-on/off events as (frame, on, channel, pitch, velocity, bank, preset), sorted; and the frame the
+    last note ends. ``route[k]``: where part k plays (:func:`channel_plan`); None: every note on channel 0."""
     cache: dict[int, int] = {}
     seconds = piece.clock()
 
@@ -99,8 +114,9 @@ def _note_events(piece: Piece, sample_rate: int) -> tuple[list[tuple[int, int, i
     for n in piece.notes:
         start = frame(n.start)
         end = max(frame(n.end), start + min_frames)
-        events.append((start, 1, n.pitch, max(1, min(127, n.velocity))))
-        events.append((end, 0, n.pitch, 0))
+        chan, bank, preset = route[n.part] if route is not None else (0, 0, 0)
+        events.append((start, 1, chan, n.pitch, max(1, min(127, n.velocity)), bank, preset))
+        events.append((end, 0, chan, n.pitch, 0, bank, preset))
     # at one frame, offs (0) sort before ons (1): a repeated note is released, then struck again
     events.sort()
     return events, max(e[0] for e in events)
@@ -125,12 +141,80 @@ def check_wav_size(piece: Piece, wav_path: str | os.PathLike, sample_rate: int =
     return seconds, nbytes
 
 
+def channel_plan(parts: list[Part], program: int | None = None,
+                 used: Iterable[int] | None = None) -> list[Route | None]:
+    """Where each part plays: (channel, bank, preset) per part, None for a part left out of ``used`` (the parts
+    that have notes; None: all).
+
+    Drum parts play on channel 10 (``DRUM_CHANNEL``, 9 from 0) with the drum bank (``DRUM_BANK``), the part's
+    program choosing the kit. Pitched parts play ``program`` (None: their own) in bank 0, each on its own channel
+    of ``PITCHED_CHANNELS``: with more than 15 of them, the parts of one program share a channel, and past 15
+    programs the channels are reused round-robin (the renderer then selects each note's program as it strikes
+    it: a program change does not touch notes already sounding). A pitched part never lands on channel 10.
+    """
+    parts = parts or [PIANO]
+    keep = set(range(len(parts)) if used is None else used)
+    plan: list[Route | None] = [None] * len(parts)
+    pitched = []
+    for k, part in enumerate(parts):
+        if k not in keep:
+            continue
+        if part.is_drum:
+            plan[k] = (DRUM_CHANNEL, DRUM_BANK, part.program)
+        else:
+            pitched.append(k)
+    wanted = {k: parts[k].program if program is None else program for k in pitched}
+    if len(pitched) <= len(PITCHED_CHANNELS):
+        slot = {k: i for i, k in enumerate(pitched)}
+    else:
+        programs = list(dict.fromkeys(wanted[k] for k in pitched))  # in order of first use
+        slot = {k: programs.index(wanted[k]) % len(PITCHED_CHANNELS) for k in pitched}
+    for k in pitched:
+        plan[k] = (PITCHED_CHANNELS[slot[k]], 0, wanted[k])
+    return plan
+
+
+def _part_list(piece: Piece, wav_path: Path) -> list[Part]:
+    """The piece's parts ([piano] when it lists none); :class:`RenderError` for a note naming no part."""
+    parts = piece.parts or [PIANO]
+    bad = next((n for n in piece.notes if not 0 <= n.part < len(parts)), None)
+    if bad is not None:
+        raise RenderError(f"cannot render {wav_path}: the note at tick {bad.start} names part {bad.part}, "
+                          f"the piece has {len(parts)}; pass a piece whose notes name its parts")
+    return parts
+
+
+def _select_presets(synth, sfid: int, sf_path: Path, plan: list[Route | None],
+                    program: int | None) -> list[Route | None]:
+    """The plan with every preset checked in the soundfont (FluidSynth's program_select fails, < 0, on a preset
+    it lacks). A missing drum kit falls back to the standard kit (preset 0 of the drum bank); a part's missing
+    program to preset 0 (piano); an explicit ``program`` the soundfont lacks, or no fallback at all, is an error."""
+    found: dict[tuple[int, int], tuple[int, int] | None] = {}  # (bank, preset) wanted -> the one played
+    out: list[Route | None] = []
+    for entry in plan:
+        if entry is None:
+            out.append(None)
+            continue
+        chan, bank, preset = entry
+        if (bank, preset) not in found:
+            found[bank, preset] = (bank, preset) if synth.program_select(chan, sfid, bank, preset) >= 0 else None
+        if found[bank, preset] is None:
+            if bank != DRUM_BANK and program is not None:
+                raise RenderError(f"soundfont {sf_path} has no program {program} in bank 0; pick another program")
+            if preset == 0 or synth.program_select(chan, sfid, bank, 0) < 0:
+                what = "drum kit (bank 128)" if bank == DRUM_BANK else "program 0 in bank 0"
+                raise RenderError(f"soundfont {sf_path} has no {what}; pass a General MIDI soundfont")
+            found[bank, preset] = (bank, 0)
+        out.append((chan, *found[bank, preset]))
+    return out
+
+
 def render_wav(
     piece: Piece,
     wav_path: str | os.PathLike,
     soundfont: str | os.PathLike | None = None,
     sample_rate: int = 44100,
-    program: int = 0,
+    program: int | None = None,
     tail_seconds: float = 1.0,
     gain: float = 0.8,
     *,
@@ -141,9 +225,12 @@ def render_wav(
 ) -> Path:
     """Render a piece to a 16-bit stereo WAV with FluidSynth; the tempo map sets when each note sounds.
 
-    The WAV lasts until the last note ends plus ``tail_seconds`` (release and reverb). ``program`` is the
-    General MIDI instrument (0 = acoustic grand piano); ``gain`` is FluidSynth's master gain: its own default
-    (0.2) is faint with this soundfont, while at 0.8 a ten-note chord at full velocity peaks near -6 dBFS.
+    The WAV lasts until the last note ends plus ``tail_seconds`` (release and reverb). Each part sounds its own
+    General MIDI program on its own channel, drum parts on channel 10 with the drum bank (:func:`channel_plan`;
+    a kit or program the soundfont lacks falls back to its preset 0). ``program`` (0..127; None: each part's
+    own) plays every pitched part with that program instead (0 = acoustic grand piano); drums stay drums.
+    ``gain`` is FluidSynth's master gain: its own default (0.2) is faint with this soundfont, while at 0.8 a
+    ten-note chord at full velocity peaks near -6 dBFS.
 
     Bounds (None: none): a WAV over ``max_seconds`` of audio or ``max_bytes`` is refused before rendering
     (:class:`RenderTooLarge`); past ``deadline`` (a :func:`time.monotonic` time) or once ``cancel`` is set, the
@@ -152,18 +239,16 @@ def render_wav(
     wav_path = Path(wav_path)
     if not piece.notes:
         raise RenderError(f"cannot render {wav_path}: the piece has no notes; pass a piece with notes")
-    if not 0 <= program <= 127:
+    if program is not None and not 0 <= program <= 127:
         raise RenderError(f"cannot render {wav_path}: program={program} is outside General MIDI's 0..127")
     if tail_seconds < 0:
         raise RenderError(f"cannot render {wav_path}: tail_seconds={tail_seconds} must be >= 0")
+    parts = _part_list(piece, wav_path)
     check_wav_size(piece, wav_path, sample_rate, tail_seconds, max_seconds, max_bytes)
     sf_path = default_soundfont() if soundfont is None else Path(soundfont).expanduser()
     if not sf_path.is_file():
         raise RenderError(f"soundfont {sf_path} does not exist; pass an existing .sf2 file or leave it unset")
     fluidsynth = _import_fluidsynth()
-
-    events, last_frame = _note_events(piece, sample_rate)
-    total_frames = last_frame + round(tail_seconds * sample_rate)
 
     def stop() -> None:
         if cancel is not None and cancel.is_set():
@@ -183,15 +268,17 @@ def render_wav(
         sfid = synth.sfload(str(sf_path))
         if sfid < 0:
             raise RenderError(f"soundfont {sf_path} could not be loaded; pass a valid .sf2 file")
-        if synth.program_select(0, sfid, 0, program) < 0:
-            raise RenderError(f"soundfont {sf_path} has no program {program} in bank 0; pick another program")
+        plan = channel_plan(parts, program, {n.part for n in piece.notes})
+        events, last_frame = _note_events(piece, sample_rate, _select_presets(synth, sfid, sf_path, plan, program))
+        total_frames = last_frame + round(tail_seconds * sample_rate)
 
         def write(tmp: Path) -> None:
             with wave.open(str(tmp), "wb") as out:
                 out.setnchannels(WAV_CHANNELS)
                 out.setsampwidth(WAV_SAMPLE_BYTES)
                 out.setframerate(sample_rate)
-                _render_events(synth, events, total_frames, out, stop)
+                _render_events(synth, events, total_frames, out, stop,
+                               lambda chan, bank, preset: synth.program_select(chan, sfid, bank, preset))
 
         atomic_write(wav_path, write)
     finally:
@@ -199,10 +286,14 @@ def render_wav(
     return wav_path
 
 
-def _render_events(synth, events, total_frames: int, out: wave.Wave_write, stop=lambda: None) -> None:
+def _render_events(synth, events: list[Event], total_frames: int, out: wave.Wave_write, stop=lambda: None,
+                   select: Callable[[int, int, int], object] | None = None) -> None:
     """Play the events, pulling the samples between them in chunks and streaming them to the WAV; ``stop()``
-    runs before each chunk (it raises to end the render)."""
-    sounding = [0] * 128  # overlapping notes of one pitch: release the key only when the last one ends
+    runs before each chunk (it raises to end the render). Before a note starts, ``select(channel, bank,
+    preset)`` gives its channel the note's preset unless the channel already has it."""
+    # overlapping notes of one pitch on one channel: release the key only when the last one ends
+    sounding: Counter[tuple[int, int]] = Counter()
+    playing: dict[int, tuple[int, int]] = {}  # each channel's (bank, preset) as selected
     pos = 0
     stop()
 
@@ -215,15 +306,18 @@ def _render_events(synth, events, total_frames: int, out: wave.Wave_write, stop=
             out.writeframesraw(synth.get_samples(n).astype("<i2", copy=False).tobytes())
             pos += n
 
-    for frame, on, pitch, velocity in events:
+    for frame, on, chan, pitch, velocity, bank, preset in events:
         pull(frame)
         if on:
-            sounding[pitch] += 1
-            synth.noteon(0, pitch, velocity)
+            if select is not None and playing.get(chan) != (bank, preset):
+                select(chan, bank, preset)
+                playing[chan] = (bank, preset)
+            sounding[chan, pitch] += 1
+            synth.noteon(chan, pitch, velocity)
         else:
-            sounding[pitch] -= 1
-            if sounding[pitch] == 0:
-                synth.noteoff(0, pitch)
+            sounding[chan, pitch] -= 1
+            if sounding[chan, pitch] == 0:
+                synth.noteoff(chan, pitch)
     pull(total_frames)
 
 
@@ -254,26 +348,49 @@ class RollLayout:
     prompt_end_beat: float | None  # None: no line (no prompt)
 
 
+PromptKey = tuple[int, int] | tuple[int, int, int]  # (start tick, pitch) or (start tick, pitch, part)
+
+
 def roll_layout(
     piece: Piece,
     prompt_end_tick: int | None = None,
-    prompt_notes: Iterable[tuple[int, int]] | None = None,
+    prompt_notes: Iterable[PromptKey] | None = None,
 ) -> RollLayout:
     """Split a piece into prompt and generated notes.
 
-    ``prompt_notes``: (start tick, pitch) of the notes that came from the prompt; a model may add notes on the
-    prompt's last onset, so where a note starts cannot tell. Without it, notes starting before
-    ``prompt_end_tick`` count as the prompt. The line sits at ``prompt_end_tick`` (the end of the kept bars);
-    with it None or 0 there is no line and, without ``prompt_notes``, every note counts as generated.
+    ``prompt_notes``: (start tick, pitch) of the notes that came from the prompt, in any part, or (start tick,
+    pitch, part) for that part alone; a model may add notes on the prompt's last onset, so where a note starts
+    cannot tell. Without it, notes starting before ``prompt_end_tick`` count as the prompt. The line sits at
+    ``prompt_end_tick`` (the end of the kept bars); with it None or 0 there is no line and, without
+    ``prompt_notes``, every note counts as generated.
     """
     split = prompt_end_tick or 0
     if prompt_notes is not None:
         keys = set(map(tuple, prompt_notes))
-        mine = [(n.start, n.pitch) in keys for n in piece.notes]
+        mine = [(n.start, n.pitch) in keys or (n.start, n.pitch, n.part) in keys for n in piece.notes]
     else:
         mine = [n.start < split for n in piece.notes]
     return RollLayout([n for n, m in zip(piece.notes, mine) if m], [n for n, m in zip(piece.notes, mine) if not m],
                       split / piece.ticks_per_beat if split > 0 else None)
+
+
+def part_label(part: Part) -> str:
+    """How a piano roll's legend names a part: its name (General MIDI's for its program when it has none) and
+    its General MIDI family, e.g. "Electric Bass (finger) (Bass)"; a drum part is "Drums" ("<name> (Drums)")."""
+    if part.is_drum:
+        return f"{part.name} (Drums)" if part.name and part.name != "Drums" else "Drums"
+    if not 0 <= part.program <= 127:
+        return part.name or f"program {part.program}"
+    import pretty_midi  # lazy: heavy (numpy, mido), and only a legend needs it
+
+    family = pretty_midi.program_to_instrument_class(part.program)
+    return f"{part.name or default_name(part.program, False)} ({family})"
+
+
+def _part_at(piece: Piece, k: int) -> Part:
+    """Part k of a piece (the piano when it lists none; an unnamed piano named "part k" if k is out of range)."""
+    parts = piece.parts or [PIANO]
+    return parts[k] if 0 <= k < len(parts) else Part(name=f"part {k}")
 
 
 def piano_roll_png(
@@ -281,15 +398,30 @@ def piano_roll_png(
     png_path: str | os.PathLike,
     prompt_end_tick: int | None = None,
     title: str | None = None,
-    prompt_notes: Iterable[tuple[int, int]] | None = None,
+    prompt_notes: Iterable[PromptKey] | None = None,
 ) -> Path:
-    """Draw a piano roll of :func:`roll_layout`: prompt and generated notes in their colours, a dashed line at
-    the prompt's end.
+    """Draw :func:`draw_piano_roll` to a PNG (written atomically)."""
+    png_path = Path(png_path)
+    fig = draw_piano_roll(piece, prompt_end_tick, title, prompt_notes)
+    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png"))
+    return png_path
+
+
+def draw_piano_roll(
+    piece: Piece,
+    prompt_end_tick: int | None = None,
+    title: str | None = None,
+    prompt_notes: Iterable[PromptKey] | None = None,
+):
+    """A matplotlib Figure (on its own Agg canvas) of the piano roll of :func:`roll_layout`: prompt and generated
+    notes apart, a dashed line at the prompt's end.
 
     x is time in beats (quarter notes) with bar lines, and seconds (tempo map applied) along the top; y is
-    MIDI pitch; opacity follows velocity.
+    MIDI pitch (on a drum part: its drum sound, drawn as a diamond at the hit); opacity follows velocity. With
+    one instrument, prompt and generated notes have a colour each (``PROMPT_COLOR``, ``GENERATED_COLOR``); with
+    several, each part has its colour (the legend names it, :func:`part_label`), generated notes are solid and
+    the prompt's are light, hatched and grey-edged.
     """
-    png_path = Path(png_path)
     layout = roll_layout(piece, prompt_end_tick, prompt_notes)
     fig, ax = _figure()
     extent = _extent(piece, layout)
@@ -297,8 +429,9 @@ def piano_roll_png(
     ax.set_ylim(extent.lo - 0.5, extent.hi + 0.5)
     _draw_keyboard(ax, extent)
     _draw_bar_lines(ax, piece, extent)
-    _draw_notes(ax, layout, piece.ticks_per_beat)
-    _draw_prompt_end_and_legend(ax, layout)
+    colours = _part_colours(layout)
+    _draw_notes(ax, layout, piece, colours)
+    _draw_prompt_end_and_legend(ax, layout, piece, colours)
     _label_pitches(ax, extent)
     ax.set_xlabel("time (beats = quarter notes; grey lines = bars)")
     ax.set_ylabel("pitch")
@@ -306,8 +439,19 @@ def piano_roll_png(
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png"))
-    return png_path
+    return fig
+
+
+def _part_colours(layout: RollLayout) -> dict[int, tuple[float, float, float, float]] | None:
+    """A colour for each part with notes, from a qualitative colormap (tab10, tab20 past 10 parts, then
+    repeating); None when one part (or none) has notes: the roll is coloured by prompt and generated alone."""
+    from matplotlib import colormaps  # lazy: heavy (see _figure)
+
+    used = sorted({n.part for n in layout.prompt + layout.generated})
+    if len(used) <= 1:
+        return None
+    cmap = colormaps["tab10" if len(used) <= 10 else "tab20"]
+    return {k: cmap(i % cmap.N) for i, k in enumerate(used)}
 
 
 @dataclass
@@ -360,43 +504,94 @@ def _draw_bar_lines(ax, piece: Piece, extent: _Extent) -> None:
               linewidths=0.6, zorder=1)
 
 
-def _draw_notes(ax, layout: RollLayout, tpb: int) -> None:
-    """Each note a box in its layer's colour, its fill as opaque as it is loud; "(no notes)" when there are none."""
-    # lazy: heavy (see _figure); numpy comes with matplotlib
-    import numpy as np
-    from matplotlib.collections import PolyCollection
+def _note_style(notes: list[Note], prompt: bool, colours: dict | None):
+    """Face and edge colours (RGBA rows) and the hatch of a layer of notes: fills as opaque as the notes are
+    loud. One instrument: the layer's colour. Several: the part's colour, the prompt's light and grey-edged."""
+    import numpy as np  # lazy: comes with matplotlib (see _figure)
     from matplotlib.colors import to_rgba
 
-    notes = layout.prompt + layout.generated
-    if not notes:
+    loud = np.array([n.velocity for n in notes], dtype=float) / 127  # velocity 127 = opaque
+    if colours is None:
+        edges = np.tile(to_rgba(PROMPT_COLOR if prompt else GENERATED_COLOR), (len(notes), 1))
+    else:
+        edges = np.array([colours[n.part] for n in notes], dtype=float).reshape(-1, 4)
+    faces = edges.copy()
+    faces[:, 3] = 0.3 + 0.7 * loud
+    if colours is None or not prompt:
+        return faces, edges, None
+    faces[:, 3] = 0.15 + 0.35 * loud
+    return faces, np.tile(to_rgba(PROMPT_EDGE_COLOR), (len(notes), 1)), PROMPT_HATCH
+
+
+def _draw_notes(ax, layout: RollLayout, piece: Piece, colours: dict | None) -> None:
+    """Each pitched note a box, each drum hit a diamond, coloured by :func:`_note_style`; "(no notes)" when
+    there are none."""
+    from matplotlib.collections import PolyCollection  # lazy: heavy (see _figure)
+
+    if not layout.prompt + layout.generated:
         ax.text(0.5, 0.5, "(no notes)", transform=ax.transAxes, ha="center", va="center", color="#888888")
         return
-    colours = [PROMPT_COLOR] * len(layout.prompt) + [GENERATED_COLOR] * len(layout.generated)
+    tpb = piece.ticks_per_beat
     min_width = 1 / 16  # zero-length notes stay visible
-    verts = [_box(n.start / tpb, max(n.end / tpb, n.start / tpb + min_width), n.pitch, 0.4) for n in notes]
-    base = np.array([to_rgba(c) for c in colours])
-    faces = base.copy()
-    faces[:, 3] = 0.3 + 0.7 * np.array([n.velocity for n in notes]) / 127  # velocity 127 = opaque
-    ax.add_collection(PolyCollection(verts, facecolors=faces, edgecolors=base, linewidths=0.5, zorder=2))
+    for prompt, layer in ((True, layout.prompt), (False, layout.generated)):
+        if not layer:
+            continue
+        faces, edges, hatch = _note_style(layer, prompt, colours)
+        drum = [_part_at(piece, n.part).is_drum for n in layer]
+        keys = [i for i, d in enumerate(drum) if not d]
+        hits = [i for i, d in enumerate(drum) if d]
+        if keys:
+            verts = [_box(layer[i].start / tpb, max(layer[i].end / tpb, layer[i].start / tpb + min_width),
+                          layer[i].pitch, 0.4) for i in keys]
+            ax.add_collection(PolyCollection(verts, facecolors=faces[keys], edgecolors=edges[keys], linewidths=0.5,
+                                             hatch=hatch, zorder=2))
+        if hits:
+            ax.scatter([layer[i].start / tpb for i in hits], [layer[i].pitch for i in hits], s=18, marker="D",
+                       facecolors=faces[hits], edgecolors=edges[hits], linewidths=0.6, zorder=2.5)
 
 
-def _draw_prompt_end_and_legend(ax, layout: RollLayout) -> None:
+def roll_legend_labels(piece: Piece, layout: RollLayout) -> dict[int, str]:
+    """The legend's name of each part with notes (:func:`part_label`; a name two parts share gets "#part")."""
+    used = sorted({n.part for n in layout.prompt + layout.generated})
+    labels = {k: part_label(_part_at(piece, k)) for k in used}
+    shared = Counter(labels.values())
+    return {k: f"{label} #{k + 1}" if shared[label] > 1 else label for k, label in labels.items()}
+
+
+def _draw_prompt_end_and_legend(ax, layout: RollLayout, piece: Piece, colours: dict | None) -> None:
     """The dashed prompt-end line, and a legend naming only what is drawn (a prompt-only roll shows no
-    "generated" swatch)."""
+    "generated" swatch): with several instruments, each part in its colour, then how prompt and generated
+    notes are drawn; with one, the two colours (titled with its instrument unless it is the plain piano)."""
     from matplotlib.lines import Line2D  # lazy: heavy (see _figure)
     from matplotlib.patches import Patch
 
-    handles = []
-    if layout.prompt:
-        handles.append(Patch(color=PROMPT_COLOR, label="prompt"))
-    if layout.generated:
-        handles.append(Patch(color=GENERATED_COLOR, label="generated"))
+    handles, title = [], None
+    if colours is None:
+        if layout.prompt:
+            handles.append(Patch(color=PROMPT_COLOR, label="prompt"))
+        if layout.generated:
+            handles.append(Patch(color=GENERATED_COLOR, label="generated"))
+        only = {n.part for n in layout.prompt + layout.generated}
+        if only and _part_at(piece, min(only)) != PIANO:
+            title = part_label(_part_at(piece, min(only)))
+    else:
+        for k, label in roll_legend_labels(piece, layout).items():
+            c = colours[k]
+            handles.append(Line2D([], [], marker="D", linestyle="none", color=c, label=label)
+                           if _part_at(piece, k).is_drum else Patch(facecolor=c, edgecolor=c, label=label))
+        grey = (0.5, 0.5, 0.5)
+        if layout.prompt:
+            handles.append(Patch(facecolor=(*grey, 0.35), edgecolor=PROMPT_EDGE_COLOR, hatch=PROMPT_HATCH,
+                                 label="prompt (light, hatched)"))
+        if layout.generated:
+            handles.append(Patch(facecolor=grey, edgecolor=grey, label="generated (solid)"))
     if layout.prompt_end_beat is not None:
         ax.axvline(layout.prompt_end_beat, color=PROMPT_END_COLOR, linewidth=1.5, linestyle="--", zorder=3)
         handles.append(Line2D([], [], color=PROMPT_END_COLOR, linestyle="--", label="prompt end"))
     if handles:
         # outside the axes: inside, it would hide the highest notes near the end
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1), fontsize=8, frameon=False)
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1), fontsize=8, frameon=False,
+                  title=title, title_fontsize=8, alignment="left")
 
 
 def _label_pitches(ax, extent: _Extent) -> None:
