@@ -3,23 +3,43 @@ that cannot work, and the whole training pipeline with tokenizer=remi_bpe."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
-from midi_factory import chords, random_notes, scale
+from midi_factory import chords, drum_pattern, random_notes, scale
 
 from theremin.codec.kinds import Tokenizer, get_or_train_configured, kind_of, load_configured
 from theremin.codec.midichar import MidiChar
 from theremin.codec.remi import RemiTokenizer, get_or_train, grid_mismatches
 from theremin.errors import ThereminError
 from theremin.fsio import current_umask
-from theremin.music.midi import Note, Piece
+from theremin.music.midi import PIANO, Note, Part, Piece
 
 SMALL = {"max_duration_beats": 4, "use_tempos": True}  # a small base vocabulary keeps training quick
+BAND = [PIANO, Part(33, name="Bass"), Part(0, is_drum=True, name="Drums")]
 
 
-def _piece(notes, tempos=()) -> Piece:
-    return Piece(notes=sorted(Note(*n) for n in notes), ticks_per_beat=480, tempos=list(tempos))
+def _piece(notes, tempos=(), parts=(PIANO,)) -> Piece:
+    return Piece(notes=sorted(Note(*n) for n in notes), ticks_per_beat=480, tempos=list(tempos), parts=list(parts))
+
+
+def _band(seed: int) -> Piece:
+    """Piano (55..84), bass program 33 (28..34) and drums (kick, snare, hats, and 25: outside MidiTok's default
+    drum range 27..88): no two parts play one pitch at one onset, so one track holds them all."""
+    notes = [(*n, 0) for n in random_notes(seed, n=24, low=55)]
+    notes += [(*n, 1) for n in random_notes(seed + 100, n=12, low=28, high=34)]
+    notes += [(*n, 2) for n in [*drum_pattern(3), (240, 360, 25, 90)]]
+    return _piece(notes, parts=BAND)
+
+
+def _by_sound(codec: MidiChar, text: str) -> dict[tuple[int, bool], Counter]:
+    """The text's notes (position, duration, pitch, velocity level) per part sound (program, drum)."""
+    notes, _, parts = codec.decode_parts(text)
+    out: dict[tuple[int, bool], Counter] = {}
+    for *note, k in notes:
+        out.setdefault((parts[k].program, parts[k].is_drum), Counter())[tuple(note)] += 1
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +68,20 @@ def corpus(tmp_path_factory, texts, codec) -> Path:
 @pytest.fixture(scope="module")
 def tok(corpus, codec) -> RemiTokenizer:
     return get_or_train(corpus / "train.txt", 400, corpus / "tokenizers", codec, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def band_texts(codec) -> list[str]:
+    return [codec.encode(_band(seed)) for seed in range(6)]
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["one_track", "programs"])
+def band_tok(request, tmp_path_factory, band_texts, codec) -> RemiTokenizer:
+    """REMI + BPE on a band corpus (transposed copies: drums stay), without and with programs."""
+    d = tmp_path_factory.mktemp("remi_band")
+    lines = [t for text in band_texts for k in range(-2, 3) if (t := codec.transpose(text, k))]
+    (d / "train.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return get_or_train(d / "train.txt", 600, d / "tokenizers", codec, **SMALL, use_programs=request.param)
 
 
 def test_decode_encode_gives_the_same_notes_on_the_grid(tok, texts, codec):
@@ -219,3 +253,59 @@ def test_training_on_remi_reports_bits_per_note_over_the_same_notes(bach_midi, t
     val = [ln for ln in (corpus / "val.txt").read_text(encoding="utf-8").split("\n") if ln]
     assert meta["val"]["notes"] == sum(MidiChar().count_notes(t) for t in val)
     assert metrics["val/notes_per_token"] == pytest.approx(meta["val"]["notes"] / (meta["val"]["tokens"] - 1), rel=1e-4)
+
+
+# ---- instruments: every note seen without programs, each part kept with them ------------------------------------
+def test_note_counts_count_every_band_note_once_drums_included(band_tok, band_texts, codec):
+    programs = band_tok.meta["options"]["use_programs"]
+    for text in band_texts:
+        drums = sum(codec.drum_flags(text))
+        assert drums == len(drum_pattern(3)) + 1  # + pitch 25
+        ids = band_tok.encode(text)
+        counts = band_tok.note_counts(ids)
+        assert len(counts) == len(ids) and sum(counts) == codec.count_notes(text)
+        kinds = Counter(t.split("_")[0] for t in band_tok.tokens(ids))
+        assert kinds["PitchDrum"] == (drums if programs else 0)
+        assert kinds["Pitch"] + kinds["PitchDrum"] == codec.count_notes(text)
+        assert kinds["Program"] == (codec.count_notes(text) if programs else 0)  # one per note: no program changes
+
+
+def test_a_band_round_trips_per_part(band_tok, band_texts, codec):
+    """With programs each part comes back as its program + drum flag (names are not REMI's); without, every note
+    comes back on one piano part. Either way the same notes on the grid."""
+    programs = band_tok.meta["options"]["use_programs"]
+    for text in band_texts:
+        back = band_tok.decode(band_tok.encode(text))
+        parts = codec.decode_parts(back)[2]
+        if programs:
+            assert parts == [Part(p.program, p.is_drum) for p in BAND]
+            assert _by_sound(codec, back) == _by_sound(codec, text)
+        else:
+            assert parts == [PIANO]
+            assert _by_sound(codec, back) == {(0, False): sum(_by_sound(codec, text).values(), Counter())}
+        report = grid_mismatches(band_tok, text)
+        assert report["missing"] == report["added"] == report["clipped"] == 0
+        assert report["notes"] == codec.count_notes(text)
+
+
+def test_one_track_merges_notes_of_different_parts_and_programs_keep_them(band_tok, codec):
+    """A kick (drum 36) and a bass note 36 at one onset: one piano track sounds them as one note (reported as
+    missing), programs keep both; note counts see both either way."""
+    text = codec.encode(_piece([(0, 480, 36, 100, 2), (0, 480, 36, 100, 1), (480, 960, 60, 80, 0)], parts=BAND))
+    assert sum(band_tok.note_counts(band_tok.encode(text))) == 3
+    report = grid_mismatches(band_tok, text)
+    assert report["missing"] == (0 if band_tok.meta["options"]["use_programs"] else 1) and report["added"] == 0
+
+
+def test_use_programs_is_part_of_the_cache_key_and_of_its_config(tok, corpus, codec):
+    from omegaconf import OmegaConf
+
+    from theremin.config import conf_dir
+
+    assert tok.meta["options"]["use_programs"] is False and not tok.remi.config.use_programs
+    assert RemiTokenizer.cache_name(corpus / "train.txt", 400, codec, **SMALL, use_programs=True) != tok.dir.name
+    assert RemiTokenizer.cache_name(corpus / "train.txt", 400, codec, **SMALL, use_programs=False) == tok.dir.name
+    base = OmegaConf.to_container(OmegaConf.load(conf_dir() / "tokenizer" / "remi_bpe.yaml"))
+    programs = OmegaConf.to_container(OmegaConf.load(conf_dir() / "tokenizer" / "remi_bpe_programs.yaml"))
+    assert programs == {"defaults": ["remi_bpe", "_self_"], "use_programs": True}
+    assert "use_programs" not in base  # remi_bpe keeps the default: false

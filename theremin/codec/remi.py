@@ -12,13 +12,29 @@ What makes both codecs see the same notes:
   durations on the same 1/12 beat; the Score's ticks per quarter is the grid, so MidiTok resamples nothing;
 - velocity bins are one per codec velocity level (bin i ↔ level i); pitch range is all of MIDI's 0..127, so
   no note is dropped; midichar has already merged notes of one pitch at one onset;
-- no time signatures (midichar has none; REMI's bars are then 4/4 from the start), one track, no programs.
+- no time signatures (midichar has none; REMI's bars are then 4/4 from the start).
+
+Instruments: midichar keeps each note's part (program, drum flag, name; :meth:`MidiChar.decode_parts`). REMI sees
+every one of those notes either way; ``tokenizer.use_programs`` says whether it sees their instruments:
+- ``use_programs: false`` (the default, the baseline as it was): every note, drum notes included, goes to one
+  program-0 track and is a plain ``Pitch`` token; :meth:`RemiTokenizer.decode` gives one piano part. Instrument
+  identity is lost (a drum note comes back as a piano note of that pitch; notes of two parts at one pitch and
+  onset are tokenized and counted both, but decode as one, reported missing by :func:`grid_mismatches`): that is
+  what this baseline does not model, and what the comparison with midichar measures.
+- ``use_programs: true`` (conf/tokenizer/remi_bpe_programs.yaml): MidiTok's multi-track single-stream REMI
+  (``use_programs=True, one_token_stream_for_programs=True``, programs -1 (drums) and 0..127, no program
+  changes): a ``Program`` token before each note, drum notes as ``PitchDrum`` tokens over all of 0..127 (so no
+  drum note is dropped). The Score has one track per part; decoding gives one part per program (+ drum flag), in
+  the order the stream first plays them. Part names are not kept (REMI has none), and MidiTok merges parts of
+  one sound (e.g. POP909's three piano tracks) into one: equal notes of two such parts then sound as one, which
+  :func:`grid_mismatches` reports as missing.
+
 Two differences, both reported by :func:`grid_mismatches` and by ``scripts/bench_remi.py``: a note longer than
 ``max_duration_beats`` is clipped to it (REMI has no duration extension); a tempo becomes the nearest of MidiTok's
 ``num_tempos`` bins (midichar keeps it exactly). Neither adds or removes a note, so the per-token note counts
 sum to the codec's count of the val split and ``val/bits_per_note`` is the same measure for both.
 
-A note is counted at the token that holds its ``Pitch`` (a BPE token may hold several).
+A note is counted at the token that holds its ``Pitch`` or ``PitchDrum`` (a BPE token may hold several).
 
 :func:`get_or_train` caches a model per corpus + settings the one way (:mod:`theremin.codec.cache`): a folder named
 from sha256(train.txt) and every setting that changes the result, a file lock, trained in a temp folder then
@@ -44,7 +60,7 @@ from theremin.codec.tokenizer import compression
 from theremin.config import known_settings
 from theremin.errors import ThereminError
 from theremin.fsio import atomic_write, file_sha256
-from theremin.music.midi import Note, Piece
+from theremin.music.midi import PIANO, Note, Part, Piece
 
 KIND = "remi"
 FORMAT_VERSION = 1
@@ -59,7 +75,9 @@ DEFAULT_OPTIONS: dict = {
     "tempo_range": [40, 250],
     "encode_ids_split": "bar",  # MidiTok's default: a BPE token never crosses a bar line
     "model": "BPE",
+    "use_programs": False,  # True: a Program token per note, one track per part (see the module docstring)
 }
+NOTE_TOKENS = ("Pitch", "PitchDrum")  # the REMI token types that hold a note (PitchDrum: a drum note, with programs)
 
 
 class RemiConfigError(ThereminError):
@@ -77,6 +95,7 @@ def _norm_options(options: dict) -> dict:
     opts["tempo_range"] = [float(x) for x in opts["tempo_range"]]
     opts["num_tempos"] = int(opts["num_tempos"])
     opts["use_tempos"] = bool(opts["use_tempos"])
+    opts["use_programs"] = bool(opts["use_programs"])
     if opts["encode_ids_split"] not in ("bar", "beat", "no"):
         raise RemiConfigError(f"tokenizer.encode_ids_split must be bar, beat or no, got {opts['encode_ids_split']!r}")
     if opts["model"] != "BPE":
@@ -85,23 +104,31 @@ def _norm_options(options: dict) -> dict:
 
 
 def remi_config(codec: MidiChar, opts: dict):
-    """MidiTok's TokenizerConfig for this codec: the codec's grid, velocity levels and MIDI's whole pitch range."""
+    """MidiTok's TokenizerConfig for this codec: the codec's grid, velocity levels and MIDI's whole pitch range;
+    with ``use_programs`` every program, drums (-1) included, in one token stream, drum notes over all of 0..127."""
     from miditok import TokenizerConfig
 
+    programs = {}
+    if opts.get("use_programs", False):
+        programs = {"use_programs": True, "one_token_stream_for_programs": True, "program_changes": False,
+                    "programs": list(range(-1, 128)), "use_pitchdrum_tokens": True, "drums_pitch_range": (0, 127)}
     return TokenizerConfig(
         pitch_range=(0, 127), beat_res={(0, opts["max_duration_beats"]): codec.grid},
         num_velocities=len(codec.velocities), use_velocities=True,
         use_tempos=opts["use_tempos"], num_tempos=opts["num_tempos"], tempo_range=tuple(opts["tempo_range"]),
-        use_time_signatures=False, use_programs=False, use_chords=False, use_rests=False,
+        use_time_signatures=False, use_chords=False, use_rests=False,
         special_tokens=list(SPECIAL_TOKENS), encode_ids_split=opts["encode_ids_split"],
+        **({"use_programs": False} | programs),
     )
 
 
 class _Scores:
-    """midichar text ↔ symusic Score on the codec grid (ticks per quarter = grid), velocity level i ↔ bin i."""
+    """midichar text ↔ symusic Score on the codec grid (ticks per quarter = grid), velocity level i ↔ bin i; one
+    track per part with programs, else every note on one program-0 track."""
 
     def __init__(self, codec: MidiChar, remi):
         self.codec = codec
+        self.programs = bool(remi.config.use_programs)
         self.bins = [int(v) for v in remi.velocities]
         if len(self.bins) != len(codec.velocities):
             raise RemiConfigError(f"REMI has {len(self.bins)} velocity bins, the codec {len(codec.velocities)} levels")
@@ -111,22 +138,41 @@ class _Scores:
         from symusic import Note as SNote
         from symusic import Score, Tempo, Track
 
-        notes, tempos = self.codec.decode_grid(text)
+        notes, tempos, parts = self.codec.decode_parts(text)
         s = Score(self.codec.grid)
-        track = Track(program=0)
-        track.notes.extend([SNote(pos, dur, pitch, self.bins[vel]) for pos, dur, pitch, vel in notes])
-        s.tracks.append(track)
+        if not self.programs:  # drum notes too: the baseline sees every note, not their instruments
+            parts, notes = [PIANO], [(*n[:4], 0) for n in notes]
+        by_part: list[list] = [[] for _ in parts]
+        for pos, dur, pitch, vel, part in notes:
+            by_part[part].append(SNote(pos, dur, pitch, self.bins[vel]))
+        for part, part_notes in zip(parts, by_part):
+            track = Track(name=part.name, program=part.program, is_drum=part.is_drum)
+            track.notes.extend(part_notes)
+            s.tracks.append(track)
         s.tempos.extend([Tempo(pos, mspq=us) for pos, us in tempos])
         return s
 
     def text(self, score) -> str:
-        """A decoded Score (MidiTok writes it at ticks per quarter = the REMI grid) → canonical midichar text."""
+        """A decoded Score (MidiTok writes it at ticks per quarter = the REMI grid) → canonical midichar text: a
+        part per track (its program and drum flag, no name) with programs, else one piano part."""
         tpq = score.ticks_per_quarter
+        parts = [Part(tr.program, tr.is_drum) for tr in score.tracks] if self.programs else [PIANO]
         notes = [Note(n.time, n.time + max(1, n.duration), n.pitch,
-                      self.codec.velocities[self.level_of.get(int(n.velocity), self._nearest(n.velocity))])
-                 for tr in score.tracks for n in tr.notes]
-        piece = Piece(notes=sorted(notes), ticks_per_beat=tpq, tempos=[(t.time, int(t.mspq)) for t in score.tempos])
+                      self.codec.velocities[self.level_of.get(int(n.velocity), self._nearest(n.velocity))],
+                      k if self.programs else 0)
+                 for k, tr in enumerate(score.tracks) for n in tr.notes]
+        piece = Piece(notes=sorted(notes), ticks_per_beat=tpq, tempos=[(t.time, int(t.mspq)) for t in score.tempos],
+                      parts=parts or [PIANO])
         return self.codec.encode(piece)
+
+    def sequence(self, remi, text: str):
+        """The text's one REMI TokSequence before BPE (MidiTok gives one per track without programs: one here)."""
+        from miditok import TokSequence
+
+        seq = remi.encode(self.score(text), encode_ids=False)
+        if isinstance(seq, TokSequence):  # one token stream for all programs
+            return seq
+        return seq[0] if seq else TokSequence()  # a text with no note: MidiTok drops the empty track
 
     def _nearest(self, velocity: int) -> int:
         return min(range(len(self.bins)), key=lambda i: abs(self.bins[i] - int(velocity)))
@@ -139,7 +185,7 @@ def _texts_iterator(remi, scores: _Scores, texts: Sequence[str]):
 
     class TextIterator(TokTrainingIterator):
         def load_file(self, text: str) -> list[str]:
-            seq = self.tokenizer.encode(scores.score(text), encode_ids=False)[0]
+            seq = scores.sequence(self.tokenizer, text)
             if self.tokenizer.config.encode_ids_split == "bar":
                 seqs = [s for s in seq.split_per_bars() if len(s) > 0]
             elif self.tokenizer.config.encode_ids_split == "beat":
@@ -174,7 +220,7 @@ class RemiTokenizer:
         self._special = {self.pad_id, self.bos_id, self.eos_id}
         learned = self.remi._vocab_learned_bytes_to_tokens
         self._base_of = [learned[model.id_to_token(i)] for i in range(self.vocab_size)]
-        self._notes_of = [sum(1 for t in base if t.startswith("Pitch_")) for base in self._base_of]
+        self._notes_of = [sum(1 for t in base if t.split("_", 1)[0] in NOTE_TOKENS) for base in self._base_of]
         self.from_cache = False
 
     @property
@@ -204,7 +250,8 @@ class RemiTokenizer:
             raise RemiConfigError(
                 f"tokenizer.vocab_size={vocab_size} is too small for REMI: its base vocabulary already has {base} "
                 f"tokens (grid {codec.grid}/beat, durations up to tokenizer.max_duration_beats="
-                f"{opts['max_duration_beats']} beats, 128 pitches, {len(codec.velocities)} velocities); "
+                f"{opts['max_duration_beats']} beats, 128 pitches, {len(codec.velocities)} velocities"
+                f"{', 129 programs and 128 drum pitches' if opts['use_programs'] else ''}); "
                 f"use tokenizer.vocab_size > {base}")
         scores = _Scores(codec, remi)
         t0 = time.time()
@@ -249,7 +296,7 @@ class RemiTokenizer:
             raise RemiConfigError(f"{d}: REMI tokenizer format {meta.get('format_version')}, this code reads "
                                   f"{FORMAT_VERSION}: train it again")
         if codec is None:
-            codec = MidiChar(**meta["codec"])
+            codec = MidiChar.from_recorded(meta["codec"])
         elif codec.config != meta["codec"]:
             raise RemiConfigError(f"{d}: trained with another codec config than the one given")
         return cls(d, meta, codec)
@@ -259,12 +306,12 @@ class RemiTokenizer:
         return self.encode_batch([text])[0]
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        seqs = [self.remi.encode(self.scores.score(t), encode_ids=False)[0] for t in texts]
+        seqs = [self.scores.sequence(self.remi, t) for t in texts]
         self.remi.encode_token_ids(seqs)
         return [list(s.ids) for s in seqs]
 
     def tokens(self, ids: Iterable[int]) -> list[str]:
-        """The REMI tokens (before BPE) that ``ids`` stand for: Bar_None, Position_12, Pitch_60, ..."""
+        """The REMI tokens (before BPE) that ``ids`` stand for: Bar_None, Position_12, Program_33, Pitch_60, ..."""
         return [t for i in ids if 0 <= int(i) < self.vocab_size for t in self._base_of[int(i)]]
 
     def decode(self, ids: Iterable[int], errors: str = "strict") -> str:
@@ -284,14 +331,15 @@ class RemiTokenizer:
         seq = TokSequence(tokens=tokens)
         self.remi.complete_sequence(seq)
         if errors == "strict":
-            n_err = self.remi.tokens_errors(seq)
-            if n_err:
-                raise RemiConfigError(f"{n_err} REMI tokens break its grammar: these ids are not the encoding "
-                                      "of a piece (decode(..., errors='ignore') keeps the valid notes)")
-        return self.scores.text(self.remi.decode([seq]))
+            share = self.remi.tokens_errors(seq)  # MidiTok gives the share of tokens in error, not a count
+            if share:
+                raise RemiConfigError(f"{share:.1%} of these REMI tokens break its grammar: the ids are not the "
+                                      "encoding of a piece (decode(..., errors='ignore') keeps the valid notes)")
+        return self.scores.text(self.remi.decode(seq if self.remi.one_token_stream else [seq]))
 
     def note_counts(self, ids: Sequence[int]) -> list[int]:
-        """Notes held by each token (its Pitch tokens): ``sum(note_counts(encode(t))) == count_notes(t)``."""
+        """Notes held by each token (its Pitch and PitchDrum tokens): ``sum(note_counts(encode(t))) ==
+        count_notes(t)``, drum notes included."""
         return [self._notes_of[int(i)] if 0 <= int(i) < self.vocab_size else 0 for i in ids]
 
     def byte_tokens(self, ids: Iterable[int]) -> int:
@@ -307,13 +355,19 @@ class RemiTokenizer:
 
 def grid_mismatches(tok: RemiTokenizer, text: str) -> dict:
     """How ``decode(encode(text))`` differs from ``text`` on the grid: notes (position, duration, pitch,
-    velocity level) missing / added, durations clipped at max_duration_beats, tempos changed."""
+    velocity level, and with programs the part's program + drum flag) missing / added, durations clipped at
+    max_duration_beats, tempos changed. Without programs a note's part is not compared (REMI has one track)."""
 
-    notes, tempos = tok.codec.decode_grid(text)
-    back_notes, back_tempos = tok.codec.decode_grid(tok.decode(tok.encode(text)))
+    notes, tempos, parts = tok.codec.decode_parts(text)
+    back_notes, back_tempos, back_parts = tok.codec.decode_parts(tok.decode(tok.encode(text)))
     cap = tok.meta["options"]["max_duration_beats"] * tok.codec.grid
-    expected = Counter((p, min(d, cap), pitch, v) for p, d, pitch, v in notes)
-    got = Counter(back_notes)
+    programs = tok.scores.programs
+
+    def sound(ps: list[Part], k: int):
+        return (ps[k].program, ps[k].is_drum) if programs else None
+
+    expected = Counter((p, min(d, cap), pitch, v, sound(parts, k)) for p, d, pitch, v, k in notes)
+    got = Counter((p, d, pitch, v, sound(back_parts, k)) for p, d, pitch, v, k in back_notes)
     return {"notes": len(notes), "missing": sum((expected - got).values()), "added": sum((got - expected).values()),
             "clipped": sum(1 for n in notes if n[1] > cap),
             "tempos": len(tempos), "tempos_changed": sum(1 for a, b in zip(tempos, back_tempos) if a != b)
