@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grid-check", action="store_true", help="REMI: decode(encode(piece)) vs each val piece")
+    p.add_argument("--families", action="store_true",
+                   help="midichar: val bits/note per instrument family (theremin.model.scoring)")
     return p.parse_args(argv)
 
 
@@ -132,10 +134,20 @@ def main(argv: list[str] | None = None) -> None:
         nps, tps, npt_gen = notes_per_second(model, tok, prompt, args)
         val_step, bpn = last_val(run)
         m, kind = hp["model"], getattr(tok, "kind", "midichar")
+        if getattr(tok, "meta", {}).get("options", {}).get("use_programs"):
+            kind += "+programs"
+        if not tok.codec.instruments:
+            kind += " (no instruments)"
         print(f"| {run.name} | {kind} {tok.vocab_size} | {m['n_layer']}x{m['n_embd']} | "
               f"{model.num_params() / 1e6:.2f}M | {max(step, val_step)} | {bpn:.3f} | {npt:.3f} | {nps:.0f} | "
               f"{tps:.0f} | {npt_gen:.2f} |", flush=True)
-        if args.grid_check and kind == "remi" and str(tok.dir) not in checks:
+        if args.families and kind.startswith("midichar"):
+            from theremin.model.scoring import score_texts
+
+            fam = score_texts(model, tok, lines, [str(i) for i in range(len(lines))])["per_family"]
+            print("    per family: " + ", ".join(f"{f} {v['bits_per_note']:.3f} ({v['notes']:,})"
+                                              for f, v in sorted(fam.items(), key=lambda kv: -kv[1]["notes"])))
+        if args.grid_check and kind.startswith("remi") and str(tok.dir) not in checks:
             checks[str(tok.dir)] = grid_check(tok, lines)
     for d, c in checks.items():
         print(f"grid check {d}: {c}")

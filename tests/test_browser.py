@@ -8,12 +8,15 @@ The screenshot lands in outputs/screenshots/serve.png (git-ignored; README shows
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import midi_factory as mf
 import pytest
 from playwright.sync_api import expect
 
@@ -39,6 +42,25 @@ PEAK = """async (src) => {
   for (const x of audio.getChannelData(0)) peak = Math.max(peak, Math.abs(x));
   return [peak, audio.duration];
 }"""
+# JS: a DataTransfer holding one file, as a drag from the desktop brings it (a real drop event, not set_input_files)
+DROP = """([name, bytes]) => {
+  const data = new DataTransfer();
+  data.items.add(new File([new Uint8Array(bytes)], name, { type: "audio/midi" }));
+  return data;
+}"""
+
+# JS run before the page's own: keeps the text fields of each form the page sends (window.sentForms); the browser
+# does not hand a multipart body holding a file to Playwright's request.post_data
+RECORD_FORMS = """(() => {
+  const send = window.fetch;
+  window.sentForms = [];
+  window.fetch = (url, options) => {
+    if (options && options.body instanceof FormData) {
+      window.sentForms.push(Object.fromEntries([...options.body.entries()].filter(([, v]) => typeof v === "string")));
+    }
+    return send(url, options);
+  };
+})();"""
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +139,14 @@ def test_roll_listen_download_keep_reroll_and_errors_in_chromium(browser, server
     path = tmp_path / "download.mid"
     download.value.save_as(path)
     assert len(read_midi(path).notes) > len(piece.notes)
+    # and the new notes alone (a clip from bar 1): as many as the card says
+    for i in range(N):
+        expect(cards.nth(i).locator("a.download-new")).to_have_text("new notes only (clip)")
+    with page.expect_download() as download:
+        cards.nth(0).locator("a.download-new").click()
+    download.value.save_as(tmp_path / "clip.mid")
+    new = int(re.search(r"(\d+) new notes", cards.nth(0).locator("h3").text_content())[1])
+    assert len(read_midi(tmp_path / "clip.mid").notes) == new > 0
 
     # keep variation 2 (it becomes the prompt), then roll again with the space bar
     cards.nth(1).locator(".keep").click()
@@ -137,6 +167,7 @@ def test_roll_listen_download_keep_reroll_and_errors_in_chromium(browser, server
     page.click("#reroll")
     page.wait_for_function("document.querySelectorAll('#history li').length === 3", timeout=60_000)
     expect(page.locator("#results-title")).to_contain_text("kept 1 bar of the prompt and re-rolled the rest")
+    expect(page.locator("#history li").first).to_contain_text("K=1")
     page.locator(f"#history li[data-id='{first_id}'] button").click()
     expect(page.locator("#history li.current")).to_have_attribute("data-id", first_id)  # waits for the state
     expect(page.locator("#prompt-info")).to_contain_text("two_bars.mid")
@@ -149,6 +180,8 @@ def test_roll_listen_download_keep_reroll_and_errors_in_chromium(browser, server
     expect(page.locator("#error")).to_be_visible()
     expect(page.locator("#error")).to_contain_text("notes.mid")
     expect(page.locator("#error")).to_contain_text("not a MIDI file")
+    expect(page.locator("#stale-note")).to_be_visible()  # the cards on show are not this roll's answer
+    expect(page.locator("#results")).to_have_class(re.compile(r"\bstale\b"))
     # and a bad setting: the message names the field
     page.select_option("#demo-prompt", "c-major-scale")
     expect(page.locator("#prompt-info")).to_contain_text("c-major-scale")
@@ -163,8 +196,6 @@ def test_roll_listen_download_keep_reroll_and_errors_in_chromium(browser, server
 def test_a_prompt_with_an_impossible_meter_is_drawn_and_refused_not_hung(browser, server, tmp_path):
     """Issue 21.6: a 0/4 time signature made the page draw endless bars (the tab hung > 15 s) and the server
     answer 500; now the page draws it in 4/4 and says so, and the roll is refused with the reason."""
-    import midi_factory as mf
-
     notes = [(i * 480, (i + 1) * 480, p, 80) for i, p in enumerate((60, 64, 67, 72))]
     path = tmp_path / "no_meter.mid"
     path.write_bytes(mf.smf_bytes([[(0, bytes([0xFF, 0x58, 0x04, 0, 2, 24, 8])), *mf.notes_to_events(notes)]]))
@@ -176,4 +207,109 @@ def test_a_prompt_with_an_impossible_meter_is_drawn_and_refused_not_hung(browser
     expect(page.locator("#prompt-info")).to_contain_text("time signature 0/4 is not a meter")
     page.click("#roll")
     expect(page.locator("#error")).to_contain_text("time signature 0/4")
+    page.close()
+
+
+def test_a_band_prompt_shows_its_tracks_mutes_one_and_rerolls_another(browser, server, tmp_path):
+    """Issue 18 on the page: a dropped band file shows a control per track (the server's names and note counts,
+    drum notes counted); muting one track and re-rolling another sends mute and add_part, and each card offers the
+    new notes alone. Issue 20: a dropped file is named by the file input; stale cards are marked after an error.
+
+    The band is tiny: the test model's context is 128 tokens and its tokenizer learned chorales, where a band's
+    part header costs several tokens a character (a longer band is refused as longer than the context)."""
+    band = mf.make_midi(tmp_path / "band.mid", (), extra_tracks=[
+        {"notes": [(0, 100, 36, 100)], "is_drum": True},
+        {"notes": [(0, 400, 36, 100), (480, 880, 38, 100)], "program": 33, "name": "Bass"},
+        {"notes": [(0, 900, 64, 70)], "program": 0},
+    ])
+    piece = read_midi(band)
+    page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.add_init_script(RECORD_FORMS)
+    hosts = set()  # the page works offline: it asks nothing of another host
+    page.on("request", lambda r: hosts.add(urlsplit(r.url).netloc))
+    page.goto(server)
+    expect(page.locator("#model-info")).to_contain_text("params")
+
+    # drop it on the drop zone: drawn, counted as the server counts (drums too), named by the file input
+    data = page.evaluate_handle(DROP, ["band.mid", list(band.read_bytes())])
+    page.dispatch_event("#drop", "drop", {"dataTransfer": data})
+    expect(page.locator("#prompt-info")).to_contain_text(f"band.mid: {len(piece.notes)} notes")
+    assert len(piece.notes) == 4
+    expect(page.locator("#prompt-file-name")).to_contain_text("band.mid")
+    assert page.evaluate("document.querySelector('#prompt-file').files[0].name") == "band.mid"
+
+    # one control per track
+    rows = page.locator("#part-list .part")
+    expect(rows).to_have_count(3)
+    assert rows.locator(".part-name").all_text_contents() == ["Drums", "Bass (bass)", "Acoustic Grand Piano (piano)"]
+    assert rows.locator(".part-notes").all_text_contents() == ["1 note", "2 notes", "1 note"]
+    drums, bass, piano = rows.nth(0), rows.nth(1), rows.nth(2)
+    expect(page.locator("#parts-plan")).to_contain_text("plays on with Drums, Bass, Acoustic Grand Piano")
+
+    # one re-roll at a time, and a re-roll or an added part
+    bass.locator("input[value=reroll]").check()
+    piano.locator("input[value=reroll]").check()
+    expect(bass.locator("input[value=keep]")).to_be_checked()
+    page.select_option("#add-part", "guitar")
+    expect(piano.locator("input[value=keep]")).to_be_checked()
+    expect(page.locator("#parts-plan")).to_contain_text("adds a guitar part over the prompt's 1 bar")
+    bass.locator("input[value=reroll]").check()
+    expect(page.locator("#add-part")).to_have_value("")
+    drums.locator("input[value=mute]").check()
+    expect(page.locator("#parts-plan")).to_contain_text("leaves out Drums")
+    expect(page.locator("#parts-plan")).to_contain_text("re-rolls Bass over the prompt's 1 bar")
+
+    # roll: the request carries mute and add_part (and a pitch range with only its low end filled)
+    page.fill("#n", "2")
+    page.fill("#pitch-lo", "30")
+    with page.expect_response(lambda r: r.url.endswith("/api/rolls") and r.request.method == "POST") as answer:
+        page.click("#roll")
+    fields = page.evaluate("window.sentForms.at(-1)")
+    assert fields["mute"] == "drums" and fields["add_part"] == "Bass", fields
+    assert fields["pitch_range"] == "30,127" and "instruments" not in fields, fields
+    assert answer.value.ok, answer.value.text()
+    body = answer.value.json()
+    assert body["prompt"]["parts"], body["prompt"]
+    for part in body["prompt"]["parts"]:  # the server's tracks are the page's, note for note
+        row = page.locator(f"#part-list .part[data-name='{part['name']}']")
+        expect(row.locator(".part-notes")).to_have_text(re.compile(rf"^{part['notes']} notes?$"))
+    cards = page.locator("#cards .card")
+    expect(cards).to_have_count(2)
+    expect(page.locator("#history li").first).to_contain_text("muted Drums, re-rolled Bass")
+    for i, v in enumerate(body["variations"]):
+        expect(cards.nth(i).locator("a.download-new")).to_have_attribute("href", v["midi_new"])
+        expect(cards.nth(i).locator("a.download")).to_have_attribute("href", v["midi"])
+
+    # the whole variation: no drums (muted), the piano kept; the clip: the re-rolled bass alone
+    with page.expect_download() as download:
+        cards.nth(0).locator("a.download").click()
+    download.value.save_as(tmp_path / "whole.mid")
+    whole = read_midi(tmp_path / "whole.mid")
+    assert not any(p.is_drum for p in whole.parts) and any(p.program == 0 for p in whole.parts), whole.parts
+    with page.expect_download() as download:
+        cards.nth(0).locator("a.download-new").click()
+    download.value.save_as(tmp_path / "clip.mid")
+    import symusic  # the clip may hold no notes (the test model learned no bass): read it as it is
+
+    clip = symusic.Score(str(tmp_path / "clip.mid"))
+    assert all(t.program == 33 and not t.is_drum for t in clip.tracks if len(t.notes)), clip.tracks
+
+    # an error after it: the cards on show are marked as an earlier roll's
+    page.fill("#pitch-lo", "84")
+    page.fill("#pitch-hi", "48")
+    page.click("#roll")
+    expect(page.locator("#error")).to_contain_text("reversed")
+    expect(page.locator("#stale-note")).to_be_visible()
+    expect(page.locator("#results")).to_have_class(re.compile(r"\bstale\b"))
+    page.fill("#pitch-lo", "")
+    page.fill("#pitch-hi", "")
+    page.fill("#keep-bars", "1")  # re-roll from bar K: the history says K
+    page.click("#reroll")
+    expect(page.locator("#history li")).to_have_count(2)
+    expect(page.locator("#history li").first).to_contain_text("K=1")
+    expect(page.locator("#stale-note")).to_be_hidden()
+    assert hosts <= {urlsplit(server).netloc, ""}, hosts
+    assert not errors, errors
     page.close()

@@ -103,7 +103,7 @@ def build_bad_set(folder: Path) -> dict[str, str | int]:
     expect["many_tracks.mid"] = 2000
 
     mf.make_midi(folder / "drums_only.mid", [], drums=mf.drum_pattern(4))
-    expect["drums_only.mid"] = "drums only"
+    expect["drums_only.mid"] = 48  # a drum part is a part (issue 18): 4 bars of kick/snare and hi-hat
 
     mf.make_midi(folder / "too_few.mid", mf.scale()[:3])
     expect["too_few.mid"] = "too few notes"
@@ -189,7 +189,9 @@ def test_shared_fixtures_write_what_they_say(make_midi, write_smf, midi_dir):
                   extra_tracks=[{"notes": mf.chords(), "program": 40}])
     piece = read_midi(p)
     assert piece.tempos == [(0, 600_000), (960, 400_000)]
-    assert len(piece.notes) == 8 + 12  # drums dropped, the extra track merged
+    assert len(piece.notes) == 8 + 12 + 12  # every part: melody, drums, the extra track
+    assert [(p.program, p.is_drum) for p in piece.parts] == [(0, False), (0, True), (40, False)]
+    assert len(read_midi(p, instruments=False).notes) == 8 + 12  # the old reading: drums dropped, parts merged
     raw = write_smf("t/raw.mid", [mf.notes_to_events(mf.scale(48))], tpb=96, fmt=0)
     assert raw.read_bytes()[8:14] == b"\x00\x00\x00\x01\x00\x60" and len(read_midi(raw).notes) == 8
     assert sorted(f.name for f in midi_dir.iterdir()) == ["band.mid", "chords.mid", "scale.mid", "tempo.mid"]

@@ -402,8 +402,8 @@ def test_musicxml_and_drum_datasets(tmp_path, monkeypatch, caplog):
     r = base_data.build_base_midi(tmp_path / "b", src, datasets_dir=tmp_path / "d", workers=1, progress=False,
                                   balance={"notes_per_weight": None})
     assert r["sheets"]["files"] == 2 and r["sheets"]["notes"] > 50 and r["sheets"]["cap_notes"] is None
-    assert (r["drums"]["files"], r["drums"]["skipped"]) == (0, 2)
-    assert "drums only" in caplog.text and "data.sources.drums: none of the 2 files of groove is usable" in caplog.text
+    assert (r["drums"]["files"], r["drums"]["skipped"]) == (2, 0)  # drum parts are parts (issue 18)
+
     assert len(list((tmp_path / "d" / "openewld" / ".converted" / "musicxml").rglob("*.mid"))) == 2  # converted once
 
 

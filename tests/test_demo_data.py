@@ -28,11 +28,23 @@ from theremin.music.scores import write_score_midi
 
 
 def both_ways(make, tmp_path):
-    """(fallback reason, fast Piece, music21 Piece) for two copies of a score from ``make()``."""
+    """(fallback reason, fast Piece, music21 Piece) for two copies of a score from ``make()``. The fast path
+    merges the parts onto one piano part (the demo corpus is single-instrument): music21's file, a track per
+    part, is read the same way (``instruments=False``)."""
     fast, m21 = tmp_path / "fast.mid", tmp_path / "music21.mid"
     reason = write_score_midi(make(), fast)
     make().write("midi", fp=str(m21))
-    return reason, read_midi(fast), read_midi(m21)
+    return reason, read_midi(fast), read_midi(m21, instruments=False)
+
+
+def test_a_score_music21_writes_is_merged_onto_one_part_too(tmp_path):
+    from music21 import corpus
+
+    score = corpus.parse("bach/bwv66.6")
+    score.insert(0, __import__("music21").repeat.DaCapo())  # the fast path leaves D.C. to music21
+    assert write_score_midi(score, tmp_path / "dc.mid") is not None
+    piece = read_midi(tmp_path / "dc.mid")
+    assert len(piece.parts) == 1 and len(piece.notes) > 100
 
 
 def assert_same(a, b):

@@ -361,7 +361,7 @@ def test_cli_prints_a_table(built_corpus, tmp_path, capsys):
 
 def test_decode_notes_keeps_text_order():
     text = grid_text([(0, 3, 64, 64), (0, 3, 60, 64), (6, 12, 67, 96)])
-    assert decode_notes(text, CODEC).tolist() == [[0, 3, 60, 1], [0, 3, 64, 1], [6, 12, 67, 2]]
+    assert decode_notes(text, CODEC)[:, :4].tolist() == [[0, 3, 60, 1], [0, 3, 64, 1], [6, 12, 67, 2]]
 
 
 def test_the_prompt_length_marked_in_a_variation_is_used_by_default(built_corpus, tmp_path):

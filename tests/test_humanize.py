@@ -32,7 +32,7 @@ def chorale(bars: int = 8, tpb: int = 480) -> Piece:
 def grid_stats(piece: Piece, codec: MidiChar) -> tuple[Counter, Counter, Counter]:
     notes, _ = codec.quantize(piece)
     steps = Counter(b[0] - a[0] for a, b in itertools.pairwise(notes))
-    return steps, Counter(d for _, d, _, _ in notes), Counter(v for *_, v in notes)
+    return steps, Counter(n[1] for n in notes), Counter(n[3] for n in notes)
 
 
 @pytest.mark.parametrize("style", ["performed", "sequenced"])

@@ -6,7 +6,7 @@ import pytest
 from midi_factory import chords, drum_pattern, make_midi, note_off, note_on, random_notes, scale, write_smf
 
 from theremin.codec.midichar import DECL, NAME, SELECT, CodecError, MidiChar
-from theremin.music.midi import PIANO, MidiError, Note, Part, Piece, read_midi
+from theremin.music.midi import PIANO, Note, Part, Piece, read_midi
 
 CODEC = MidiChar()
 OLD = MidiChar(instruments=False)
@@ -96,7 +96,7 @@ def test_grammar_refuses_misplaced_part_chars_and_repair_drops_them():
     decl = CODEC.decl_char(Part(33))
     with pytest.raises(CodecError, match="ends after a part switch"):
         CODEC.decode(text + sel)
-    with pytest.raises(CodecError, match="switch .* must be followed by a note"):
+    with pytest.raises(CodecError, match=r"switch .* must be followed by a note"):
         CODEC.decode(text + sel + chr(0x10000 + CODEC.rest_lo))
     with pytest.raises(CodecError, match="header"):
         CODEC.decode(text + decl + text[-1])
@@ -171,9 +171,13 @@ def test_tracks_of_one_name_stay_apart(tmp_path):
     assert {n.pitch for n in back.notes if n.part == 1} == {72 + i for i in (0, 2, 4, 5, 7, 9, 11, 12)}
 
 
-def test_too_many_parts_of_one_sound_are_refused_with_the_reason(tmp_path):
-    extra = [{"notes": [(i * 480, i * 480 + 240, 60, 80)], "program": 48, "name": f"s{i}"} for i in range(13)]
+def test_parts_of_one_sound_beyond_the_cap_fold_and_keep_every_note(tmp_path):
+    extra = [{"notes": [(i * 480, i * 480 + 240, 60, 80)], "program": 48, "name": f"s{i}"} for i in range(14)]
     path = make_midi(tmp_path / "strings.mid", extra_tracks=extra)
-    with pytest.raises(MidiError, match=r"strings\.mid: more than 12 parts play program 48"):
-        CODEC.encode_file(path)
-    assert len(MidiChar(max_same_program=13).decode(MidiChar(max_same_program=13).encode_file(path)).notes) == 13
+    back = CODEC.decode(CODEC.encode_file(path))
+    assert [p.name for p in back.parts] == [f"s{i}" for i in range(12)]
+    assert [(n.start, n.part) for n in back.notes] == [(i * 480, min(i, 11)) for i in range(14)]
+    wide = MidiChar(max_same_program=14)
+    assert len(wide.decode(wide.encode_file(path)).parts) == 14
+    with pytest.raises(CodecError, match="more than 12 parts play program 48"):
+        CODEC.part_keys([Part(48)] * 13)

@@ -245,14 +245,14 @@ def test_constraint_sets_are_bounded(client, service):
 def bad_prompts(tmp_path) -> dict[str, tuple[bytes, str]]:
     import midi_factory as mf
 
-    drums = mf.make_midi(tmp_path / "drums.mid", drums=mf.drum_pattern()).read_bytes()
+    type2 = mf.write_smf(tmp_path / "type2.mid", [mf.notes_to_events(mf.scale())], fmt=2).read_bytes()
     long = midi_bytes(tmp_path, [(i * 120, i * 120 + 100, 60 + i % 12, 80) for i in range(400)])
-    return {"not midi": (b"hello, I am text", "not a MIDI file"), "drums": (drums, "drums only"),
+    return {"not midi": (b"hello, I am text", "not a MIDI file"), "type 2": (type2, "type 2"),
             "too long": (long, "longer than the model's context"),
             "far too long": (midi_bytes(tmp_path, [(i * 60, i * 60 + 50, 60, 80) for i in range(4000)]), "far longer")}
 
 
-@pytest.mark.parametrize("case", ["not midi", "drums", "too long", "far too long"])
+@pytest.mark.parametrize("case", ["not midi", "type 2", "too long", "far too long"])
 def test_bad_prompt_files(client, tmp_path, case):
     data, reason = bad_prompts(tmp_path)[case]
     r = roll(client, data, name="mine.mid", n=1, length=4)

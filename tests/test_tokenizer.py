@@ -23,11 +23,12 @@ from theremin.codec.tokenizer import (
     cache_dir_for,
     compression,
     get_or_train,
+    time_scaled,
     to_absolute,
     to_relative,
 )
 from theremin.errors import ThereminError
-from theremin.music.midi import Note, Piece
+from theremin.music.midi import Note, Part, Piece
 
 CODEC = MidiChar()
 VEL = CODEC.velocity_index(80)
@@ -127,6 +128,126 @@ def test_relative_pitch_is_transposition_invariant():
     up = CODEC.transpose(t, 5)
     a, b = to_relative(CODEC, t), to_relative(CODEC, up)
     assert a != b and a[1:] == b[1:]  # only the first note (relative to a fixed reference) differs
+
+
+# ---- relative pitch with instrument parts -------------------------------------------------------------------
+KEYS, BASS, DRUMS = Part(0, False, "keys"), Part(33, False, "bass"), Part(0, True, "drums")
+
+
+def band_piece(seed: int, parts=(KEYS, BASS, DRUMS), bars: int = 4) -> Piece:
+    """Chords on the keys, a bass line, kick/snare/hats on the drums (a part index per Note), 8th-note grid."""
+    rng = random.Random(seed)
+    notes = []
+    for k, part in enumerate(parts):
+        for beat in range(4 * bars):
+            t = beat * 480
+            if part.is_drum:
+                notes += [Note(t + s, t + s + 60, 42, 90, k) for s in (0, 240)]
+                notes.append(Note(t, t + 60, 36 if beat % 2 == 0 else 38, 110, k))
+            elif part.program == 33:
+                notes.append(Note(t, t + 480, rng.choice([28, 31, 33, 36, 40, 43]), 90, k))
+            else:
+                notes += [Note(t, t + rng.choice([240, 480]), p, 80, k)
+                          for p in sorted(rng.sample(range(55, 76), rng.randint(1, 3)))]
+    return Piece(sorted(notes, key=lambda n: (n.start, n.pitch)), 480, parts=list(parts))
+
+
+def single_part_relative(codec: MidiChar, text: str, forward: bool) -> str:
+    """The relative transform as it was before instrument parts (one set of references, every note): the
+    reference the single-instrument corpora were tokenized with."""
+    per_step = len(codec.durations) * len(codec.velocities) * 128
+    out, pos, last_pos, prev, group_first = [], 0, None, 60, 60
+    for ch in text:
+        code = ord(ch) - BASE
+        if not 0 <= code < codec.n_notes:
+            if codec.rest_lo <= code < codec.ext_lo:
+                pos += code - codec.rest_lo + 1
+            out.append(ch)
+            continue
+        pos += codec.steps[code // per_step]
+        ref = group_first if pos != last_pos else prev
+        pitch = code % 128
+        new = (pitch - ref) % 128 if forward else (pitch + ref) % 128
+        absolute = pitch if forward else new
+        if pos != last_pos:
+            group_first = absolute
+        prev, last_pos = absolute, pos
+        out.append(chr(BASE + code - pitch + new))
+    return "".join(out)
+
+
+def test_relative_pitch_of_one_instrument_is_unchanged():
+    """Single-instrument corpora (no DECL or SELECT char) are transformed byte for byte as before parts existed,
+    with and without the codec's instruments."""
+    piece = Piece([Note(i * 240, i * 240 + 480, p, 80) for i, p in enumerate([60, 64, 67, 72, 71, 67, 64, 62])]
+                  + [Note(2400, 2880, p, 90) for p in (48, 55, 64, 67)], 480, tempos=[(0, 600_000), (1200, 400_000)])
+    texts = [CODEC.encode(piece), *heldout(4, 3)]
+    rng = random.Random(3)  # and any text of notes, rests, extensions and tempos
+    texts += ["".join(chr(BASE + rng.randrange(CODEC.decl_lo)) for _ in range(200)) for _ in range(5)]
+    old_codec = MidiChar(instruments=False)
+    assert CODEC.encode(piece) == old_codec.encode(piece)
+    for text in texts:
+        for codec in (CODEC, old_codec):
+            assert to_relative(codec, text) == single_part_relative(codec, text, True)
+            assert to_absolute(codec, text) == single_part_relative(codec, text, False)
+
+
+part_chars = st.one_of(st.integers(CODEC.decl_lo, CODEC.n_codes - 1),  # DECL, NAME, SELECT
+                       st.integers(0, 2 * len(CODEC.durations) * len(CODEC.velocities) * 128 - 1),  # steps 0, 1
+                       st.integers(CODEC.rest_lo, CODEC.rest_lo + 3)).map(lambda i: chr(BASE + i))
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=st.text(st.one_of(part_chars, part_chars, codec_chars), max_size=80))
+def test_relative_pitch_is_a_bijection_with_parts(text):
+    rel = to_relative(CODEC, text)
+    assert len(rel) == len(text) and to_absolute(CODEC, rel) == text
+    drums = CODEC.drum_flags(text)
+    assert all(a == b for a, b, d in zip(text, rel, drums) if d)  # drum notes stay absolute
+
+
+def _note_pitches(text: str, part: int) -> list[int]:
+    """The pitch fields of the notes of one part (by index) of a text, in text order."""
+    grid = CODEC.decode_grid(text)[0]
+    notes = [ch for ch in text if CODEC.is_note(ch)]
+    return [CODEC.split_note(ch)[3] for ch, n in zip(notes, grid) if n[4] == part]
+
+
+def test_relative_pitch_counts_each_part_from_its_own_notes():
+    """Keys and bass interleaved (and drums among them) keep the intervals each has alone; drum notes keep their
+    pitch; a band is transposition invariant but for each pitched part's first note."""
+    band = CODEC.encode(band_piece(1))
+    rel = to_relative(CODEC, band)
+    for k, part in enumerate((KEYS, BASS)):
+        alone = Piece([Note(n.start, n.end, n.pitch, n.velocity) for n in band_piece(1).notes if n.part == k], 480,
+                      parts=[part])
+        assert _note_pitches(rel, k) == _note_pitches(to_relative(CODEC, CODEC.encode(alone)), 0)
+    assert _note_pitches(rel, 2) == _note_pitches(band, 2)  # drums: absolute
+    up = CODEC.transpose(band, 5)
+    rel_up = to_relative(CODEC, up)
+    for k in (0, 1):
+        a, b = _note_pitches(rel, k), _note_pitches(rel_up, k)
+        assert a[0] != b[0] and a[1:] == b[1:]
+    assert _note_pitches(rel_up, 2) == _note_pitches(rel, 2)
+
+
+def test_time_scaled_keeps_the_parts():
+    band = CODEC.encode(band_piece(2, bars=2))
+    slow = CODEC.decode(time_scaled(CODEC, band, 2))
+    piece = CODEC.decode(band)
+    assert slow.parts == piece.parts
+    assert sorted((2 * n.start, n.pitch, n.part) for n in piece.notes) == sorted((n.start, n.pitch, n.part)
+                                                                               for n in slow.notes)
+
+
+def test_band_texts_round_trip_through_every_tokenizer(toks):
+    """Tokenizers trained on one instrument spell the header and switch chars in byte fallback: still lossless."""
+    for seed in range(3):
+        text = CODEC.encode(band_piece(seed))
+        for tok in toks.values():
+            ids = tok.encode(text)
+            assert tok.decode(ids) == text
+            assert sum(tok.note_counts(ids)) == CODEC.count_notes(text)
 
 
 def test_load_gives_identical_encodings(toks):

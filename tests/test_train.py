@@ -304,11 +304,21 @@ def test_demo_search_runs_trials_within_a_wall_clock_budget(data_root, demo_midi
 
 # the base experiments convert music21's folk tune books first (~10 min once on 2 cores): slow. experiment=finetune
 # needs a base checkpoint (init_from): tests/test_finetune.py runs it end to end.
+# The band experiments read POP909 and Groove from the dataset mirror (../shared/datasets or $THEREMIN_DATASETS):
+# slow too (a 300 k-note corpus and its tokenizer).
+MIRROR = Path(os.environ.get("THEREMIN_DATASETS") or Path(__file__).resolve().parents[2] / "shared" / "datasets")
+
+
 @pytest.mark.parametrize("experiment", [
-    pytest.param(e, marks=pytest.mark.slow) if e.startswith("base") else e
+    pytest.param(e, marks=pytest.mark.slow) if e.startswith("base") or "band" in e else e
     for e in group_options("experiment") if e != "finetune"])
-def test_every_experiment_runs(data_root, demo_midi, tmp_path, experiment):
+def test_every_experiment_runs(data_root, demo_midi, tmp_path, experiment, monkeypatch):
     from theremin.apps.train import train
+
+    if "band" in experiment:
+        if not (MIRROR / "SHA256SUMS").is_file():
+            pytest.skip(f"no dataset mirror at {MIRROR}")
+        monkeypatch.setenv("THEREMIN_DATASETS", str(MIRROR))
 
     # a GPU preset on a machine without one: everything but the accelerator still runs
     cpu = ["trainer=cpu"] if experiment.endswith("_gpu") and not torch.cuda.is_available() else []

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from theremin.apps.cli import run_cli
+from theremin.codec.midichar import CodecError
 from theremin.errors import ThereminError
 from theremin.metrics.copies import CopyIndex
 from theremin.metrics.notes import _split_paths, corpus_codec, load_corpus
 from theremin.metrics.style import _crop, _sample_files, evaluate, marked_prompt_notes
-from theremin.music.midi import MidiError
+from theremin.music.midi import CLIP_SUFFIX, MidiError, joined_prompt_parts, read_midi
 
 
 def _table(columns: dict[str, dict[str, float]]) -> str:
@@ -63,13 +64,17 @@ def _main(argv: Sequence[str] | None) -> int:
     names: list[str] = []
     prompts: list[int] = []
     for f in _sample_files(args.samples):
+        if f.name.endswith(CLIP_SUFFIX) and marked_prompt_notes(f) is None:  # a roll's clip: its variation counts
+            continue
         try:
-            samples.append(codec.encode_file(f))
-        except MidiError as e:
+            marked = marked_prompt_notes(f)
+            samples.append(codec.encode(joined_prompt_parts(read_midi(f))) if marked is not None
+                           else codec.encode_file(f))
+        except (MidiError, CodecError) as e:
             print(f"skipped: {e}", file=sys.stderr)
             continue
         names.append(str(f))
-        prompts.append(args.prompt_notes if args.prompt_notes is not None else marked_prompt_notes(f) or 0)
+        prompts.append(args.prompt_notes if args.prompt_notes is not None else marked or 0)
     for txt in args.samples_txt:
         try:
             lines = [ln for ln in Path(txt).read_text(encoding="utf-8").split("\n") if ln.strip()]

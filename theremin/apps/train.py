@@ -125,8 +125,9 @@ def build(cfg: DictConfig):
     pl.seed_everything(cfg.seed, workers=True)
     # init_from: start from a base checkpoint, with its tokenizer, codec and model shape (theremin/model/finetune.py)
     init = finetune.init_of(cfg)
+    extra = finetune.data_kwargs(cfg, init)  # first: a base from before instruments sets the run's codec
     dm = hydra.utils.instantiate(cfg.data, tokenizer=plain(cfg.tokenizer), codec=plain(cfg.codec),
-                                 _recursive_=False, **finetune.data_kwargs(cfg, init))
+                                 _recursive_=False, **extra)
     dm.prepare()
     dm.setup("fit")
     finetune.advise(cfg, dm)

@@ -47,7 +47,9 @@ Canonical order: events by grid position; at one position the tempo first, then 
 then those of the other parts in part order, each part's by rising pitch (so a chord across parts costs one
 switch per part). Quantisation: positions round to the nearest grid step; a note keeps at least one step of
 duration; notes of one pitch at one position in one part sound as one (the longest is kept); velocity becomes
-the nearest level. A part name longer than ``max_name_bytes`` (UTF-8) is cut at a character boundary.
+the nearest level. A part name longer than ``max_name_bytes`` (UTF-8) is cut at a character boundary. More
+than ``max_same_program`` parts of one sound (2000 one-note piano tracks): the later ones fold into the last
+that fits, every note kept.
 ``encode(decode(t)) == t`` holds for every canonical text, and ``decode(encode(p))`` is ``p`` on the grid.
 
 Every setting and its default is :class:`CodecConfig`; conf/codec/default.yaml only overrides it.
@@ -417,6 +419,20 @@ class MidiChar:
             out += [chr(BASE + self.name_lo + b) for b in name]
         return "".join(out)
 
+    def fold_parts(self, parts: list[Part]) -> tuple[list[Part], dict[int, int]]:
+        """(parts, {old index: new index}): beyond ``max_same_program`` parts of one sound, the later ones join
+        the last one the codec can hold (their notes all stay; their track identity goes), the rest renumbered.
+        An empty map when nothing folds."""
+        seen: dict[int, list[int]] = {}
+        for i, p in enumerate(parts):
+            seen.setdefault(sound(p), []).append(i)
+        extra = {i: idx[self.max_same_program - 1] for idx in seen.values() for i in idx[self.max_same_program:]}
+        if not extra:
+            return parts, {}
+        kept = [i for i in range(len(parts)) if i not in extra]
+        new = {old: k for k, old in enumerate(kept)}
+        return [parts[i] for i in kept], {i: new[extra.get(i, i)] for i in range(len(parts))}
+
     def part_keys(self, parts: list[Part]) -> list[str]:
         """Per part, its SELECT char; :class:`CodecError` when more parts share one sound than the codec holds."""
         seen: dict[int, int] = {}
@@ -434,8 +450,13 @@ class MidiChar:
         return out
 
     def encode(self, piece: Piece) -> str:
-        """Piece → text (canonical). Raises :class:`MidiError` for an absurd silence or note length, or more
-        parts of one sound than the codec holds."""
+        """Piece → text (canonical). Raises :class:`MidiError` for an absurd silence or note length. Parts of
+        one sound beyond ``max_same_program`` fold into the last one it holds (:meth:`fold_parts`)."""
+        if self.instruments:
+            parts, fold = self.fold_parts(list(piece.parts or [PIANO]))
+            if fold:
+                piece = Piece([Note(n.start, n.end, n.pitch, n.velocity, fold.get(n.part, n.part))
+                               for n in piece.notes], piece.ticks_per_beat, piece.tempos, piece.time_signatures, parts)
         notes, tempos = self.quantize(piece)
         max_dur = self.max_note_beats * self.grid
         parts = list(piece.parts or [PIANO]) if self.instruments else [PIANO]

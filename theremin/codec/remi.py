@@ -56,7 +56,7 @@ from pathlib import Path
 from theremin.codec import cache
 from theremin.codec.cache import META_FILE
 from theremin.codec.midichar import MidiChar
-from theremin.codec.tokenizer import compression
+from theremin.codec.tokenizer import _recorded_config, compression
 from theremin.config import known_settings
 from theremin.errors import ThereminError
 from theremin.fsio import atomic_write, file_sha256
@@ -297,7 +297,7 @@ class RemiTokenizer:
                                   f"{FORMAT_VERSION}: train it again")
         if codec is None:
             codec = MidiChar.from_recorded(meta["codec"])
-        elif codec.config != meta["codec"]:
+        elif codec.config != _recorded_config(meta["codec"]):
             raise RemiConfigError(f"{d}: trained with another codec config than the one given")
         return cls(d, meta, codec)
 

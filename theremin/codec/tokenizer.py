@@ -16,9 +16,11 @@ round-trip: ``decode(encode(t)) == t`` for every text of codec characters.
 
 ``pitch="relative"`` (opt-in) codes each note's pitch as an interval before all that (see
 :func:`to_relative`): chord shapes and bass motion become the same chars in every key, worth about +0.25
-notes/token on held-out Bach at 8k (scripts/bench_compression.py). The price: token meaning depends on
-earlier notes, so decode whole sequences (prompt + continuation); a continuation decoded alone comes out
-transposed; and the GPT then models intervals, not absolute register.
+notes/token on held-out Bach at 8k (scripts/bench_compression.py). Each instrument part counts its intervals
+from its own notes (a bass line and a melody interleaved keep their own), and drum notes keep their absolute
+pitch (a drum sound is no interval); a text of one piano part is transformed as before parts existed. The
+price: token meaning depends on earlier notes, so decode whole sequences (prompt + continuation); a
+continuation decoded alone comes out transposed; and the GPT then models intervals, not absolute register.
 
 Ids: sentencepiece's defaults, unk=0, bos=1, eos=2 (the GPT's piece boundaries), no pad; then 256 byte
 pieces, then characters and merges. ``vocab_size`` counts all of them. A vocab size the corpus cannot
@@ -46,7 +48,7 @@ import sentencepiece as spm
 
 from theremin.codec import cache
 from theremin.codec.cache import META_FILE
-from theremin.codec.midichar import BASE, MidiChar
+from theremin.codec.midichar import BASE, SOUNDS, MidiChar
 from theremin.config import known_settings
 from theremin.errors import ThereminError
 from theremin.fsio import atomic_write, file_sha256
@@ -113,45 +115,63 @@ def _norm_options(options: dict) -> dict:
     return opts
 
 
-def _positions(codec: MidiChar, text: str):
-    """(char, is_note, grid position after it) for each char: time advances by note steps and REST chars."""
-    lo, rest_lo, ext_lo = chr(BASE), BASE + codec.rest_lo, BASE + codec.ext_lo
-    hi = chr(BASE + codec.n_notes)
-    per_step = len(codec.durations) * len(codec.velocities) * 128
-    pos = 0
-    for ch in text:
-        if lo <= ch < hi:
-            pos += codec.steps[(ord(ch) - BASE) // per_step]
-            yield ch, True, pos
-        else:
-            if rest_lo <= ord(ch) < ext_lo:
-                pos += ord(ch) - rest_lo + 1
-            yield ch, False, pos
+def _has_parts(codec: MidiChar, text: str) -> bool:
+    """Whether ``text`` holds a DECL or SELECT char (a part other than the one piano); a regex, not a loop."""
+    if not codec.instruments:
+        return False
+    decl, name, sel, end = (chr(BASE + x) for x in (codec.decl_lo, codec.name_lo, codec.select_lo, codec.n_codes))
+    return re.search(f"[{decl}-{chr(ord(name) - 1)}{sel}-{chr(ord(end) - 1)}]", text) is not None
 
 
 def _relative(codec: MidiChar, text: str, forward: bool) -> str:
     """The pitch field of every note ↔ (pitch - reference) mod 128; all other fields and chars stay.
 
-    Reference: for a note at the same grid position as the previous note (a chord tone, canonical order
-    rising), that note's pitch; for the first note at a new position, the first (lowest) pitch at the previous
-    position; 60 for the first note. Chord shapes and bass motion become the same chars in every key. Times
-    are untouched, so decoding recomputes the same references: a bijection on any text.
+    Reference: for a note at the same grid position as the previous note of its part (a chord tone, canonical
+    order rising), that note's pitch; for the first note of its part at a new position, the first (lowest) pitch
+    of that part at its previous position; 60 for a part's first note. Chord shapes and bass motion become the
+    same chars in every key. Each part keeps its own references (the part is the current one of
+    :meth:`~theremin.codec.midichar.MidiChar.drum_flags`: the header's first DECL, then each SELECT's), so a bass
+    line and a melody interleaved keep their own intervals; a note of a drum part keeps its absolute pitch (a drum
+    sound is no interval) and moves no reference. A text with no DECL or SELECT char is one piano part: the
+    transform is the single-instrument one. Times and parts are untouched, so decoding recomputes the same
+    references: a bijection on any text.
     """
+    lo, hi = chr(BASE), chr(BASE + codec.n_notes)
+    rest_lo, ext_lo = BASE + codec.rest_lo, BASE + codec.ext_lo
+    per_step, steps = len(codec.durations) * len(codec.velocities) * 128, codec.steps
+    parts = _has_parts(codec, text)
+    if parts:
+        decl, name, sel, end = (BASE + x for x in (codec.decl_lo, codec.name_lo, codec.select_lo, codec.n_codes))
+    others: dict[int, tuple] = {}  # part (SELECT code) → its (last_pos, prev, group_first) while another plays
     out = []
+    pos, part, drum, declared = 0, 0, False, False
     last_pos, prev, group_first = None, 60, 60
-    for ch, is_note, pos in _positions(codec, text):
-        if not is_note:
-            out.append(ch)
+    for ch in text:
+        if lo <= ch < hi:
+            code = ord(ch) - BASE
+            pos += steps[code // per_step]
+            if drum:
+                out.append(ch)
+                continue
+            ref = group_first if pos != last_pos else prev
+            pitch = code % 128
+            new = (pitch - ref) % 128 if forward else (pitch + ref) % 128
+            absolute = pitch if forward else new
+            if pos != last_pos:
+                group_first = absolute
+            prev, last_pos = absolute, pos
+            out.append(chr(BASE + code - pitch + new))
             continue
-        code = ord(ch) - BASE
-        ref = group_first if pos != last_pos else prev
-        pitch = code % 128
-        new = (pitch - ref) % 128 if forward else (pitch + ref) % 128
-        absolute = pitch if forward else new
-        if pos != last_pos:
-            group_first = absolute
-        prev, last_pos = absolute, pos
-        out.append(chr(BASE + code - pitch + new))
+        o = ord(ch)
+        if rest_lo <= o < ext_lo:
+            pos += o - rest_lo + 1
+        elif parts and (sel <= o < end or (decl <= o < name and not declared)):
+            key = o - sel if o >= sel else o - decl  # a DECL's part is the first of its sound
+            declared = declared or o < name
+            others[part] = (last_pos, prev, group_first)
+            last_pos, prev, group_first = others.pop(key, (None, 60, 60))
+            part, drum = key, key % SOUNDS >= SOUNDS // 2
+        out.append(ch)
     return "".join(out)
 
 
@@ -164,16 +184,16 @@ def to_absolute(codec: MidiChar, text: str) -> str:
 
 
 def time_scaled(codec: MidiChar, text: str, factor: float) -> str:
-    """The text with every onset and duration scaled by ``factor`` (re-quantised on the grid)."""
+    """The text with every onset and duration scaled by ``factor`` (re-quantised on the grid); parts stay."""
 
     piece = codec.decode(text)
 
     def sc(t: int) -> int:
         return round(t * factor)
 
-    notes = [Note(sc(n.start), max(sc(n.end), sc(n.start) + 1), n.pitch, n.velocity) for n in piece.notes]
+    notes = [Note(sc(n.start), max(sc(n.end), sc(n.start) + 1), n.pitch, n.velocity, n.part) for n in piece.notes]
     return codec.encode(Piece(notes=notes, ticks_per_beat=piece.ticks_per_beat,
-                              tempos=[(sc(t), us) for t, us in piece.tempos]))
+                              tempos=[(sc(t), us) for t, us in piece.tempos], parts=piece.parts))
 
 
 class FactorCode:
@@ -370,10 +390,10 @@ class MidiTokenizer:
                                  f"{FORMAT_VERSION}: train it again")
         if codec is None:
             try:
-                codec = MidiChar(**meta["codec"])
+                codec = MidiChar.from_recorded(meta["codec"])
             except (KeyError, TypeError, ThereminError) as e:
                 raise TokenizerError(f"{source}: its codec settings do not make a codec ({e})") from None
-        elif codec.config != meta.get("codec"):
+        elif codec.config != _recorded_config(meta.get("codec")):
             raise TokenizerError(f"{source}: trained with another codec config than the one given")
         return cls(d, meta, codec, model, source)
 
@@ -603,6 +623,15 @@ def get_or_train(text_file: str | os.PathLike, vocab_size: int, cache_root: str 
     """The tokenizer for this corpus and settings: loaded from ``cache_root`` if there, else trained
     (:func:`theremin.codec.cache.get_or_train`; ``tok.from_cache`` says which)."""
     return cache.get_or_train(MidiTokenizer, text_file, vocab_size, cache_root, codec or MidiChar(), **options)
+
+
+def _recorded_config(recorded) -> dict | None:
+    """The config of the codec a tokenizer recorded (one recorded before instruments existed: without them);
+    None when it makes no codec."""
+    try:
+        return MidiChar.from_recorded(recorded).config if isinstance(recorded, dict) else None
+    except (TypeError, ThereminError):
+        return None
 
 
 def _read(path: Path) -> bytes:

@@ -204,8 +204,9 @@ SOURCES_FORMAT = 1
 
 
 def all_sources(sources: dict | None, datasets: list[str] | tuple[str, ...] = ()) -> dict:
-    """``sources`` plus one ``{dataset: <name>}`` source per name in ``datasets`` that is not a source already."""
-    out = {name: dict(src) for name, src in dict(sources or {}).items()}
+    """``sources`` plus one ``{dataset: <name>}`` source per name in ``datasets`` that is not a source already. A
+    source set to null is off (``data.sources.essen=null``; a config cannot empty a dict it inherits)."""
+    out = {name: dict(src) for name, src in dict(sources or {}).items() if src is not None}
     for d in datasets or ():
         if d not in out:
             out[d] = {"dataset": d}
@@ -268,6 +269,7 @@ def build_base_midi(input_dir: str | os.PathLike, sources: dict, extra_dirs: lis
     bal = Balance(**known_settings(Balance, balance, "data.balance", "a balance setting", BaseDataError))
     specs = load_catalog(catalog) if any("dataset" in s for s in sources.values()) else {}
     _unlink_dropped(root, sources)
+    _unpark(root, sources)
     report = {}
     for name, src in sources.items():
         if name in (EXTRA, COUNTS):
@@ -297,18 +299,37 @@ def build_base_midi(input_dir: str | os.PathLike, sources: dict, extra_dirs: lis
     return report
 
 
+def _parked(root: Path) -> Path:
+    return root.parent / f".{root.name}-off"
+
+
 def _unlink_dropped(root: Path, sources: dict) -> None:
-    """Remove the link folders of dataset sources the last build made and this one does not: the corpus reads all
-    of ``root``. (A music21 source's folder stays: it holds conversions that took minutes.)"""
+    """Take out of ``root`` (the corpus reads all of it) the folders of sources the last build made and this one
+    does not: a dataset source's link folder is removed; a music21 source's folder, which holds conversions that
+    took minutes, is parked beside ``root`` (:func:`_parked`) and comes back when the source is turned on again."""
     try:
         last = json.loads((root / SOURCES_FILE).read_text())["sources"]
     except (OSError, ValueError, KeyError, TypeError):
         return
     for name, r in last.items():
         folder = root / name
-        dropped = r.get("kind") == "dataset" and "dataset" not in sources.get(name, {}) and folder.is_dir()
-        if dropped and all(p.is_dir() or p.is_symlink() for p in folder.rglob("*")):  # links only: nobody's files
+        if name in sources or r.get("kind") == "extra" or not folder.is_dir():
+            continue
+        if r.get("kind") != "dataset":
+            _parked(root).mkdir(exist_ok=True)
+            if not (_parked(root) / name).exists():
+                folder.rename(_parked(root) / name)
+        elif all(p.is_dir() or p.is_symlink() for p in folder.rglob("*")):  # links only: nobody's files
             shutil.rmtree(folder)
+
+
+def _unpark(root: Path, sources: dict) -> None:
+    """Bring back the parked folders of music21 sources that are on again (see :func:`_unlink_dropped`)."""
+    for name, src in sources.items():
+        parked = _parked(root) / name
+        if "dataset" not in src and parked.is_dir() and not (root / name).exists():
+            root.mkdir(parents=True, exist_ok=True)
+            parked.rename(root / name)
 
 
 def _write_sources(root: Path, report: dict, balance: Balance) -> None:

@@ -160,6 +160,12 @@ def data_kwargs(cfg, init) -> dict:
     if init is None:
         return {}
 
+    if init.codec.instruments is False and "instruments" not in init.hparams["codec"] and \
+            plain(cfg.codec).get("instruments", True):  # a base from before instruments: its codec, unasked
+        log.info("init_from=%s predates instruments (one piano part, drums dropped): fine-tuning with "
+                 "codec.instruments=false, as it was trained", init.path)
+        with open_dict(cfg):
+            cfg.codec.instruments = False
     check_codec(init, plain(cfg.codec))
     cache = cfg.data.get("tokenizer_cache") or Path(str(cfg.data.corpus_dir)) / "tokenizers"
     return {"tokenizer_dir": str(base_tokenizer_dir(init, cache))}

@@ -177,20 +177,54 @@ def parse_midi(
 
 
 def _parts_of(tracks) -> tuple[list[Part], list[int]]:
-    """The parts of symusic tracks, and each track's part. A track :func:`write_midi` wrote for notes that
-    overlap a note of their pitch ("<name> overlap k", same sound, after its part) joins that part."""
+    """The parts of symusic tracks, and each track's part. Two of theremin's own conventions fold back: a track
+    :func:`write_midi` wrote for notes that overlap a note of their pitch ("<name> overlap k", same sound, after
+    its part) joins that part, and a rolled variation's "prompt: <name>" track and the later track of that name
+    and sound (the prompt's instrument played on) are one part, as they were rolled."""
     parts: list[Part] = []
     track_part: list[int] = []
+    from_prompt: set[int] = set()
     for t in tracks:
-        program, drum = int(t.program), bool(t.is_drum)
-        base, _, k = t.name.rpartition(" overlap ")
-        home = next((i for i, p in enumerate(parts) if k.isdigit() and (p.program, p.is_drum) == (program, drum)
-                     and p.name == track_name(base, program, drum)), None)
+        program, drum, raw = int(t.program), bool(t.is_drum), t.name
+        prompt = raw.startswith(PROMPT_TRACK)
+        name = track_name(raw[len(PROMPT_TRACK):] if prompt else raw, program, drum)
+        base, _, k = raw.rpartition(" overlap ")
+        same = [i for i, p in enumerate(parts) if (p.program, p.is_drum) == (program, drum)]
+        home = next((i for i in same if k.isdigit() and parts[i].name == track_name(
+            base.removeprefix(PROMPT_TRACK), program, drum)), None)
+        if home is None and not prompt:
+            home = next((i for i in same if i in from_prompt and parts[i].name == name), None)
+            from_prompt.discard(home)
         if home is None:
             home = len(parts)
-            parts.append(Part(program, drum, track_name(t.name, program, drum)))
+            parts.append(Part(program, drum, name))
+            if prompt:
+                from_prompt.add(home)
         track_part.append(home)
     return parts, track_part
+
+
+PROMPT_TRACK = "prompt: "  # a rolled variation's file names the prompt's tracks so (theremin.roll.roller.daw_piece)
+CLIP_SUFFIX = "_new.mid"  # a rolled variation's new notes alone (variation_NN_new.mid)
+
+
+def joined_prompt_parts(piece: Piece) -> Piece:
+    """A rolled variation as it was rolled: each "prompt: <name>" part joined with the part of that name and
+    sound (the prompt's instruments played on), or renamed to it; the joined part takes the prompt part's place."""
+    parts: list[Part] = []
+    where: dict[int, int] = {}
+    for i, p in enumerate(piece.parts):
+        if p.name.startswith(PROMPT_TRACK):
+            where[i] = len(parts)
+            parts.append(Part(p.program, p.is_drum, track_name(p.name[len(PROMPT_TRACK):], p.program, p.is_drum)))
+    for i, p in enumerate(piece.parts):
+        if i not in where:
+            home = next((k for k, q in enumerate(parts) if q == p and k in where.values()), None)
+            where[i] = home if home is not None else len(parts)
+            if home is None:
+                parts.append(p)
+    notes = sorted(Note(n.start, n.end, n.pitch, n.velocity, where[n.part]) for n in piece.notes)
+    return Piece(notes, piece.ticks_per_beat, list(piece.tempos), list(piece.time_signatures), parts)
 
 
 def track_name(name: str, program: int, is_drum: bool) -> str:
@@ -302,26 +336,36 @@ def write_midi(
     return path
 
 
+def trim_overlaps(piece: Piece, track: Callable[[Note], object] | None = None) -> Piece:
+    """The piece with each note that still sounds when the next note of its pitch in its part starts ended
+    there (what one MIDI channel plays: write_midi's ``overlaps="trim"``). ``track(note)``: notes it tells apart
+    go to different tracks of the part, and do not cut each other (a roll's prompt and its continuation)."""
+    last: dict[tuple, int] = {}
+    notes = sorted(piece.notes)
+    ends = [n.end for n in notes]
+    for i, n in enumerate(notes):
+        key = (n.part, n.pitch, track(n) if track is not None else None)
+        j = last.get(key)
+        if j is not None and ends[j] > n.start:
+            ends[j] = n.start
+        last[key] = i
+    out = [Note(n.start, e, n.pitch, n.velocity, n.part) for n, e in zip(notes, ends)]
+    return Piece(out, piece.ticks_per_beat, list(piece.tempos), list(piece.time_signatures), list(piece.parts))
+
+
 def _part_layers(piece: Piece, n_parts: int, overlaps: str) -> list[list[list]]:
     """Per part, its notes as miditoolkit notes in layers: no two notes of one pitch overlap in one layer."""
     from miditoolkit.midi.containers import Note as MtkNote
 
     out: list[list[list]] = [[] for _ in range(n_parts)]
     free_at: list[list[dict[int, int]]] = [[] for _ in range(n_parts)]  # per part, per layer: pitch → end
-    last: list[dict[int, MtkNote]] = [{} for _ in range(n_parts)]  # "trim": per part, pitch → its last note
-    for n in sorted(piece.notes):
+    for n in piece.notes:
         if not 0 <= n.part < n_parts:
             raise MidiError(None, f"note at tick {n.start} names part {n.part}, the piece has {n_parts}")
+    if overlaps == "trim":
+        piece = trim_overlaps(piece)
+    for n in sorted(piece.notes):
         layers, free = out[n.part], free_at[n.part]
-        if overlaps == "trim":
-            prev = last[n.part].get(n.pitch)
-            if prev is not None and prev.end > n.start:
-                prev.end = n.start
-            note = MtkNote(velocity=n.velocity, pitch=n.pitch, start=n.start, end=n.end)
-            last[n.part][n.pitch] = note
-            layers[:1] = layers[:1] or [[]]
-            layers[0].append(note)
-            continue
         layer = next((i for i, f in enumerate(free) if f.get(n.pitch, -1) <= n.start), None)
         if layer is None:
             layer = len(layers)

@@ -15,9 +15,8 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 
@@ -27,8 +26,10 @@ from theremin.errors import ThereminError
 from theremin.model.checkpoint import DEFAULT_MAX_PARAMS, CheckpointError, open_checkpoint
 from theremin.model.gpt import GPT
 from theremin.music.midi import (
+    CLIP_SUFFIX,
     PIANO,
     PROMPT_NOTES_MARKER,
+    PROMPT_TRACK,
     MidiError,
     Note,
     Part,
@@ -36,10 +37,14 @@ from theremin.music.midi import (
     default_name,
     is_midi_path,
     read_midi,
+    trim_overlaps,
     write_midi,
 )
 from theremin.music.render import piano_roll_png, render_wav
+from theremin.roll.add_part import mute_parts, roll_new_part
 from theremin.roll.constraints import Constraints, RowState
+from theremin.roll.parts import PartSpecError, new_part, select_parts
+from theremin.roll.results import Goal, Prompt, RollResult, Variation
 
 log = logging.getLogger("theremin.roll.roller")
 
@@ -130,6 +135,15 @@ class SamplingSettings:
     register_margin: int | None = 12
     key: str | None = None
     max_polyphony: int | None = None
+    # which of the prompt's parts may play (track names, families such as bass or drums, programs: see
+    # theremin.roll.parts); None: every part of the prompt (a roll never brings in an instrument the prompt
+    # lacks); "all": any instrument, new ones too
+    instruments: list[str] | str | None = None
+    # roll one new part over the prompt's bars (drums, a family such as bass, or a program): e.g. a bass line
+    # for my chords; the prompt's notes stay as they are
+    add_part: str | None = None
+    # prompt parts left out before rolling (track names, families, programs): they neither sound nor play on
+    mute: list[str] | str | None = None
 
     def check(self, limits: SamplingLimits | None = None) -> None:
         """Every field's type and range (bounded by ``limits``); messages name the field."""
@@ -156,48 +170,19 @@ class SamplingSettings:
             raise GenerateError(f"sampling.pitch_range={self.pitch_range!r}: use [lo, hi], two MIDI pitches")
         if self.key is not None and not isinstance(self.key, str):
             raise GenerateError(f"sampling.key={self.key!r}: use a key name such as 'D dorian'")
+        self._check_parts()
 
-
-class Prompt(NamedTuple):
-    text: str  # midichar: the kept bars, cut to the model's context
-    time_signature: tuple[int, int]
-    truncated: bool  # its oldest part was cut to fit the context
-    end: int  # grid position where the prompt ends: the end of the kept bars (``keep_bars``), else the end of
-    # the bar that holds its last onset. A length in bars or seconds is counted from here.
-    parts: tuple[Part, ...] = (PIANO,)  # the prompt's instruments (the header of ``text``)
-
-
-@dataclass
-class Variation:
-    index: int
-    text: str  # prompt + continuation (midichar)
-    piece: Piece
-    prompt_end_tick: int  # the prompt's end (see Prompt.end), in ticks of ``piece``
-    generated_notes: int
-    files: dict[str, Path] = field(default_factory=dict)
-    # (start tick, pitch) of the notes that came from the prompt: a note the model adds on the prompt's last
-    # onset starts before the prompt's end yet is generated
-    prompt_notes: frozenset[tuple[int, int]] = frozenset()
-
-
-@dataclass
-class RollResult:
-    variations: list[Variation]
-    prompt_notes: int
-    prompt_truncated: bool
-    seconds: float
-
-
-class _Goal(NamedTuple):
-    """How long a variation is to be: ``notes`` new notes, or up to grid position ``end``; ``max_new`` tokens."""
-
-    notes: int | None
-    end: int | None
-    max_new: int
-    prompt_notes: int
-
-    def reached(self, row: RowState) -> bool:
-        return row.notes - self.prompt_notes >= self.notes if self.notes is not None else row.cursor >= self.end
+    def _check_parts(self) -> None:
+        for name in ("instruments", "mute"):
+            value = getattr(self, name)
+            specs = [value] if isinstance(value, str) else value
+            if specs is not None and (not isinstance(specs, (list, tuple)) or len(specs) > 128
+                                      or not all(isinstance(x, str) for x in specs)):
+                raise GenerateError(f"sampling.{name}={str(value)[:80]!r}: use a list of track names, families "
+                                    "(bass, drums, ...) or programs" + (", or 'all'" if name == "instruments" else ""))
+        if self.add_part is not None and (not isinstance(self.add_part, str) or not 0 < len(self.add_part) <= 64):
+            raise GenerateError(f"sampling.add_part={str(self.add_part)[:80]!r}: name drums, a family (bass, "
+                                "strings, ...), a program, or one of the prompt's tracks to re-roll it")
 
 
 class Roller:
@@ -252,8 +237,10 @@ class Roller:
             tempos = [t for t in tempos if t[0] < end]
         else:  # the end of the bar that holds the last onset: a length in bars fills whole bars
             end = round((notes[-1][0] // bar + 1) * bar) if notes else 0
-        notes, tempos, shift, truncated = self._keep_recent(notes, tempos, bar, parts)
-        return Prompt(self._grid_text(notes, tempos, parts), ts, truncated, end - shift, parts)
+        # the model reads the parts' sounds, not their names: a name its tokenizer never saw would be spelled in
+        # bytes (4 tokens a letter) and crowd notes out of the context; the names come back in the variations
+        notes, tempos, shift, truncated = self._keep_recent(notes, tempos, bar, unnamed(parts))
+        return Prompt(self._grid_text(notes, tempos, unnamed(parts)), ts, truncated, end - shift, parts)
 
     def prompt_text(self, prompt: str | os.PathLike | Piece | None, keep_bars: int | None):
         """(text, time_signature, truncated): :meth:`prompt` without its end."""
@@ -310,11 +297,19 @@ class Roller:
         render = _render_options(render, out_dir)
         cons = self.constraints(s)
         t0 = time.perf_counter()
-        p = self.prompt(prompt, s.keep_bars)
+        piece = self._prompt_piece(prompt, s)
+        if s.add_part is not None:
+            result = roll_new_part(self, piece, s, cons)
+            result.seconds = time.perf_counter() - t0
+            if out_dir is not None:
+                self.write(result, Path(out_dir), s, render)
+            return result
+        p = self.prompt(piece, s.keep_bars)
         if p.truncated:
             log.warning("the prompt is longer than the model's context: kept its most recent part")
         prompt_ids = [self.tok.bos_id, *self.tok.encode(p.text)]
         base = self._prompt_state(cons, prompt_ids)
+        base.allowed_parts = self.allowed_parts(p.parts if piece is not None else None, s)
         prompt_grid, prompt_tempos = self.codec.decode_grid(p.text)
         base.register = register_window([n[2] for n in prompt_grid if not p.parts[n[4]].is_drum], s)
         goal = self._goal(s, p, prompt_tempos, base.notes)
@@ -329,6 +324,41 @@ class Roller:
             self.write(result, Path(out_dir), s, render)
         return result
 
+    def _prompt_piece(self, prompt, s: SamplingSettings) -> Piece | None:
+        """The prompt as a Piece (read from its file), without the parts ``s.mute`` names."""
+        if prompt is None:
+            for name in ("mute", "add_part"):
+                if getattr(s, name):
+                    raise GenerateError(f"sampling.{name} needs a prompt (its parts, its bars)")
+            return None
+        piece = prompt if isinstance(prompt, Piece) else _read_prompt(prompt)
+        if s.mute:
+            try:
+                piece = mute_parts(piece, s.mute)
+            except PartSpecError as e:
+                raise GenerateError(str(e).replace("sampling.instruments", "sampling.mute")) from None
+        return piece
+
+    def allowed_parts(self, parts, s: SamplingSettings) -> frozenset[str] | None:
+        """The SELECT chars a roll may switch to (theremin.roll.constraints: RowState.allowed_parts): the prompt's
+        parts, or those ``s.instruments`` names; None (any) with ``instruments: all``, or with neither a prompt
+        nor ``instruments``."""
+        if not self.codec.instruments or (isinstance(s.instruments, str) and s.instruments.strip().lower() == "all"):
+            return None
+        try:
+            if parts is None:  # no prompt: the named instruments are new parts
+                if s.instruments is None:
+                    return None
+                specs = [s.instruments] if isinstance(s.instruments, str) else s.instruments
+                news = [new_part(x) for x in specs]
+                return frozenset(self.codec.part_keys(news))
+            parts = list(parts)
+            chosen = range(len(parts)) if s.instruments is None else select_parts(s.instruments, parts)
+        except PartSpecError as e:
+            raise GenerateError(str(e)) from None
+        keys = self.codec.part_keys(parts)
+        return frozenset(keys[i] for i in chosen)
+
     def _prompt_state(self, cons: Constraints, prompt_ids: list[int]) -> RowState:
         """The grammar state after the prompt's tokens: a prompt always ends on a complete event."""
         state = RowState()
@@ -338,7 +368,7 @@ class Roller:
             raise RuntimeError("the prompt's tokens do not end on a complete event")
         return state
 
-    def _goal(self, s: SamplingSettings, p: Prompt, prompt_tempos, prompt_notes: int) -> _Goal:
+    def _goal(self, s: SamplingSettings, p: Prompt, prompt_tempos, prompt_notes: int) -> Goal:
         """When a variation is long enough (new notes, or a grid position from the prompt's end) and the token
         budget that bounds it: ~8 tokens per note at worst (factored notes, tempo and rest chars)."""
         if s.unit == "notes":
@@ -353,10 +383,10 @@ class Roller:
                                     f"limits.max_beats={self.limits.max_beats:g}")
             notes, end = None, p.end + round(beats * self.codec.grid)
         max_new = s.max_new_tokens or int(min(8 * (notes or 4 * beats) + 64, self.limits.max_new_tokens))
-        return _Goal(notes, end, max_new, prompt_notes)
+        return Goal(notes, end, max_new, prompt_notes)
 
     def _sample(self, prompt_ids: list[int], rows: list[RowState], cons: Constraints, s: SamplingSettings,
-                goal: _Goal) -> torch.Tensor:
+                goal: Goal) -> torch.Tensor:
         """The model's tokens for every row, each step masked by the row's constraints; a row may end (EOS)
         only once it has reached the goal."""
         seen = [len(prompt_ids)] * len(rows)
@@ -384,7 +414,7 @@ class Roller:
                         ", ".join(map(str, short)), goal.max_new, s.length, s.unit)
         return out
 
-    def _variation(self, b: int, new: list[int], prompt_ids: list[int], p: Prompt, goal: _Goal,
+    def _variation(self, b: int, new: list[int], prompt_ids: list[int], p: Prompt, goal: Goal,
                    prompt_keys: frozenset) -> Variation:
         """Row ``b``'s new tokens as a variation: up to EOS, repaired, cut to the goal, with the prompt."""
         if self.tok.eos_id in new:
@@ -394,8 +424,13 @@ class Roller:
         if not both.startswith(p.text):  # the prompt's tokens are the tokenizer's own encoding: a bug if not
             raise RuntimeError("the prompt does not decode back from its tokens")
         cont = self.codec.repair(both[len(p.text):])  # a no-op unless max_new_tokens hit
-        full = self._trim(p.text, cont, goal.notes, goal.end)
-        piece = self.codec.decode(full)
+        # overlapping notes of one pitch in a part end where the next starts (what a MIDI channel plays, and
+        # what the DAW file holds): the text, its figures and the files agree
+        end = p.end * self.codec.ticks_per_beat // self.codec.grid
+        piece = trim_overlaps(self.codec.decode(self._trim(p.text, cont, goal.notes, goal.end)),
+                              lambda n: (n.start, n.pitch) in prompt_keys and n.start < max(end, 1))
+        piece.parts = named(piece.parts, p.parts)
+        full = self.codec.encode(piece)
         piece.time_signatures = [(0, *p.time_signature)]
         k = self.codec.ticks_per_beat // self.codec.grid
         n_prompt = self.codec.count_notes(p.text)
@@ -444,7 +479,7 @@ class Roller:
             stem = out_dir / f"variation_{v.index + 1:02d}"
             v.files["mid"] = write_midi(daw_piece(v), stem.with_suffix(".mid"), overlaps="trim",
                                         meta={**meta, "variation": str(v.index + 1)})
-            v.files["mid_new"] = write_midi(new_notes_piece(v), out_dir / f"{stem.name}_new.mid", overlaps="trim",
+            v.files["mid_new"] = write_midi(new_notes_piece(v), out_dir / f"{stem.name}{CLIP_SUFFIX}", overlaps="trim",
                                             meta={"theremin checkpoint": meta["theremin checkpoint"],
                                                   "variation": str(v.index + 1), "new notes only": "yes"})
             if render.get("png", True):
@@ -465,7 +500,7 @@ def daw_piece(v: Variation) -> Piece:
     p = v.piece
     n_parts = len(p.parts)
     named = [Part(x.program, x.is_drum, x.name or default_name(x.program, x.is_drum)) for x in p.parts]
-    parts = [Part(x.program, x.is_drum, f"prompt: {x.name}") for x in named] + named
+    parts = [Part(x.program, x.is_drum, f"{PROMPT_TRACK}{x.name}") for x in named] + named
     notes = [Note(n.start, n.end, n.pitch, n.velocity, n.part if _is_prompt_note(v, n) else n_parts + n.part)
              for n in p.notes]
     used = sorted({n.part for n in notes})
@@ -481,7 +516,7 @@ def new_notes_piece(v: Variation) -> Piece:
     new = [n for n in p.notes if not _is_prompt_note(v, n)]
     num, den = (p.time_signatures[0][1:] if p.time_signatures else (4, 4))
     bar = round(num * 4 / den * p.ticks_per_beat)
-    shift = (min(n.start for n in new) // bar * bar) if new else 0
+    shift = v.clip_from if v.clip_from is not None else (min(n.start for n in new) // bar * bar) if new else 0
     in_force = [(0, us) for t, us in p.tempos if t <= shift][-1:]
     tempos = in_force + [(t - shift, us) for t, us in p.tempos if t > shift]
     notes = [Note(n.start - shift, n.end - shift, n.pitch, n.velocity, n.part) for n in new]
@@ -494,6 +529,17 @@ def _render_options(render: dict | None, out_dir) -> dict:
     if out_dir is not None and render["wav"] and sf and not Path(sf).is_file():
         raise GenerateError(f"soundfont {sf} does not exist")
     return render
+
+
+def unnamed(parts) -> tuple[Part, ...]:
+    """The parts as the model reads them: sounds, no names."""
+    return tuple(Part(p.program, p.is_drum, "") for p in parts)
+
+
+def named(parts, prompt_parts) -> list[Part]:
+    """Decoded parts with the prompt's names back (the prompt's parts come first, in order)."""
+    return [Part(x.program, x.is_drum, prompt_parts[i].name) if i < len(prompt_parts) else x
+            for i, x in enumerate(parts)]
 
 
 def register_window(prompt_pitches: list[int], s: SamplingSettings) -> tuple[int, int] | None:

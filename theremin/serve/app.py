@@ -237,6 +237,14 @@ ROLL_FORM = {  # the OpenAPI description of POST /api/rolls' form (the route par
             "pitch_range": {"type": "string", "example": "48,84"},
             "max_polyphony": {"type": "integer"}, "max_new_tokens": {"type": "integer"},
             "register_margin": {"type": "integer", "description": "semitones around the prompt's range (none: off)"},
+            "instruments": {"type": "string", "example": "bass,drums",
+                            "description": "which of the prompt's parts may play (track names, families, programs; "
+                                           "all: any instrument); default: the prompt's parts"},
+            "add_part": {"type": "string", "example": "bass",
+                         "description": "roll one new part over the prompt's bars (drums, a family or a program), "
+                                        "or re-roll one of the prompt's tracks (its name)"},
+            "mute": {"type": "string", "example": "drums",
+                     "description": "prompt parts left out before rolling (track names, families, programs)"},
         }}}}},
 }
 
@@ -375,11 +383,20 @@ def _add_continue_route(app: FastAPI, service: RollService, http: HttpSettings) 
                            "(max_upload_bytes)")
         query = _continue_query(request)
         name = _upload_name(query.pop("name", ""))  # what errors call the body: the user's file name
+        new_only = _yes_no("new_only", query.pop("new_only", "false"))
         settings = service.settings(query)
         with service.admit(_client(request), http.max_per_client):
-            midi = await _wait(service, service.submit(service.continuation, settings, body, name))
+            midi = await _wait(service, service.submit(service.continuation, settings, body, name, new_only))
+        filename = "continuation_new.mid" if new_only else "continuation.mid"
         return Response(midi, media_type="audio/midi",
-                        headers={"Content-Disposition": 'attachment; filename="continuation.mid"'})
+                        headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+def _yes_no(field: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v not in ("", "0", "1", "true", "false", "yes", "no"):
+        raise FieldError(f"{field}={value[:20]!r}: use true or false")
+    return v in ("1", "true", "yes")
 
 
 async def _read_body(request: Request, http: HttpSettings) -> bytes:

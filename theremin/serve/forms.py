@@ -109,6 +109,24 @@ def _key(value: str, limits: Limits) -> str:
     return key
 
 
+def _instruments(value: str, limits: Limits, field: str = "instruments") -> list[str] | str:
+    """A comma-separated list of the prompt's parts (checked against the prompt when it is read), or "all"."""
+    if len(value) > limits.max_key_chars * 8:
+        raise FieldError(f"{field}: {len(value)} characters; name at most a few parts")
+    if field == "instruments" and value.strip().lower() == "all":
+        return "all"
+    specs = [s.strip() for s in value.split(",") if s.strip()]
+    if not specs:
+        raise FieldError(f"{field}={value!r}: name parts, e.g. bass,drums")
+    return specs
+
+
+def _add_part(value: str, limits: Limits) -> str:
+    if len(value) > limits.max_key_chars:
+        raise FieldError(f"add_part: {len(value)} characters; an instrument name is at most {limits.max_key_chars}")
+    return value.strip()  # a prompt's track (re-rolled) or a new part: resolved against the prompt
+
+
 def parse_settings(form: Mapping[str, str], presets: dict[str, dict], limits: Limits, vocab_size: int,
                    extra: tuple[str, ...] = ()) -> SamplingSettings:
     """SamplingSettings from request fields (strings). ``extra``: other field names the route accepts."""
@@ -137,12 +155,16 @@ def parse_settings(form: Mapping[str, str], presets: dict[str, dict], limits: Li
         "key": lambda v: _key(v, limits),
         "max_polyphony": lambda v: _int("max_polyphony", v, 1, limits.max_polyphony),
         "register_margin": lambda v: _int("register_margin", v, 0, 127),
+        "instruments": lambda v: _instruments(v, limits),
+        "mute": lambda v: _instruments(v, limits, "mute"),
+        "add_part": lambda v: _add_part(v, limits),
     }
     for name, value in values.items():
         if name not in parse:
             continue  # a route's own field (prompt, demo_prompt)
         if value.lower() in NONE_WORDS and name in ("top_k", "top_p", "min_p", "keep_bars", "pitch_range", "key",
-                                                    "max_polyphony", "max_new_tokens", "register_margin"):
+                                                    "max_polyphony", "max_new_tokens", "register_margin",
+                                                    "instruments", "add_part", "mute"):
             s[name] = None
         else:
             s[name] = parse[name](value)

@@ -25,8 +25,9 @@ import torch
 
 from theremin.config import known_settings
 from theremin.errors import ThereminError
-from theremin.music.midi import MidiError, Piece, read_midi, write_midi
+from theremin.music.midi import MidiError, Piece, default_name, read_midi, write_midi
 from theremin.music.render import RenderError, RenderTimeout, RenderTooLarge, piano_roll_png, render_wav, wav_size
+from theremin.roll.parts import family
 from theremin.roll.roller import GenerateError, Roller, RollResult, SamplingSettings, Variation, check_meter
 from theremin.serve.engine import BatchedModel, BatchEngine, RollTimeout, set_deadline
 from theremin.serve.figures import Figures
@@ -224,11 +225,13 @@ class RollService:
             for v in result.variations:
                 figures = self.figures.of(v.text, result.prompt_notes) if self.figures else {}
                 variations.append({"index": v.index + 1, "notes": v.generated_notes, "text": v.text,
-                                   "prompt_end_tick": v.prompt_end_tick, "figures": figures})
+                                   "prompt_end_tick": v.prompt_end_tick, "figures": figures,
+                                   "prompt_notes": sorted(map(list, v.prompt_notes))})
             ts = result.variations[0].piece.time_signatures[0][1:] if result.variations else (4, 4)
             meta = {"id": roll_id, "settings": _settings_dict(settings), "seed": settings.seed,
                     "time_signature": list(ts),
-                    "prompt": {"name": prompt_name if piece is not None else None, "notes": result.prompt_notes},
+                    "prompt": {"name": prompt_name if piece is not None else None, "notes": result.prompt_notes,
+                               "parts": _parts(piece)},
                     "seconds": round(result.seconds, 3), "variations": variations}
             self.store.save_meta(folder, meta)
         except BaseException:
@@ -237,9 +240,10 @@ class RollService:
         self.store.prune(keep=roll_id, every_s=self.cfg.prune_every_s)
         return meta
 
-    def continuation(self, settings: SamplingSettings, body: bytes, name: str = "body") -> bytes:
+    def continuation(self, settings: SamplingSettings, body: bytes, name: str = "body",
+                     new_only: bool = False) -> bytes:
         """POST /api/continue: one continuation of a raw MIDI body (``name``: its file name, for messages), as MIDI
-        bytes."""
+        bytes: the prompt and its continuation, or (``new_only``) only the new notes from bar 1."""
         with tempfile.TemporaryDirectory(prefix="theremin-continue-") as tmp:
             path = Path(tmp) / "prompt.mid"
             path.write_bytes(body)
@@ -247,7 +251,7 @@ class RollService:
             self._check_context(piece, settings, name)
             result = self.roller.roll(piece, settings)
             self.roller.write(result, Path(tmp), settings, {"wav": False, "png": False})
-            return result.variations[0].files["mid"].read_bytes()
+            return result.variations[0].files["mid_new" if new_only else "mid"].read_bytes()
 
     def file(self, roll_id: str, name: str, deadline: float | None = None, make: bool = True) -> Path | None:
         """A roll's file, made first if it is a variation file not made yet (by ``deadline``, a
@@ -274,13 +278,14 @@ class RollService:
             raise RenderTimeout(f"cannot render {path.name}: it waited past its time limit (render.timeout_s="
                                 f"{float(self.render['timeout_s']):g} s): the server is busy, try again")
         meta = json.loads((folder / "roll.json").read_text())
-        index = int(path.stem.rsplit("_", 1)[1])
+        index = int(path.name.split("_")[1].split(".")[0])
         v = meta["variations"][index - 1]
         piece = self.roller.codec.decode(v["text"])
         piece.time_signatures = [(0, *meta["time_signature"])]
-        if path.suffix == ".mid":
+        if path.suffix == ".mid":  # the variation and its new notes alone: both written together
             settings = SamplingSettings(**{**meta["settings"], "pitch_range": _tuple(meta["settings"]["pitch_range"])})
-            variation = Variation(index - 1, v["text"], piece, v["prompt_end_tick"], v["notes"])
+            variation = Variation(index - 1, v["text"], piece, v["prompt_end_tick"], v["notes"],
+                                  prompt_notes=frozenset(map(tuple, v.get("prompt_notes", []))))
             self.roller.write(RollResult([variation], meta["prompt"]["notes"], False, 0.0), folder, settings,
                               {"wav": False, "png": False})
         elif path.suffix == ".wav":
@@ -308,6 +313,7 @@ class RollService:
                 raise type(e)(str(e).replace(f"{path.parent}/", "")) from None
         else:
             piano_roll_png(piece, path, prompt_end_tick=v["prompt_end_tick"],
+                           prompt_notes=[tuple(k) for k in v["prompt_notes"]] if "prompt_notes" in v else None,
                            title=f"variation {index} (seed {meta['seed']})")
 
     def prompt_midi(self, name: str) -> bytes:
@@ -325,6 +331,7 @@ class RollService:
         out["prompt"] = {**meta["prompt"], "midi": f"{base}/prompt.mid" if meta["prompt"]["name"] else None}
         out["variations"] = [{"index": v["index"], "notes": v["notes"],
                               **{ext: f"{base}/variation_{v['index']:02d}.{ext}" for ext in ("mid", "wav", "png")},
+                              "midi_new": f"{base}/variation_{v['index']:02d}_new.mid",
                               "figures": v["figures"]} for v in meta["variations"]]
         for v in out["variations"]:
             v["midi"] = v.pop("mid")
@@ -358,6 +365,17 @@ class RollService:
                 "val_bits_per_note": val, "corpus": corpus, "presets": self.presets,
                 "demo_prompts": list(self.prompts), "limits": asdict(self.limits),
                 "max_upload_bytes": self.cfg.max_upload_bytes}
+
+
+def _parts(piece: Piece | None) -> list[dict]:
+    """The prompt's parts as the page shows them (a control per track): name, program, drums, family, notes."""
+    if piece is None:
+        return []
+    counts = [0] * len(piece.parts)
+    for n in piece.notes:
+        counts[n.part] += 1
+    return [{"name": p.name or default_name(p.program, p.is_drum), "program": p.program, "drum": p.is_drum,
+             "family": family(p), "notes": c} for p, c in zip(piece.parts, counts)]
 
 
 def _tuple(x):

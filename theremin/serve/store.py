@@ -34,7 +34,7 @@ log = logging.getLogger("theremin.serve")
 
 ROLL_ID = re.compile(r"[0-9a-f]{32}", re.ASCII)
 # the names the API hands out; NN is checked to be exactly f"{index:02d}" (no 1, 001, 00, ٠١, 𝟎𝟏, ...)
-FILE_NAME = re.compile(r"(?:prompt\.mid|variation_(?P<index>[0-9]{2,3})\.(?:mid|wav|png))", re.ASCII)
+FILE_NAME = re.compile(r"(?:prompt\.mid|variation_(?P<index>[0-9]{2,3})(?:\.(?:mid|wav|png)|_new\.mid))", re.ASCII)
 MEDIA_TYPES = {".mid": "audio/midi", ".wav": "audio/wav", ".png": "image/png"}
 TRASH = ".evicted-"  # an evicted roll's folder is renamed to this + its id, then removed
 
@@ -141,7 +141,7 @@ class RollStore:
         m = FILE_NAME.fullmatch(name)
         index = m["index"] if m else None
         if m is None or (index is not None and (f"{int(index):02d}" != index or int(index) < 1)):
-            raise NotFound(f"file {name!r}: a roll holds prompt.mid and variation_NN.mid/.wav/.png "
+            raise NotFound(f"file {name!r}: a roll holds prompt.mid and variation_NN.mid/.wav/.png/_new.mid "
                            "(NN as the roll lists it: 01, 02, ...)")
         folder = self.folder(roll_id)
         path = folder / name
