@@ -313,3 +313,43 @@ def test_a_band_prompt_shows_its_tracks_mutes_one_and_rerolls_another(browser, s
     assert hosts <= {urlsplit(server).netloc, ""}, hosts
     assert not errors, errors
     page.close()
+
+
+def test_docs_work_offline(browser, server):
+    """Issue 20.5: /docs loaded Swagger UI from a CDN (a blank page offline); now its files come from this server.
+    Every request to another host is refused here, as on a machine without network."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    own = urlsplit(server).netloc
+    refused = []
+
+    def offline(route):
+        if urlsplit(route.request.url).netloc == own:
+            route.continue_()
+        else:
+            refused.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", offline)
+    page.goto(f"{server}/docs")
+    expect(page.locator(".opblock").first).to_be_visible()
+    for path in ("/api/rolls", "/api/continue", "/api/health"):
+        expect(page.locator(f".opblock-summary-path[data-path='{path}']").first).to_be_visible()
+    assert refused == []
+    page.close()
+
+
+def test_a_whole_song_is_trimmed_not_refused(browser, server, tmp_path):
+    """Issue 20.2: a whole song dropped on the page rolls on from its last bars that fit the context, and the
+    page says which bars the model read."""
+    song = mf.make_midi(tmp_path / "song.mid", [(i * 240, i * 240 + 200, 60 + (i * 7) % 12, 80) for i in range(400)],
+                        extra_tracks=[{"notes": [(i * 960, i * 960 + 900, 36 + i % 5, 90) for i in range(100)],
+                                       "program": 33, "name": "Bass"}])
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(server)
+    expect(page.locator("#model-info")).to_contain_text("params")
+    page.set_input_files("#prompt-file", str(song))
+    page.click("#roll")
+    expect(page.locator("#prompt-bars-used")).to_contain_text("the last bars that fit its context")
+    expect(page.locator("#error")).to_be_hidden()
+    expect(page.locator("#cards .card").first).to_be_visible()
+    page.close()

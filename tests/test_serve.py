@@ -246,14 +246,34 @@ def bad_prompts(tmp_path) -> dict[str, tuple[bytes, str]]:
     import midi_factory as mf
 
     type2 = mf.write_smf(tmp_path / "type2.mid", [mf.notes_to_events(mf.scale())], fmt=2).read_bytes()
-    long = midi_bytes(tmp_path, [(i * 120, i * 120 + 100, 60 + i % 12, 80) for i in range(400)])
+    huge = midi_bytes(tmp_path, [(i * 60, i * 60 + 50, 60 + i % 3, 80) for i in range(1001)])
     return {"not midi": (b"hello, I am text", "not a MIDI file"), "type 2": (type2, "type 2"),
-            "too long": (long, "longer than the model's context"),
-            "far too long": (midi_bytes(tmp_path, [(i * 60, i * 60 + 50, 60, 80) for i in range(4000)]), "far longer")}
+            "past max_prompt_notes": (huge, "more than a prompt may have")}  # (max_prompt_notes=1000 here)
 
 
-@pytest.mark.parametrize("case", ["not midi", "type 2", "too long", "far too long"])
-def test_bad_prompt_files(client, tmp_path, case):
+def test_a_whole_song_is_trimmed_to_its_last_bars_not_refused(client, tmp_path):
+    """Issue 20.2: a prompt longer than the context rolls on from its last bars that fit; the answer says which."""
+    song = midi_bytes(tmp_path, [(i * 120, i * 120 + 100, 60 + i % 12, 80) for i in range(4000)])  # 125 bars
+    r = roll(client, song, name="song.mid", n=1, length=4)
+    assert r.status_code == 200, r.text
+    p = r.json()["prompt"]
+    assert p["trimmed"] is True and p["bars"][1] == 250 and 1 < p["bars"][0] <= 250 and p["notes"] > 0
+    # prompt_bars picks the bars; they are trimmed too when they do not fit
+    r = roll(client, song, name="song.mid", n=1, length=4, prompt_bars="3-4")
+    assert r.status_code == 200, r.text
+    p = r.json()["prompt"]
+    assert p["bars"][1] == 4 and p["bars"][0] in (3, 4) and p["trimmed"] is (p["bars"][0] == 4)
+    r = roll(client, song, name="song.mid", n=1, length=4, prompt_bars="300-310")
+    assert r.status_code == 422 and "the prompt has 250 bars" in r.json()["detail"]
+    r = roll(client, song, name="song.mid", n=1, length=4, prompt_bars="4-3")
+    assert r.status_code == 422 and "prompt_bars" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("case", ["not midi", "type 2", "past max_prompt_notes"])
+def test_bad_prompt_files(client, service, tmp_path, case, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setattr(service, "limits", dataclasses.replace(service.limits, max_prompt_notes=1000))
     data, reason = bad_prompts(tmp_path)[case]
     r = roll(client, data, name="mine.mid", n=1, length=4)
     assert r.status_code == 422, r.text

@@ -71,8 +71,11 @@ def copied_figures(result: RollResult, corpus_dir: Path, codec, warn_bars: float
 
 
 def report(result: RollResult, metrics: dict[str, float]) -> str:
-    lines = [f"{len(result.variations)} variations in {result.seconds:.2f} s"
-             + (" (prompt cut to the model's context)" if result.prompt_truncated else "")]
+    lines = [f"{len(result.variations)} variations in {result.seconds:.2f} s"]
+    if result.prompt_bars:
+        a, b = result.prompt_bars
+        lines.append(f"  prompt: bars {a}-{b}, {result.prompt_notes} notes"
+                     + (" (trimmed: the last bars that fit the model's context)" if result.prompt_truncated else ""))
     for v in result.variations:
         lines.append(f"  {v.index + 1}: {v.generated_notes} new notes  " + "  ".join(str(p) for p in v.files.values()))
         key = f"copied/{v.index + 1}"

@@ -17,6 +17,7 @@ class Prompt(NamedTuple):
     end: int  # grid position where the prompt ends: the end of the kept bars (``keep_bars``), else the end of
     # the bar that holds its last onset. A length in bars or seconds is counted from here.
     parts: tuple[Part, ...] = (PIANO,)  # the prompt's instruments (the header of ``text``)
+    bars: tuple[int, int] | None = None  # the bars of the prompt file it holds, first and last (1-based)
 
 
 @dataclass
@@ -41,6 +42,7 @@ class RollResult:
     prompt_notes: int
     prompt_truncated: bool
     seconds: float
+    prompt_bars: tuple[int, int] | None = None  # the prompt file's bars the model read (Prompt.bars)
 
 
 class Goal(NamedTuple):

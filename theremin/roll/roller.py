@@ -144,6 +144,9 @@ class SamplingSettings:
     add_part: str | None = None
     # prompt parts left out before rolling (track names, families, programs): they neither sound nor play on
     mute: list[str] | str | None = None
+    # "A-B": bars A..B of the prompt are the prompt (the last ones that fit the context, when they do not all),
+    # and the roll continues after bar B; keep_bars=K is prompt_bars="1-K"
+    prompt_bars: str | None = None
 
     def check(self, limits: SamplingLimits | None = None) -> None:
         """Every field's type and range (bounded by ``limits``); messages name the field."""
@@ -171,6 +174,13 @@ class SamplingSettings:
         if self.key is not None and not isinstance(self.key, str):
             raise GenerateError(f"sampling.key={self.key!r}: use a key name such as 'D dorian'")
         self._check_parts()
+        if self.prompt_bars is not None:
+            bars = parse_bars(self.prompt_bars)
+            if self.keep_bars is not None:
+                raise GenerateError(f"sampling.prompt_bars={self.prompt_bars!r} and sampling.keep_bars="
+                                    f"{self.keep_bars}: set one (keep_bars=K is prompt_bars=1-K)")
+            if bars[1] > 100_000:
+                raise GenerateError(f"sampling.prompt_bars={self.prompt_bars!r}: bar {bars[1]} is past any song")
 
     def _check_parts(self) -> None:
         for name in ("instruments", "mute"):
@@ -218,9 +228,10 @@ class Roller:
         return self._constraints[key]
 
     # ---- prompt -----------------------------------------------------------------------------------------
-    def prompt(self, prompt: str | os.PathLike | Piece | None, keep_bars: int | None = None) -> Prompt:
-        """The prompt as midichar, cut to its first ``keep_bars`` bars and to the context (see :class:`Prompt`).
-        """
+    def prompt(self, prompt: str | os.PathLike | Piece | None, keep_bars: int | None = None,
+               bars: tuple[int, int] | None = None) -> Prompt:
+        """The prompt as midichar: bars ``bars`` (first, last; 1-based) of it, or its first ``keep_bars`` bars,
+        or all of it, and of those the last that fit the context (see :class:`Prompt`)."""
         if prompt is None:
             return Prompt("", (4, 4), False, 0)
         piece = prompt if isinstance(prompt, Piece) else _read_prompt(prompt)
@@ -230,23 +241,32 @@ class Roller:
         parts = tuple(piece.parts) if self.codec.instruments else (PIANO,)
         bar = self.bar_steps(ts)
         if keep_bars is not None:
-            end = round(keep_bars * bar)
-            if keep_bars > 0 and notes and notes[0][0] >= end:
+            bars = (1, keep_bars) if keep_bars > 0 else None
+            if keep_bars > 0 and notes and notes[0][0] >= round(keep_bars * bar):
                 raise GenerateError(_silent_keep_message(prompt, keep_bars, int(notes[0][0] // bar) + 1))
-            notes = [n for n in notes if n[0] < end]
+            if keep_bars == 0:  # roll from nothing on purpose
+                notes, tempos = [], []
+        first = 0
+        if bars is not None:
+            first, end = round((bars[0] - 1) * bar), round(bars[1] * bar)
+            last_bar = int(notes[-1][0] // bar) + 1 if notes else 0
+            if bars[0] > last_bar and keep_bars is None:
+                raise GenerateError(f"sampling.prompt_bars={bars[0]}-{bars[1]}: the prompt has {last_bar} bars")
+            notes = [n for n in notes if first <= n[0] < end]
             tempos = [t for t in tempos if t[0] < end]
         else:  # the end of the bar that holds the last onset: a length in bars fills whole bars
             end = round((notes[-1][0] // bar + 1) * bar) if notes else 0
         # the model reads the parts' sounds, not their names: a name its tokenizer never saw would be spelled in
         # bytes (4 tokens a letter) and crowd notes out of the context; the names come back in the variations
-        notes, tempos, shift, truncated = self._keep_recent(notes, tempos, bar, unnamed(parts))
-        return Prompt(self._grid_text(notes, tempos, unnamed(parts)), ts, truncated, end - shift, parts)
+        notes, tempos, shift, truncated = self._keep_recent(notes, tempos, bar, unnamed(parts), first)
+        kept = (int(shift // bar) + 1, int(end // bar)) if notes or bars else None
+        return Prompt(self._grid_text(notes, tempos, unnamed(parts)), ts, truncated, end - shift, parts, kept)
 
     def prompt_text(self, prompt: str | os.PathLike | Piece | None, keep_bars: int | None):
         """(text, time_signature, truncated): :meth:`prompt` without its end."""
         return self.prompt(prompt, keep_bars)[:3]
 
-    def _keep_recent(self, notes, tempos, bar: float, parts):
+    def _keep_recent(self, notes, tempos, bar: float, parts, first: int = 0):
         """(notes, tempos, shift, truncated): the most recent notes that fit half the context (the other half
         is for the continuation), cut at an onset and moved back by ``shift``, a whole number of bars, so bar
         lines stay where they were; the tempo in force at the cut comes along. When the last onset alone does
@@ -256,11 +276,11 @@ class Roller:
         room = self.model.block_size // 2
 
         def suffix(i: int):
-            if i == 0:
+            if i == 0 and first == 0:
                 return notes, tempos, 0
             if i >= len(notes):
                 return [], [], 0
-            cut = notes[i][0]
+            cut = notes[i][0] if i > 0 else first
             shift = int(cut // bar * bar)
             in_force = [(0, us) for p, us in tempos if p <= cut][-1:]
             return ([(p - shift, d, pi, v, pa) for p, d, pi, v, pa in notes[i:]],
@@ -270,8 +290,10 @@ class Roller:
             kept, kept_tempos, _ = suffix(i)
             return len(self.tok.encode(self._grid_text(kept, kept_tempos, parts))) + 1 <= room
 
-        if not notes or fits(0):
+        if not notes:
             return notes, tempos, 0, False
+        if fits(0):
+            return *suffix(0), False
         onsets = [i for i in range(len(notes)) if i == 0 or notes[i][0] != notes[i - 1][0]]
         i = _first_fitting([*onsets, len(notes)], fits)
         if i == len(notes):  # one chord longer than the room: keep its top notes (notes rise in pitch)
@@ -304,9 +326,9 @@ class Roller:
             if out_dir is not None:
                 self.write(result, Path(out_dir), s, render)
             return result
-        p = self.prompt(piece, s.keep_bars)
+        p = self.prompt(piece, s.keep_bars, parse_bars(s.prompt_bars) if s.prompt_bars else None)
         if p.truncated:
-            log.warning("the prompt is longer than the model's context: kept its most recent part")
+            log.info("the prompt is longer than the model's context: kept bars %d-%d", *p.bars)
         prompt_ids = [self.tok.bos_id, *self.tok.encode(p.text)]
         base = self._prompt_state(cons, prompt_ids)
         base.allowed_parts = self.allowed_parts(p.parts if piece is not None else None, s)
@@ -319,7 +341,8 @@ class Roller:
         prompt_keys = frozenset((n[0] * k, n[2]) for n in prompt_grid)
         variations = [self._variation(b, out[b, len(prompt_ids):].tolist(), prompt_ids, p, goal, prompt_keys)
                       for b in range(s.n)]
-        result = RollResult(variations, self.codec.count_notes(p.text), p.truncated, time.perf_counter() - t0)
+        result = RollResult(variations, self.codec.count_notes(p.text), p.truncated, time.perf_counter() - t0,
+                            p.bars)
         if out_dir is not None:
             self.write(result, Path(out_dir), s, render)
         return result
@@ -529,6 +552,21 @@ def _render_options(render: dict | None, out_dir) -> dict:
     if out_dir is not None and render["wav"] and sf and not Path(sf).is_file():
         raise GenerateError(f"soundfont {sf} does not exist")
     return render
+
+
+def parse_bars(spec) -> tuple[int, int]:
+    """"A-B" (or "A..B", "A:B", a [A, B] list, or "B" for 1-B) → (A, B), 1 <= A <= B; GenerateError otherwise."""
+    import re
+
+    if isinstance(spec, (list, tuple)) and len(spec) == 2:
+        spec = f"{spec[0]}-{spec[1]}"
+    m = re.fullmatch(r"\s*(\d{1,6})\s*(?:(?:-|\.\.|:)\s*(\d{1,6})\s*)?", str(spec))
+    if not m:
+        raise GenerateError(f"sampling.prompt_bars={str(spec)[:40]!r}: write the first and last bar, e.g. 9-16")
+    a, b = (int(m[1]), int(m[2])) if m[2] else (1, int(m[1]))
+    if not 1 <= a <= b:
+        raise GenerateError(f"sampling.prompt_bars={str(spec)[:40]!r}: bars count from 1 and the first comes first")
+    return a, b
 
 
 def unnamed(parts) -> tuple[Part, ...]:

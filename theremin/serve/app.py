@@ -243,6 +243,8 @@ ROLL_FORM = {  # the OpenAPI description of POST /api/rolls' form (the route par
             "add_part": {"type": "string", "example": "bass",
                          "description": "roll one new part over the prompt's bars (drums, a family or a program), "
                                         "or re-roll one of the prompt's tracks (its name)"},
+            "prompt_bars": {"type": "string", "example": "9-16",
+                            "description": "bars A-B of the prompt are the prompt; the roll continues after bar B"},
             "mute": {"type": "string", "example": "drums",
                      "description": "prompt parts left out before rolling (track names, families, programs)"},
         }}}}},
@@ -256,8 +258,9 @@ CONTINUE_BODY = {  # the OpenAPI description of POST /api/continue's body (the r
 
 def create_app(service: RollService, settings: HttpSettings | None = None) -> FastAPI:
     settings = settings or HttpSettings()
+    # /docs from the swagger-ui-bundle package's files, not a CDN: it works offline; no /redoc (a CDN only)
     app = FastAPI(title="theremin", summary="Roll musical ideas from a MIDI prompt.",
-                  description=__doc__, version="0.1.0")
+                  description=__doc__, version="0.1.0", docs_url=None, redoc_url=None)
     app.add_middleware(BodyLimit, limit=service.cfg.max_upload_bytes + FORM_OVERHEAD)
     app.add_middleware(Guard, settings=settings)  # the outermost: every answer passes through it
     app.state.service, app.state.http = service, settings
@@ -265,9 +268,27 @@ def create_app(service: RollService, settings: HttpSettings | None = None) -> Fa
     _add_info_routes(app, service, settings)
     _add_roll_routes(app, service, settings)
     _add_continue_route(app, service, settings)
+    _add_docs(app)
     if WEB.is_dir():
         app.mount("/", StaticFiles(directory=WEB, html=True), name="web")
     return app
+
+
+def _add_docs(app: FastAPI) -> None:
+    """GET /docs: Swagger UI over /openapi.json, its scripts and styles served from here: the files the
+    swagger-ui-py package ships (Swagger UI 5: it reads FastAPI's OpenAPI 3.1, which Swagger UI 4 cannot)."""
+    from importlib.resources import files
+
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    app.mount("/docs/static", StaticFiles(directory=str(files("swagger_ui") / "static")), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="theremin API",
+                                   swagger_js_url="/docs/static/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/static/swagger-ui.css",
+                                   swagger_favicon_url="/docs/static/favicon-32x32.png")
 
 
 def _add_error_handlers(app: FastAPI, service: RollService) -> None:

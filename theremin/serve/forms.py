@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from theremin.config import conf_dir, known_settings
 from theremin.errors import ThereminError
 from theremin.roll.constraints import ConstraintError, parse_key
-from theremin.roll.roller import SamplingLimits, SamplingSettings
+from theremin.roll.roller import GenerateError, SamplingLimits, SamplingSettings, parse_bars
 
 SETTINGS_FIELDS = tuple(f.name for f in fields(SamplingSettings))
 NONE_WORDS = {"none", "null", "off"}  # an explicit "no filter" for top_k/top_p/min_p/... over a preset's value
@@ -50,6 +50,7 @@ class Limits(SamplingLimits):
     max_keep_bars: int = 256
     max_polyphony: int = 32
     max_key_chars: int = 40
+    max_prompt_notes: int = 50_000  # a whole song is trimmed to its last bars that fit; this bounds the reading
 
 
 def load_presets(folder: Path | None = None) -> dict[str, dict]:
@@ -127,6 +128,14 @@ def _add_part(value: str, limits: Limits) -> str:
     return value.strip()  # a prompt's track (re-rolled) or a new part: resolved against the prompt
 
 
+def _prompt_bars(value: str) -> str:
+    try:
+        a, b = parse_bars(value)
+    except GenerateError as e:
+        raise FieldError(str(e).removeprefix("sampling.")) from None
+    return f"{a}-{b}"
+
+
 def parse_settings(form: Mapping[str, str], presets: dict[str, dict], limits: Limits, vocab_size: int,
                    extra: tuple[str, ...] = ()) -> SamplingSettings:
     """SamplingSettings from request fields (strings). ``extra``: other field names the route accepts."""
@@ -158,13 +167,14 @@ def parse_settings(form: Mapping[str, str], presets: dict[str, dict], limits: Li
         "instruments": lambda v: _instruments(v, limits),
         "mute": lambda v: _instruments(v, limits, "mute"),
         "add_part": lambda v: _add_part(v, limits),
+        "prompt_bars": lambda v: _prompt_bars(v),
     }
     for name, value in values.items():
         if name not in parse:
             continue  # a route's own field (prompt, demo_prompt)
         if value.lower() in NONE_WORDS and name in ("top_k", "top_p", "min_p", "keep_bars", "pitch_range", "key",
                                                     "max_polyphony", "max_new_tokens", "register_margin",
-                                                    "instruments", "add_part", "mute"):
+                                                    "instruments", "add_part", "mute", "prompt_bars"):
             s[name] = None
         else:
             s[name] = parse[name](value)

@@ -170,25 +170,16 @@ class RollService:
             raise PromptError(f"prompt {name!r}: {e.reason}") from None
         except GenerateError as e:
             raise PromptError(str(e)) from None
-        # cheap bound before any encoding: even at several notes per token this never fits the context
-        if len(piece.notes) > 4 * self.model.block_size:
-            raise PromptError(f"prompt {name!r}: {len(piece.notes)} notes, far longer than the model's context "
-                              f"({self.model.block_size} tokens); send a few bars, or set keep_bars")
+        # a whole song is welcome (its last bars that fit the context are the prompt); this bounds the work
+        if len(piece.notes) > self.limits.max_prompt_notes:
+            raise PromptError(f"prompt {name!r}: {len(piece.notes):,} notes, more than a prompt may have "
+                              f"(limits.max_prompt_notes={self.limits.max_prompt_notes:,}); send a part of the song")
         return piece
 
     def demo_prompt(self, name: str) -> Piece:
         if name not in self.prompts:
             raise FieldError(f"demo_prompt={name!r}: not a built-in prompt; use one of {', '.join(self.prompts)}")
         return self.prompts[name]
-
-    def _check_context(self, piece: Piece | None, s: SamplingSettings, name: str) -> None:
-        if piece is None:
-            return
-        _, _, truncated = self.roller.prompt_text(piece, s.keep_bars)
-        if truncated:
-            room = self.model.block_size // 2
-            raise PromptError(f"prompt {name!r} is longer than the model's context (the prompt may use {room} of "
-                              f"its {self.model.block_size} tokens): send fewer bars, or set keep_bars")
 
     # ---- rolls (worker threads) ---------------------------------------------------------------------------
     def submit(self, fn, *args):
@@ -219,7 +210,6 @@ class RollService:
                 piece = self.demo_prompt(demo_prompt)
                 (folder / "prompt.mid").write_bytes(self.prompt_midi(demo_prompt))
                 prompt_name = demo_prompt
-            self._check_context(piece, settings, prompt_name)
             result = self.roller.roll(piece, settings)  # files are made on their first GET (_make_file)
             variations = []
             for v in result.variations:
@@ -231,7 +221,8 @@ class RollService:
             meta = {"id": roll_id, "settings": _settings_dict(settings), "seed": settings.seed,
                     "time_signature": list(ts),
                     "prompt": {"name": prompt_name if piece is not None else None, "notes": result.prompt_notes,
-                               "parts": _parts(piece)},
+                               "bars": list(result.prompt_bars) if result.prompt_bars else None,
+                               "trimmed": result.prompt_truncated, "parts": _parts(piece)},
                     "seconds": round(result.seconds, 3), "variations": variations}
             self.store.save_meta(folder, meta)
         except BaseException:
@@ -248,7 +239,6 @@ class RollService:
             path = Path(tmp) / "prompt.mid"
             path.write_bytes(body)
             piece = self._read_prompt(path, name)
-            self._check_context(piece, settings, name)
             result = self.roller.roll(piece, settings)
             self.roller.write(result, Path(tmp), settings, {"wav": False, "png": False})
             return result.variations[0].files["mid_new" if new_only else "mid"].read_bytes()

@@ -72,6 +72,7 @@ async function setPrompt(blob, name, plan = null) {
     let last = 0;
     for (const n of midi.notes) last = Math.max(last, n.end);
     const bars = Math.ceil(last / beatsPerBar);
+    state.promptBars = bars;
     const odd = midi.oddMeter ? ` (its time signature ${midi.oddMeter} is not a meter: drawn in 4/4)` : "";
     const tracks = midi.parts.length > 1 ? `, ${midi.parts.length} tracks` : "";
     $("prompt-info").textContent = `${name}: ${midi.notes.length} notes, ${bars} bars${tracks}${odd}`;
@@ -336,6 +337,11 @@ function fields(keepBars) {
   const lo = $("pitch-lo").value, hi = $("pitch-hi").value; // one end left empty: MIDI's own end there
   if (lo !== "" || hi !== "") put("pitch_range", `${lo === "" ? 0 : lo},${hi === "" ? 127 : hi}`);
   if (keepBars != null) put("keep_bars", keepBars);
+  else if ($("bars-from").value !== "" || $("bars-to").value !== "") {
+    // one field filled: from bar 1, or up to the last bar the prompt has
+    const last = Math.max(1, state.promptBars || 1);
+    put("prompt_bars", `${$("bars-from").value || 1}-${$("bars-to").value || last}`);
+  }
   if (state.prompt) {
     f.append("prompt", state.prompt.blob, state.prompt.name);
     const plan = partPlan();
@@ -363,6 +369,11 @@ async function roll(keepBars = null) {
     addHistory(entry, state.history.length);
     showRoll(entry);
     $("status").textContent = `rolled in ${body.seconds.toFixed(2)} s (seed ${body.seed})`;
+    const p = body.prompt || {};
+    $("prompt-bars-used").textContent = p.bars
+      ? `the model read bars ${p.bars[0]}-${p.bars[1]} (${p.notes} notes)` +
+        (p.trimmed ? ": the last bars that fit its context" : "")
+      : "";
   } catch (e) {
     showError(e.message);
     markStale(true);
