@@ -54,10 +54,34 @@ def demo_prompt(corpus_dir: Path, input_dir: Path) -> Path:
     return input_dir / sorted(val)[0]
 
 
+def set_aside_stale_run(cfg) -> None:
+    """The demo resumes its own run; a run an older theremin made with another codec cannot resume (its tokenizer
+    and corpus differ), so it is moved aside, kept, and the demo starts afresh."""
+    from theremin.codec.midichar import MidiChar
+    from theremin.config import plain
+    from theremin.model.checkpoint import open_checkpoint
+
+    run_dir = Path(cfg.paths.output_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.exists():
+        return
+    try:
+        same = open_checkpoint(last, with_tokenizer=False).codec.config == MidiChar(
+            **{k: v for k, v in plain(cfg.codec).items() if k != "_target_"}).config
+    except ThereminError:
+        same = False
+    if not same:
+        aside = run_dir.with_name(f"{run_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(aside)
+        log.warning("the demo's earlier run (%s) was made with another codec: moved to %s, starting afresh",
+                    run_dir, aside)
+
+
 def run(overrides: list[str], n: int = 4, bars: int = 2, length_bars: int = 4) -> dict:
 
     t0 = time.perf_counter()
     cfg = demo_config(overrides)
+    set_aside_stale_run(cfg)
     metrics = train(cfg)
     t_train = time.perf_counter() - t0
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
