@@ -3,8 +3,9 @@
 For each MIDI file: its midichar text through the tokenizer; each token belongs to the bar of the note it
 completes (tokens that complete no note, e.g. rests and part switches, to the next note's bar); then, at every
 bar line B from bar 9 on (the roll point), the most whole bars before B whose tokens fit the prompt's room
-(``block_size * prompt_share`` tokens, the header with the parts included). Printed: the median and the 10th
-percentile over all (file, B), per set, tokenizer and context, and the tokens per bar.
+(``block_size * prompt_share`` tokens, the header with the parts' sounds included: the Roller leaves names
+out). Printed: the median and the 10th percentile over all (file, B), per set, tokenizer and context, and the
+tokens per bar.
 
     .venv/bin/python scripts/bench_context.py --tokenizer data/corpus/bach/tokenizers/spm2048-... \\
         --set pop909='/data/pop909/midi/0*.mid' --set band='/data/band/*.mid' --block 256 512 1024 2048
@@ -24,10 +25,12 @@ import numpy as np
 def bar_tokens(tok, path: str) -> tuple[np.ndarray, int] | None:
     """(tokens per bar, header tokens) of one file, or None when it cannot be read."""
     from theremin.music.midi import MidiError, read_midi
+    from theremin.roll.roller import unnamed
 
     codec = tok.codec
     try:
         piece = read_midi(path)
+        piece.parts = list(unnamed(piece.parts))  # as the Roller gives it to the model: sounds, not names
         text = codec.encode(piece)
     except (MidiError, Exception) as e:  # a bench reports and goes on
         print(f"  skipped {Path(path).name}: {e}"[:160], file=sys.stderr)

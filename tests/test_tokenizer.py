@@ -480,3 +480,32 @@ def test_a_100k_note_piece_trains_in_parts_and_round_trips(tmp_path, monkeypatch
     tok = MidiTokenizer.train(corpus, 2000, tmp_path / "tok", CODEC, num_threads=1)
     assert seen and seen[0] <= SPM_MAX_LINE  # what sentencepiece was given
     assert tok.decode(tok.encode(text)) == text
+
+
+def test_a_multi_part_corpus_reserves_a_piece_for_every_instrument_switch(tmp_path):
+    """Issue 18/20: a band prompt's instruments the corpus never had (a bass in a piano + drums corpus) cost one
+    token a switch, not four byte tokens; a single-instrument corpus keeps its vocabulary as it was."""
+    import random
+
+    from theremin.codec.midichar import MidiChar
+    from theremin.codec.tokenizer import MidiTokenizer
+    from theremin.music.midi import Note, Part, Piece
+
+    codec, rng = MidiChar(), random.Random(7)
+    lines = []
+    for _ in range(120):
+        notes = [Note(i * 120, i * 120 + 40 * rng.randint(1, 12), rng.randint(40, 90), rng.choice((40, 80, 110)), 0)
+                 for i in range(64)]
+        notes += [Note(i * 240, i * 240 + 120, rng.choice((35, 36, 38, 42, 46, 49)), 100, 1) for i in range(32)]
+        lines.append(codec.encode(Piece(notes, 480, parts=[Part(0, False, "Keys"), Part(0, True, "")])))
+    corpus = tmp_path / "band.txt"
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tok = MidiTokenizer.train(corpus, 2048, tmp_path / "tok", codec=codec, char_budget=0.75)
+    bass = codec.select_char(Part(33), 0)
+    assert bass not in "".join(lines) and tok.sp.piece_to_id(bass) != tok.unk_id
+    assert len(tok.encode(bass + lines[0][-1])) <= 2
+    solo = tmp_path / "solo.txt"
+    solo.write_text("\n".join(codec.encode(Piece([n for n in codec.decode(ln).notes if n.part == 0], 480))
+                              for ln in lines) + "\n", encoding="utf-8")
+    plain = MidiTokenizer.train(solo, 2048, tmp_path / "tok2", codec=codec, char_budget=0.75)
+    assert plain.sp.piece_to_id(bass) == plain.unk_id

@@ -48,13 +48,14 @@ import sentencepiece as spm
 
 from theremin.codec import cache
 from theremin.codec.cache import META_FILE
-from theremin.codec.midichar import BASE, SOUNDS, MidiChar
+from theremin.codec.midichar import BASE, DECL, SELECT, SOUNDS, MidiChar
 from theremin.config import known_settings
 from theremin.errors import ThereminError
 from theremin.fsio import atomic_write, file_sha256
-from theremin.music.midi import Note, Piece
+from theremin.music.midi import Note, Part, Piece
 
 FORMAT_VERSION = 1
+PLAN_VERSION = 2  # the char plan (_char_plan): 2 reserves a piece for each instrument switch of a multi-part corpus
 MODEL_FILE = "spm.model"
 N_META = 3 + 256  # unk, bos, eos + one piece per byte (byte_fallback)
 FACTOR_LO, FACTOR_HI = 0xE000, 0xF8FF  # BMP private use: 3-byte UTF-8, never whitespace, never a midichar
@@ -523,12 +524,27 @@ def _char_plan(codec: MidiChar, counts: Counter, opts: dict, vocab_size: int, te
     dropped = set(others[room // 2:]) if len(others) > room else set()
     room -= len(others) - len(dropped)
     notes = sorted((c for c, n in counts.items() if codec.is_note(c)), key=lambda c: (-counts[c], c))
+    parts = _part_switches(codec, counts, room)
+    room -= len(parts)
     keep = [c for c in notes if counts[c] >= opts["min_count"]][:room]
     rare = set(notes) - set(keep)
-    extra_lines = factors.chars()  # one factor char per line: each a piece, adding no pairs for BPE to count
+    # one char per line: each a piece, adding no pairs for BPE to count
+    extra_lines = factors.chars() + parts
     n_chars = len(set(counts) - (rare | dropped) | set(extra_lines))
     return _CharPlan({c: factors.factor(c) for c in rare}, dropped, extra_lines, n_chars,
                      sum(counts[c] for c in rare))
+
+
+def _part_switches(codec: MidiChar, counts: Counter, room: int) -> list[str]:
+    """The switches to each instrument (first part of each sound: SELECT ordinal 0) that a corpus with several
+    parts does not hold, as pieces of their own: a prompt's bass or strings the corpus never had then cost one
+    token a switch, not four byte tokens. Only for a corpus that has parts (a single-instrument corpus keeps its
+    vocabulary as it was) and while they take at most half the room left for notes."""
+    if not codec.instruments or not any(codec.char_class(c) in (SELECT, DECL) for c in counts):
+        return []
+    switches = [codec.select_char(Part(p % 128, p >= 128), 0) for p in range(256)]
+    missing = [c for c in switches if c not in counts]
+    return missing if 2 * len(missing) <= room else []
 
 
 def _train_spm(lines: list[str], extra_lines: list[str], prefix: Path, vocab_size: int, opts: dict, text_file,
@@ -608,8 +624,11 @@ def _check_vocab_size(vocab_size: int, n_chars: int, lines: list[str], opts: dic
 # ---- cache ----------------------------------------------------------------------------------------------------
 def cache_key(corpus_sha256: str, vocab_size: int, codec: MidiChar, **options) -> str:
     opts = {k: v for k, v in _norm_options(options).items() if k not in _RUNTIME_OPTIONS}
-    blob = json.dumps({"format": FORMAT_VERSION, "corpus": corpus_sha256, "vocab_size": int(vocab_size),
-                       "options": opts, "codec": codec.config}, sort_keys=True)
+    blob = {"format": FORMAT_VERSION, "corpus": corpus_sha256, "vocab_size": int(vocab_size), "options": opts,
+            "codec": codec.config}
+    if codec.instruments:  # the char plan reserves part switches (issue 18): another tokenizer than before
+        blob["plan"] = PLAN_VERSION
+    blob = json.dumps(blob, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -167,6 +167,12 @@ def data_kwargs(cfg, init) -> dict:
         with open_dict(cfg):
             cfg.codec.instruments = False
     check_codec(init, plain(cfg.codec))
+    base_context = int(init.model_config.block_size)
+    if int(cfg.data.block_size) > base_context:  # e.g. a base trained at 256 before the default became 512
+        log.warning("data.block_size=%s exceeds the context of init_from=%s: fine-tuning at its %d tokens",
+                    cfg.data.block_size, init.path, base_context)
+        with open_dict(cfg):
+            cfg.data.block_size = base_context
     cache = cfg.data.get("tokenizer_cache") or Path(str(cfg.data.corpus_dir)) / "tokenizers"
     return {"tokenizer_dir": str(base_tokenizer_dir(init, cache))}
 
