@@ -62,6 +62,26 @@ def drum_pattern(bars: int = 2, *, tpb: int = 480, velocity: int = 100) -> list[
     return out
 
 
+def band_piece(rng: random.Random, parts, bars: int = 4):
+    """A theremin Piece: chords on the pitched parts, a bass line on a program-33 part, kick/snare/hats on a drum
+    part (a part index per Note), on an 8th-note grid."""
+    from theremin.music.midi import Note, Piece
+
+    notes = []
+    for k, part in enumerate(parts):
+        for beat in range(4 * bars):
+            t = beat * 480
+            if part.is_drum:
+                notes += [Note(t + s, t + s + 60, 42, 90, k) for s in (0, 240)]
+                notes.append(Note(t, t + 60, 36 if beat % 2 == 0 else 38, 110, k))
+            elif part.program == 33:
+                notes.append(Note(t, t + 480, rng.choice([28, 31, 33, 36, 40, 43]), 90, k))
+            else:
+                notes += [Note(t, t + rng.choice([240, 480]), p, 80, k)
+                          for p in sorted(rng.sample(range(55, 76), rng.randint(1, 3)))]
+    return Piece(sorted(notes, key=lambda n: (n.start, n.pitch)), 480, parts=list(parts))
+
+
 # ---------------------------------------------------------------------------------------- miditoolkit files
 
 

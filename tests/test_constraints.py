@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 
+import midi_factory
 import pytest
 import torch
 
@@ -280,20 +281,7 @@ OTHERS = [Part(25, False), Part(48, False, "strings"), Part(0, False, "keys 2")]
 
 
 def band_piece(rng: random.Random, parts, bars: int = 4) -> Piece:
-    """Chords on the keys (and other pitched parts), a bass line, kick/snare/hats on the drums."""
-    notes = []
-    for k, part in enumerate(parts):
-        for beat in range(4 * bars):
-            t = beat * 480
-            if part.is_drum:
-                notes += [Note(t + s, t + s + 60, 42, 90, k) for s in (0, 240)]
-                notes.append(Note(t, t + 60, 36 if beat % 2 == 0 else 38, 110, k))
-            elif part.program == 33:
-                notes.append(Note(t, t + 480, rng.choice([28, 31, 33, 36, 40, 43]), 90, k))
-            else:
-                notes += [Note(t, t + rng.choice([240, 480]), p, 80, k)
-                          for p in sorted(rng.sample(range(55, 76), rng.randint(1, 3)))]
-    return Piece(sorted(notes, key=lambda n: (n.start, n.pitch)), 480, parts=list(parts))
+    return midi_factory.band_piece(rng, parts, bars)
 
 
 BAND_PROMPT = CODEC.encode(band_piece(random.Random(7), [KEYS, BASS, DRUMS], bars=1))

@@ -135,21 +135,8 @@ KEYS, BASS, DRUMS = Part(0, False, "keys"), Part(33, False, "bass"), Part(0, Tru
 
 
 def band_piece(seed: int, parts=(KEYS, BASS, DRUMS), bars: int = 4) -> Piece:
-    """Chords on the keys, a bass line, kick/snare/hats on the drums (a part index per Note), 8th-note grid."""
-    rng = random.Random(seed)
-    notes = []
-    for k, part in enumerate(parts):
-        for beat in range(4 * bars):
-            t = beat * 480
-            if part.is_drum:
-                notes += [Note(t + s, t + s + 60, 42, 90, k) for s in (0, 240)]
-                notes.append(Note(t, t + 60, 36 if beat % 2 == 0 else 38, 110, k))
-            elif part.program == 33:
-                notes.append(Note(t, t + 480, rng.choice([28, 31, 33, 36, 40, 43]), 90, k))
-            else:
-                notes += [Note(t, t + rng.choice([240, 480]), p, 80, k)
-                          for p in sorted(rng.sample(range(55, 76), rng.randint(1, 3)))]
-    return Piece(sorted(notes, key=lambda n: (n.start, n.pitch)), 480, parts=list(parts))
+    """Chords on the keys, a bass line, kick/snare/hats on the drums (tests/midi_factory.band_piece)."""
+    return mf.band_piece(random.Random(seed), parts, bars)
 
 
 def single_part_relative(codec: MidiChar, text: str, forward: bool) -> str:

@@ -210,6 +210,19 @@ class Constraints:
                 return g, o - start
         return None
 
+    def _note_step_pitch(self, ch: str, cls: int, fg, step: int) -> tuple[int, int | None] | None:
+        """(onset step, pitch field) a note char or factor char gives, within a token whose last known step is
+        ``step`` (a factor char that does not hold the step keeps it; one that does not hold the pitch gives
+        None for it); None for any other char."""
+        c = self.codec
+        if fg is not None:
+            s = self._factor_field(*fg, "step")
+            return (step if s is None else c.steps[s]), self._factor_field(*fg, "pitch")
+        if cls == NOTE:
+            step_i, _, _, rel = c.split_note(ch)
+            return c.steps[step_i], rel
+        return None
+
     def _factor_field(self, g: int, v: int, name: str) -> int | None:
         """The value of note field ``name`` held by factor char ``v`` of group ``g`` (None if not there)."""
         fields = self.factors.groups[g]
@@ -386,18 +399,13 @@ class Constraints:
         out, rising, moved, step, opening, pending = [], [], False, 0, True, False
         for ch in piece:
             cls, fg = c.char_class(ch), self._factor_group(ch)
-            if fg is not None:
-                s = self._factor_field(*fg, "step")
-                step = step if s is None else c.steps[s]
-                rel = self._factor_field(*fg, "pitch")
-                if rel is None:
-                    pending = True
-                    continue
-            elif cls == NOTE:
-                step_i, _, _, rel = c.split_note(ch)
-                step = c.steps[step_i]
-            else:
+            got = self._note_step_pitch(ch, cls, fg, step)
+            if got is None:
                 moved |= cls == REST
+                continue
+            step, rel = got
+            if rel is None:
+                pending = True
                 continue
             new = moved or step != 0 or (opening and new_onset)
             anchor = first if new else prev
@@ -654,16 +662,12 @@ class Constraints:
 
         for ch in piece:
             cls, fg = c.char_class(ch), self._factor_group(ch)
-            if fg is not None:
-                s = self._factor_field(*fg, "step")
-                step = step if s is None else c.steps[s]
-                rel = self._factor_field(*fg, "pitch")
+            got = self._note_step_pitch(ch, cls, fg, step)
+            if got is not None:
+                step, rel = got
                 if rel is None:
                     pending = True
                     continue
-            elif cls == NOTE:
-                step_i, _, _, rel = c.split_note(ch)
-                step = c.steps[step_i]
             else:
                 clock += cls == REST
                 if cls == SELECT or (cls == DECL and not declared):
