@@ -141,3 +141,20 @@ def test_the_daw_file_has_a_track_per_instrument_and_the_prompt_apart(band, tmp_
         clip = symusic.Score(str(v.files["mid_new"]))
         assert not any(t.name.startswith("prompt") for t in clip.tracks)
         assert sum(len(t.notes) for t in clip.tracks) == v.generated_notes
+
+
+def test_add_part_takes_prompt_bars_and_refuses_a_part_the_model_cannot_play(band):
+    roller, prompt = band
+    res = roller.roll(prompt, SamplingSettings(n=1, seed=2, add_part="Keys", prompt_bars="2-3"))
+    assert res.prompt_bars == (2, 3)
+    v = res.variations[0]
+    assert all(0 <= n.start < 2 * BAR for n in v.piece.notes)  # bars 2-3 moved to bars 1-2
+    given = read_midi(prompt)
+    others = [n for n in given.notes if BAR <= n.start < 3 * BAR and given.parts[n.part].name != "Keys"]
+    assert sorted((n.start, n.pitch) for n in v.piece.notes if v.piece.parts[n.part].name != "Keys") == sorted(
+        (n.start - BAR, n.pitch) for n in others)
+    # the band corpus never had strings: their switch is no token of the model, so it could never play them
+    from theremin.roll.parts import PartSpecError
+
+    with pytest.raises(PartSpecError, match=r"no token for a switch to String Ensemble 1"):
+        roller.roll(prompt, SamplingSettings(n=1, add_part="strings"))

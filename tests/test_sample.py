@@ -398,3 +398,15 @@ def test_generate_cli(trained, prompt, tmp_path):
         assert bad.stderr.startswith("theremin-generate: error: ") and message in bad.stderr
         assert "Traceback" not in bad.stderr
         assert not list((tmp_path / f"bad{i}").glob("variation_*"))
+
+
+def test_a_prompt_whose_parts_alone_fill_the_context_is_refused_with_the_reason(roller, tmp_path):
+    """130 tracks (every program, drums): their header leaves no room for a note; said, not crashed."""
+    import midi_factory as mf
+
+    extra = [{"notes": [(i * 120, i * 120 + 100, 40 + i % 40, 80)], "program": i, "name": f"t{i}"} for i in range(128)]
+    path = mf.make_midi(tmp_path / "many.mid", mf.scale(60), drums=mf.drum_pattern(1), extra_tracks=extra)
+    with pytest.raises(GenerateError, match="130 parts alone fill the model's context"):
+        roller.roll(path, SamplingSettings(n=1, length=4))
+    res = roller.roll(path, SamplingSettings(n=1, length=4, mute=[f"t{i}" for i in range(128)]))
+    assert res.prompt_notes > 0

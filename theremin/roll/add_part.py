@@ -16,7 +16,7 @@ import dataclasses
 
 from theremin.music.midi import Note, Part, Piece
 from theremin.roll.parts import PartSpecError, describe, new_part, select_parts
-from theremin.roll.results import Goal, RollResult, Variation
+from theremin.roll.results import Goal, RollResult, Variation, parse_bars
 
 MAX_TOKENS_PER_BEAT = 64  # a beat of one part: a few notes, their switches and rests
 
@@ -49,20 +49,32 @@ def mute_parts(piece: Piece, specs) -> Piece:
 
 def roll_new_part(roller, piece: Piece, s, cons) -> RollResult:
     """``s.n`` variations of the prompt ``piece`` with the part ``s.add_part`` rolled over its bars (see the
-    module docstring). The span: the prompt's first ``s.keep_bars`` bars, else up to the end of the bar that
-    holds its last onset; ``s.length`` does not apply."""
+    module docstring). The span: the prompt's bars ``s.prompt_bars`` (moved to start at bar 1) or its first
+    ``s.keep_bars`` bars, else up to the end of the bar that holds its last onset; ``s.length`` does not apply."""
     codec = roller.codec
     rest, part = split_new_part(piece, s.add_part)  # PartSpecError names what the prompt has
     ts = piece.time_signatures[0][1:] if piece.time_signatures else (4, 4)
     bar = roller.bar_steps(ts)
     all_notes, _ = codec.quantize(piece)
-    end = round(s.keep_bars * bar) if s.keep_bars else (round((all_notes[-1][0] // bar + 1) * bar) if all_notes else 0)
+    first, end = 0, (round((all_notes[-1][0] // bar + 1) * bar) if all_notes else 0)
+    bars = (1, round(end / bar))
+    if s.prompt_bars:
+        bars = parse_bars(s.prompt_bars)
+        first, end = round((bars[0] - 1) * bar), round(bars[1] * bar)
+    elif s.keep_bars:
+        end, bars = round(s.keep_bars * bar), (1, s.keep_bars)
     given, tempos = codec.quantize(rest)
-    given = [n for n in given if n[0] < end]
+    given = [(p - first, *n[1:]) for n in given if first <= (p := n[0]) < end]
+    tempos = [(0, us) for t, us in tempos if t <= first][-1:] + [(t - first, us) for t, us in tempos if t > first]
+    end -= first
     parts = [*rest.parts, part] if rest.notes else [part]
     if not rest.notes:
         given = []
     keys = codec.part_keys(parts)  # refuses a 13th part of one sound before any rolling
+    if roller.tok.sp.piece_to_id(keys[-1]) == roller.tok.unk_id:  # spelled in bytes: never sampled
+        raise PartSpecError(f"sampling.add_part={s.add_part!r}: this model's tokenizer has no token for a switch to "
+                            f"{describe([part])}: its training corpus never had that part beside others, so the "
+                            "model cannot play it (train on pieces where it plays with the others)")
     mine = len(parts) - 1
     k = codec.ticks_per_beat // codec.grid
     variations = []
@@ -73,7 +85,7 @@ def roll_new_part(roller, piece: Piece, s, cons) -> RollResult:
         out.time_signatures = [(0, *ts)]
         variations.append(Variation(b, text, out, end * k, len(new),
                                     prompt_notes=frozenset((n[0] * k, n[2]) for n in given), clip_from=0))
-    return RollResult(variations, len(given), False, 0.0)
+    return RollResult(variations, len(given), False, 0.0, bars)
 
 
 def _roll_one(roller, cons, s, b: int, given, tempos, parts, mine: int, allowed, end: int, bar: float) -> list:

@@ -14,7 +14,8 @@ from theremin.music.midi import Part
 
 FAMILIES = ("Piano", "Chromatic Percussion", "Organ", "Guitar", "Bass", "Strings", "Ensemble", "Brass", "Reed",
             "Pipe", "Synth Lead", "Synth Pad", "Synth Effects", "Ethnic", "Percussive", "Sound Effects")
-# the program a new part of a family gets (add_part=bass): the family's most common sound in pop MIDI
+# the program a new part of a family gets (add_part=bass): the family's most common sound in pop MIDI (strings: GM
+# program 48, String Ensemble 1, which General MIDI files under "ensemble": what a musician means by strings)
 FAMILY_PROGRAM = {"piano": 0, "chromatic percussion": 11, "organ": 16, "guitar": 25, "bass": 33, "strings": 48,
                   "ensemble": 48, "brass": 61, "reed": 65, "pipe": 73, "synth lead": 80, "synth pad": 88,
                   "synth effects": 96, "ethnic": 104, "percussive": 112, "sound effects": 120}

@@ -6,8 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from theremin.errors import ThereminError
 from theremin.music.midi import PIANO, Part, Piece
 from theremin.roll.constraints import RowState
+
+
+class GenerateError(ThereminError):
+    """Bad input to generation (checkpoint, prompt, settings); the message names the input."""
 
 
 class Prompt(NamedTuple):
@@ -55,3 +60,18 @@ class Goal(NamedTuple):
 
     def reached(self, row: RowState) -> bool:
         return row.notes - self.prompt_notes >= self.notes if self.notes is not None else row.cursor >= self.end
+
+
+def parse_bars(spec) -> tuple[int, int]:
+    """"A-B" (or "A..B", "A:B", a [A, B] list, or "B" for 1-B) → (A, B), 1 <= A <= B; GenerateError otherwise."""
+    import re
+
+    if isinstance(spec, (list, tuple)) and len(spec) == 2:
+        spec = f"{spec[0]}-{spec[1]}"
+    m = re.fullmatch(r"\s*(\d{1,6})\s*(?:(?:-|\.\.|:)\s*(\d{1,6})\s*)?", str(spec))
+    if not m:
+        raise GenerateError(f"sampling.prompt_bars={str(spec)[:40]!r}: write the first and last bar, e.g. 9-16")
+    a, b = (int(m[1]), int(m[2])) if m[2] else (1, int(m[1]))
+    if not 1 <= a <= b:
+        raise GenerateError(f"sampling.prompt_bars={str(spec)[:40]!r}: bars count from 1 and the first comes first")
+    return a, b

@@ -22,7 +22,6 @@ import torch
 
 from theremin.codec.midichar import MidiChar
 from theremin.codec.tokenizer import MidiTokenizer
-from theremin.errors import ThereminError
 from theremin.model.checkpoint import DEFAULT_MAX_PARAMS, CheckpointError, open_checkpoint
 from theremin.model.gpt import GPT
 from theremin.music.midi import (
@@ -44,15 +43,11 @@ from theremin.music.render import piano_roll_png, render_wav
 from theremin.roll.add_part import mute_parts, roll_new_part
 from theremin.roll.constraints import Constraints, RowState
 from theremin.roll.parts import PartSpecError, new_part, select_parts
-from theremin.roll.results import Goal, Prompt, RollResult, Variation
+from theremin.roll.results import GenerateError, Goal, Prompt, RollResult, Variation, parse_bars
 
 log = logging.getLogger("theremin.roll.roller")
 
 PIANO_KEYS = (21, 108)  # the register of a roll from nothing (A0-C8)
-
-
-class GenerateError(ThereminError):
-    """Bad input to generation (checkpoint, prompt, settings); the message names the input."""
 
 
 @dataclass(frozen=True)
@@ -258,7 +253,12 @@ class Roller:
             end = round((notes[-1][0] // bar + 1) * bar) if notes else 0
         # the model reads the parts' sounds, not their names: a name its tokenizer never saw would be spelled in
         # bytes (4 tokens a letter) and crowd notes out of the context; the names come back in the variations
+        had_notes = bool(notes)
         notes, tempos, shift, truncated = self._keep_recent(notes, tempos, bar, unnamed(parts), first)
+        if had_notes and not notes:  # not even one note fits beside the header that declares the parts
+            raise GenerateError(f"{'the prompt' if isinstance(prompt, Piece) else f'prompt {prompt}'}: its "
+                                f"{len(parts)} parts alone fill the model's context ({self.model.block_size} tokens); "
+                                "leave some out (sampling.mute) or send fewer tracks")
         kept = (int(shift // bar) + 1, int(end // bar)) if notes or bars else None
         return Prompt(self._grid_text(notes, tempos, unnamed(parts)), ts, truncated, end - shift, parts, kept)
 
@@ -328,7 +328,7 @@ class Roller:
             return result
         p = self.prompt(piece, s.keep_bars, parse_bars(s.prompt_bars) if s.prompt_bars else None)
         if p.truncated:
-            log.info("the prompt is longer than the model's context: kept bars %d-%d", *p.bars)
+            log.info("the prompt is longer than the model's context: kept bars %s", p.bars)
         prompt_ids = [self.tok.bos_id, *self.tok.encode(p.text)]
         base = self._prompt_state(cons, prompt_ids)
         base.allowed_parts = self.allowed_parts(p.parts if piece is not None else None, s)
@@ -432,7 +432,7 @@ class Roller:
         out = self.model.generate(idx, goal.max_new, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                                   min_p=s.min_p, generator=gen, logits_hook=hook, stop_fn=stop)
         short = [b + 1 for b, row in enumerate(rows) if not (row.done or goal.reached(row))]
-        if short:
+        if short and s.add_part is None:  # add_part rolls beat by beat: a beat may end on its token cap
             log.warning("variation(s) %s stopped at %d tokens before reaching sampling.length=%s %s",
                         ", ".join(map(str, short)), goal.max_new, s.length, s.unit)
         return out
@@ -552,21 +552,6 @@ def _render_options(render: dict | None, out_dir) -> dict:
     if out_dir is not None and render["wav"] and sf and not Path(sf).is_file():
         raise GenerateError(f"soundfont {sf} does not exist")
     return render
-
-
-def parse_bars(spec) -> tuple[int, int]:
-    """"A-B" (or "A..B", "A:B", a [A, B] list, or "B" for 1-B) → (A, B), 1 <= A <= B; GenerateError otherwise."""
-    import re
-
-    if isinstance(spec, (list, tuple)) and len(spec) == 2:
-        spec = f"{spec[0]}-{spec[1]}"
-    m = re.fullmatch(r"\s*(\d{1,6})\s*(?:(?:-|\.\.|:)\s*(\d{1,6})\s*)?", str(spec))
-    if not m:
-        raise GenerateError(f"sampling.prompt_bars={str(spec)[:40]!r}: write the first and last bar, e.g. 9-16")
-    a, b = (int(m[1]), int(m[2])) if m[2] else (1, int(m[1]))
-    if not 1 <= a <= b:
-        raise GenerateError(f"sampling.prompt_bars={str(spec)[:40]!r}: bars count from 1 and the first comes first")
-    return a, b
 
 
 def unnamed(parts) -> tuple[Part, ...]:
