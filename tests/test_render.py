@@ -9,6 +9,7 @@ message given when it is missing always runs, on a simulated absence.
 from __future__ import annotations
 
 import ctypes.util
+import os
 import re
 import subprocess
 import sys
@@ -323,6 +324,15 @@ def test_importing_render_stays_cheap():
     code = "import sys, theremin.music.render; print(sorted({'matplotlib', 'fluidsynth'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_general_midi_tables_and_fluidsynth_print_nothing_on_import():
+    # pyfluidsynth prints "'fluidsynth' was found at ..." when CI is set; theremin-score's stdout is its answer
+    code = ("from theremin.music import gm; from theremin.music.render import _import_fluidsynth; "
+            "gm.family_name(33); _import_fluidsynth()")
+    env = {**os.environ, "CI": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out == ""
 
 
 # ---------------------------------------------------------------------------------------------- piano roll

@@ -131,10 +131,10 @@ def score_texts(model, tok: Tokenizer, lines: list[str], names: list[str], block
 
 def note_families(codec, text: str) -> list[str]:
     """The instrument family of each note of a midichar text, in text order ("Drums" for a drum part)."""
-    import pretty_midi
+    from theremin.music.gm import family_name
 
     _, _, parts = codec.decode_parts(text)
-    fam = ["Drums" if p.is_drum else pretty_midi.program_to_instrument_class(p.program) for p in parts]
+    fam = ["Drums" if p.is_drum else family_name(p.program) for p in parts]
     return [fam[n[4]] for n in codec.decode_grid(text)[0]]
 
 

@@ -238,9 +238,9 @@ def track_name(name: str, program: int, is_drum: bool) -> str:
 
 def default_name(program: int, is_drum: bool) -> str:
     """General MIDI's name of a program ("Drums" on channel 10), from pretty_midi's table."""
-    import pretty_midi
+    from theremin.music.gm import program_name
 
-    return "Drums" if is_drum else pretty_midi.program_to_instrument_name(program)
+    return "Drums" if is_drum else program_name(program)
 
 
 def merge_notes(start, end, pitch, velocity, part=None) -> list[Note]:

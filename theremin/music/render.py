@@ -29,6 +29,7 @@ from pathlib import Path
 
 from theremin.errors import ThereminError
 from theremin.fsio import atomic_write
+from theremin.music.gm import quiet_import
 from theremin.music.midi import PIANO, Note, Part, Piece, default_name
 
 PROMPT_COLOR = "#4c72b0"  # blue: the notes the model was given
@@ -82,7 +83,7 @@ def default_soundfont() -> Path:
 
 def _import_fluidsynth():
     try:  # lazy: an optional native library, loaded only when a WAV is rendered
-        import fluidsynth
+        fluidsynth = quiet_import("fluidsynth")  # quiet: it prints where it found the library when CI is set
     except (ImportError, OSError) as e:
         # pyfluidsynth raises ImportError when it cannot find the library, OSError when ctypes cannot load it
         raise RenderError(_MISSING_LIBRARY) from e
@@ -381,10 +382,9 @@ def part_label(part: Part) -> str:
         return f"{part.name} (Drums)" if part.name and part.name != "Drums" else "Drums"
     if not 0 <= part.program <= 127:
         return part.name or f"program {part.program}"
-    import pretty_midi  # lazy: heavy (numpy, mido), and only a legend needs it
+    from theremin.music.gm import family_name  # lazy: pretty_midi is heavy (numpy, mido), only a legend needs it
 
-    family = pretty_midi.program_to_instrument_class(part.program)
-    return f"{part.name or default_name(part.program, False)} ({family})"
+    return f"{part.name or default_name(part.program, False)} ({family_name(part.program)})"
 
 
 def _part_at(piece: Piece, k: int) -> Part:

@@ -37,7 +37,7 @@ def family(part: Part) -> str:
 
 def _program(spec: str) -> int | None:
     """A GM program from a number or a GM instrument name, else None."""
-    import pretty_midi
+    from theremin.music.gm import program_of
 
     if spec.isdigit():
         p = int(spec)
@@ -45,7 +45,7 @@ def _program(spec: str) -> int | None:
             raise PartSpecError(f"program {p}: General MIDI programs are 0..127")
         return p
     try:
-        return int(pretty_midi.instrument_name_to_program(spec.title() if spec.islower() else spec))
+        return program_of(spec.title() if spec.islower() else spec)
     except ValueError:
         return None
 
