@@ -16,7 +16,7 @@ from theremin.errors import ThereminError
 from theremin.metrics.copies import CopyIndex
 from theremin.metrics.notes import _split_paths, corpus_codec, load_corpus
 from theremin.metrics.style import _crop, _sample_files, evaluate, marked_prompt_notes
-from theremin.music.midi import CLIP_SUFFIX, MidiError, joined_prompt_parts, read_midi
+from theremin.music.midi import CLIP_SUFFIX, MidiError
 
 
 def _table(columns: dict[str, dict[str, float]]) -> str:
@@ -68,8 +68,7 @@ def _main(argv: Sequence[str] | None) -> int:
             continue
         try:
             marked = marked_prompt_notes(f)
-            samples.append(codec.encode(joined_prompt_parts(read_midi(f))) if marked is not None
-                           else codec.encode_file(f))
+            samples.append(codec.encode_file(f))  # read_midi folds a roll's "prompt: <name>" tracks back
         except (MidiError, CodecError) as e:
             print(f"skipped: {e}", file=sys.stderr)
             continue

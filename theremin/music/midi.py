@@ -208,25 +208,6 @@ PROMPT_TRACK = "prompt: "  # a rolled variation's file names the prompt's tracks
 CLIP_SUFFIX = "_new.mid"  # a rolled variation's new notes alone (variation_NN_new.mid)
 
 
-def joined_prompt_parts(piece: Piece) -> Piece:
-    """A rolled variation as it was rolled: each "prompt: <name>" part joined with the part of that name and
-    sound (the prompt's instruments played on), or renamed to it; the joined part takes the prompt part's place."""
-    parts: list[Part] = []
-    where: dict[int, int] = {}
-    for i, p in enumerate(piece.parts):
-        if p.name.startswith(PROMPT_TRACK):
-            where[i] = len(parts)
-            parts.append(Part(p.program, p.is_drum, track_name(p.name[len(PROMPT_TRACK):], p.program, p.is_drum)))
-    for i, p in enumerate(piece.parts):
-        if i not in where:
-            home = next((k for k, q in enumerate(parts) if q == p and k in where.values()), None)
-            where[i] = home if home is not None else len(parts)
-            if home is None:
-                parts.append(p)
-    notes = sorted(Note(n.start, n.end, n.pitch, n.velocity, where[n.part]) for n in piece.notes)
-    return Piece(notes, piece.ticks_per_beat, list(piece.tempos), list(piece.time_signatures), parts)
-
-
 def track_name(name: str, program: int, is_drum: bool) -> str:
     """A track's name as a Part keeps it: "" for none, or for General MIDI's own name of its sound (what
     :func:`write_midi` writes for an unnamed part), so that an unnamed part reads back unnamed; also "" for
