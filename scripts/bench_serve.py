@@ -2,21 +2,28 @@
 
     python scripts/bench_serve.py                          # the demo model (make demo)
     python scripts/bench_serve.py --ckpt path.ckpt --clients 1,8,50 --requests 40
+    python scripts/bench_serve.py --clients 1 --length 4 --unit bars --song '~/midi/songs/*.mid'
 
 Starts the real server (`theremin-serve`, its own process, so its peak RSS is its own), warms it up, then for
 each client count runs `--requests` rolls in total, spread over that many concurrent clients (each a thread
 with its own HTTP connection, sending its next roll as soon as the last is answered). Each roll is
 POST /api/rolls with a built-in prompt (the first held-out piece of the model's corpus when there is one).
 Prints p50/p95 latency, rolls/s, the server's peak RSS (VmHWM) and the count of 5xx answers (must be 0).
+With ``--song`` (a file or glob, repeatable), each level runs a second time with whole songs uploaded as the
+prompt (each roll the next song, round robin): the server trims each to its last bars that fit the context,
+so this row is the cost of reading, trimming and encoding a whole multi-track file on top of the roll.
 
 Targets (issue 9): rolls/s with 8 clients >= 3x rolls/s with 1 client (cross-request batching), p95 at 8
-clients <= 2 s on 2 CPU cores. A roll answers with its MIDI files; WAV and PNG are rendered on first GET and
-are not part of this figure (see theremin/serve/store.py).
+clients <= 2 s on 2 CPU cores. Issue 20: 4 x 4 bars (``--length 4 --unit bars``) with one client,
+p95 <= 0.5 s on 2 cores with the default model, for whole-song prompts too. A roll answers with its MIDI
+files; WAV and PNG are rendered on first GET and are not part of this figure (see theremin/serve/store.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import itertools
 import os
 import socket
 import statistics
@@ -59,11 +66,13 @@ def start_server(ckpt: str, port: int, run_dir: Path, extra: list[str]) -> subpr
     raise SystemExit("theremin-serve did not become healthy in 120 s")
 
 
-def run_level(url: str, clients: int, requests: int, fields: dict) -> dict:
-    """`requests` rolls over `clients` concurrent clients: latencies, statuses, wall time."""
+def run_level(url: str, clients: int, requests: int, fields: dict, songs: list[Path] = ()) -> dict:
+    """`requests` rolls over `clients` concurrent clients: latencies, statuses, wall time. With ``songs``, each
+    roll uploads the next of them as its prompt (read before the clock starts)."""
     todo = list(range(requests))
     lock = threading.Lock()
     latencies, statuses = [], []
+    uploads = itertools.cycle([(f.name, f.read_bytes()) for f in songs]) if songs else None
 
     def client():
         with httpx.Client(timeout=120) as http:
@@ -72,9 +81,10 @@ def run_level(url: str, clients: int, requests: int, fields: dict) -> dict:
                     if not todo:
                         return
                     todo.pop()
+                    files = {"prompt": next(uploads)} if uploads else None
                 t = time.perf_counter()
                 try:
-                    status = http.post(f"{url}/api/rolls", data=fields).status_code
+                    status = http.post(f"{url}/api/rolls", data=fields, files=files).status_code
                 except httpx.HTTPError:
                     status = 599  # no answer: counts as a server failure
                 with lock:
@@ -101,11 +111,20 @@ def main() -> None:
     ap.add_argument("--clients", default="1,8,50")
     ap.add_argument("--requests", type=int, default=0, help="rolls per level (default: max(12, 3 x clients))")
     ap.add_argument("--n", type=int, default=4)
-    ap.add_argument("--notes", type=int, default=64)
+    ap.add_argument("--notes", type=int, default=64, help="the length in notes (same as --length N --unit notes)")
+    ap.add_argument("--length", type=float, default=None, help="the length of each variation, in --unit")
+    ap.add_argument("--unit", default="notes", choices=["notes", "bars", "seconds"])
+    ap.add_argument("--song", action="append", default=[], help="a whole-song prompt file or glob (repeatable)")
     ap.add_argument("--server-arg", action="append", default=[], help="a theremin-serve override, e.g. workers=8")
     args = ap.parse_args()
     if not Path(args.ckpt).is_file():
         raise SystemExit(f"{args.ckpt} does not exist: run `make demo` (or theremin-train) first, or pass --ckpt")
+    songs = sorted({Path(f) for pattern in args.song for f in (glob.glob(os.path.expanduser(pattern)) or [pattern])})
+    missing = [str(f) for f in songs if not f.is_file()]
+    if missing:
+        raise SystemExit(f"--song {missing[0]}: no such file")
+    length = args.length if args.length is not None else args.notes
+    length_text = f"{length:g} {args.unit}"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
@@ -114,19 +133,29 @@ def main() -> None:
             info = httpx.get(f"{url}/api/model").json()
             prompts = [p["name"] for p in httpx.get(f"{url}/api/prompts").json()["prompts"]]
             prompt = next((p for p in prompts if p not in ("c-major-scale", "pop-progression")), prompts[0])
-            fields = {"demo_prompt": prompt, "n": str(args.n), "length": str(args.notes), "unit": "notes"}
-            run_level(url, 2, 6, fields)  # warm-up: constraint masks, allocator, the first PNG-free rolls
+            fields = {"n": str(args.n), "length": f"{length:g}", "unit": args.unit}
+            demo = {"demo_prompt": prompt, **fields}
+            run_level(url, 2, 6, demo)  # warm-up: constraint masks, allocator, the first PNG-free rolls
+            if songs:
+                run_level(url, 1, 2, fields, songs)
             print(f"model {info['checkpoint']}: {info['params'] / 1e6:.2f}M params, vocab {info['vocab']}, "
-                  f"block {info['block_size']}; prompt {prompt!r}; {args.n} variations x {args.notes} notes; "
-                  f"{os.cpu_count()} CPUs")
-            print(f"{'clients':>7} {'rolls':>6} {'p50 s':>7} {'p95 s':>7} {'rolls/s':>8} {'5xx':>4} {'429':>4} "
-                  f"{'4xx':>4} {'peak RSS MB':>12}")
+                  f"block {info['block_size']}; {args.n} variations x {length_text}; {os.cpu_count()} CPUs")
+            print(f"prompts: built-in {prompt!r}" + (f"; whole songs: {len(songs)} files "
+                                                     f"({', '.join(f.name for f in songs[:4])}"
+                                                     f"{', ...' if len(songs) > 4 else ''})" if songs else ""))
+            print(f"{'prompt':>10} {'clients':>7} {'rolls':>6} {'p50 s':>7} {'p95 s':>7} {'rolls/s':>8} {'5xx':>4} "
+                  f"{'429':>4} {'4xx':>4} {'peak RSS MB':>12}")
             rates = {}
             for clients in (int(c) for c in args.clients.split(",")):
-                r = run_level(url, clients, args.requests or max(12, 3 * clients), fields)
-                rates[clients] = r["rolls_per_s"]
-                print(f"{clients:>7} {r['rolls']:>6} {r['p50']:>7.2f} {r['p95']:>7.2f} {r['rolls_per_s']:>8.2f} "
-                      f"{r['5xx']:>4} {r['429']:>4} {r['other']:>4} {peak_rss_mb(proc.pid):>12.0f}")
+                for kind, kind_fields, kind_songs in (("built-in", demo, []), ("whole song", fields, songs)):
+                    if kind == "whole song" and not songs:
+                        continue
+                    r = run_level(url, clients, args.requests or max(12, 3 * clients), kind_fields, kind_songs)
+                    if kind == "built-in":
+                        rates[clients] = r["rolls_per_s"]
+                    print(f"{kind:>10} {clients:>7} {r['rolls']:>6} {r['p50']:>7.2f} {r['p95']:>7.2f} "
+                          f"{r['rolls_per_s']:>8.2f} {r['5xx']:>4} {r['429']:>4} {r['other']:>4} "
+                          f"{peak_rss_mb(proc.pid):>12.0f}")
             health = httpx.get(f"{url}/api/health").json()
             print(f"batching: {health['steps']} shared forward passes, {health['mean_rows_per_step']:.1f} rows each "
                   "on average")

@@ -25,8 +25,8 @@ def band_file(path, seed: int, bars: int = 4):
 
 
 @pytest.fixture(scope="module")
-def band(tmp_path_factory):
-    """(roller, a band prompt) from a nano model trained 80 steps on 40 band pieces made in code."""
+def band_ckpt(tmp_path_factory):
+    """(checkpoint, a band prompt): a nano model trained 80 steps on 40 band pieces made in code."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
@@ -52,7 +52,13 @@ def band(tmp_path_factory):
         del cfg["hydra"]
     train(cfg)
     prompt = band_file(tmp_path_factory.mktemp("bprompt") / "prompt.mid", 99, bars=4)
-    return Roller.load(out / "checkpoints" / "last.ckpt"), prompt
+    return out / "checkpoints" / "last.ckpt", prompt
+
+
+@pytest.fixture(scope="module")
+def band(band_ckpt):
+    """(roller, a band prompt)."""
+    return Roller.load(band_ckpt[0]), band_ckpt[1]
 
 
 def sounds(piece, notes=None):
@@ -120,6 +126,28 @@ def test_add_part_rolls_a_bass_line_over_the_prompts_bars(band, tmp_path):
     assert got > 0
 
 
+def test_the_server_writes_the_same_clips(band, band_ckpt, tmp_path):
+    """The server writes a roll's files on their first GET, from roll.json: an added part's clip starts at the
+    prompt's bar 1 there too, and each variation's clip_notes is what its clip holds."""
+    from conftest import make_service
+
+    roller, prompt = band
+    svc = make_service(band_ckpt[0], tmp_path / "rolls")
+    try:
+        for settings in (SamplingSettings(n=2, seed=4, add_part="bass", mute=["Bass"]),
+                         SamplingSettings(n=2, length=32, seed=3)):
+            meta = svc.roll(settings, prompt.read_bytes(), "prompt.mid")
+            direct = roller.roll(prompt, settings, out_dir=tmp_path / "direct", render={"wav": False, "png": False})
+            for v, d in zip(meta["variations"], direct.variations, strict=True):
+                served = read_midi(svc.file(meta["id"], f"variation_{v['index']:02d}_new.mid"))
+                written = read_midi(d.files["mid_new"])
+                assert len(served.notes) == v["clip_notes"] > 0
+                assert [(n.start, n.pitch) for n in served.notes] == [(n.start, n.pitch) for n in written.notes]
+            assert svc.present(meta)["variations"][0]["clip_notes"] == meta["variations"][0]["clip_notes"]
+    finally:
+        svc.close()
+
+
 def test_add_part_named_after_a_track_rerolls_it(band):
     roller, prompt = band
     res = roller.roll(prompt, SamplingSettings(n=2, seed=6, add_part="Keys"))
@@ -140,7 +168,9 @@ def test_the_daw_file_has_a_track_per_instrument_and_the_prompt_apart(band, tmp_
         assert {t.program for t in tracks if t.name.endswith("Bass")} == {33}
         clip = symusic.Score(str(v.files["mid_new"]))
         assert not any(t.name.startswith("prompt") for t in clip.tracks)
-        assert sum(len(t.notes) for t in clip.tracks) == v.generated_notes
+        # the new notes from the roll point's bar on (a note added to the prompt's last chord sounds before it)
+        from_bar = v.prompt_end_tick // BAR * BAR
+        assert sum(len(t.notes) for t in clip.tracks) == sum(n.start >= from_bar for n in new_notes(v)) > 0
 
 
 def test_add_part_takes_prompt_bars_and_refuses_a_part_the_model_cannot_play(band):

@@ -139,14 +139,16 @@ def test_roll_listen_download_keep_reroll_and_errors_in_chromium(browser, server
     path = tmp_path / "download.mid"
     download.value.save_as(path)
     assert len(read_midi(path).notes) > len(piece.notes)
-    # and the new notes alone (a clip from bar 1): as many as the card says
+    # and the new notes alone (a clip from bar 1): as many as its link says (the card counts also the notes
+    # added to the prompt's last chord, which sound before the roll point)
     for i in range(N):
         expect(cards.nth(i).locator("a.download-new")).to_have_text("new notes only (clip)")
     with page.expect_download() as download:
         cards.nth(0).locator("a.download-new").click()
     download.value.save_as(tmp_path / "clip.mid")
     new = int(re.search(r"(\d+) new notes", cards.nth(0).locator("h3").text_content())[1])
-    assert len(read_midi(tmp_path / "clip.mid").notes) == new > 0
+    clip = int(re.search(r"roll point on \((\d+)\)", cards.nth(0).locator("a.download-new").get_attribute("title"))[1])
+    assert len(read_midi(tmp_path / "clip.mid").notes) == clip > 0 and clip <= new
 
     # keep variation 2 (it becomes the prompt), then roll again with the space bar
     cards.nth(1).locator(".keep").click()
@@ -354,17 +356,50 @@ def test_docs_work_offline(browser, server):
 
 
 def test_a_whole_song_is_trimmed_not_refused(browser, server, tmp_path):
-    """Issue 20.2: a whole song dropped on the page rolls on from its last bars that fit the context, and the
-    page says which bars the model read."""
+    """Issue 20.2-20.4: a whole multi-track song dropped on the page rolls on from its last bars that fit the
+    context, and the page says which bars the model read; bars chosen in the two fields are the prompt, and the
+    card's clip holds the new notes alone, from bar 1, on the song's instruments."""
     song = mf.make_midi(tmp_path / "song.mid", [(i * 240, i * 240 + 200, 60 + (i * 7) % 12, 80) for i in range(400)],
                         extra_tracks=[{"notes": [(i * 960, i * 960 + 900, 36 + i % 5, 90) for i in range(100)],
                                        "program": 33, "name": "Bass"}])
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page = browser.new_page(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page.add_init_script(RECORD_FORMS)
     page.goto(server)
     expect(page.locator("#model-info")).to_contain_text("params")
-    page.set_input_files("#prompt-file", str(song))
+    data = page.evaluate_handle(DROP, ["song.mid", list(song.read_bytes())])
+    page.dispatch_event("#drop", "drop", {"dataTransfer": data})
+    expect(page.locator("#part-list .part")).to_have_count(2)
     page.click("#roll")
     expect(page.locator("#prompt-bars-used")).to_contain_text("the last bars that fit its context")
     expect(page.locator("#error")).to_be_hidden()
     expect(page.locator("#cards .card").first).to_be_visible()
+
+    # bars 3-4 chosen: the model reads those bars (the last that fit) and rolls what comes after bar 4
+    page.fill("#bars-from", "3")
+    page.fill("#bars-to", "4")
+    page.fill("#length", "2")
+    page.select_option("#unit", "bars")
+    with page.expect_response(lambda r: r.url.endswith("/api/rolls") and r.request.method == "POST") as answer:
+        page.click("#roll")
+    assert page.evaluate("window.sentForms.at(-1)")["prompt_bars"] == "3-4"
+    assert answer.value.ok, answer.value.text()
+    body = answer.value.json()
+    first, last = body["prompt"]["bars"]  # the test model's context (128 tokens) may hold bar 4 alone
+    assert last == 4 and first in (3, 4) and body["prompt"]["trimmed"] is (first == 4), body["prompt"]
+    expect(page.locator("#prompt-bars-used")).to_contain_text(
+        f"the model read bars {first}-4 ({body['prompt']['notes']} notes)")
+
+    # the clip: only the new notes, from bar 1, on the song's instruments, no prompt track
+    with page.expect_download() as download:
+        page.locator("#cards .card").first.locator("a.download-new").click()
+    download.value.save_as(tmp_path / "clip.mid")
+    import symusic
+
+    clip = symusic.Score(str(tmp_path / "clip.mid"))
+    played = [t for t in clip.tracks if len(t.notes)]
+    assert played, clip.tracks
+    assert not any(t.name.startswith("prompt:") for t in clip.tracks), clip.tracks
+    assert {t.program for t in played} <= {0, 33}, clip.tracks
+    end = max(n.time for t in played for n in t.notes)
+    assert end < 8 * clip.ticks_per_quarter, end  # the 2 new bars from bar 1 (in the variation the prompt's come first)
     page.close()

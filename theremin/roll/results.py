@@ -36,8 +36,8 @@ class Variation:
     # (start tick, pitch) of the notes that came from the prompt: a note the model adds on the prompt's last
     # onset starts before the prompt's end yet is generated
     prompt_notes: frozenset[tuple[int, int]] = frozenset()
-    # the tick where the new-notes clip's bar 1 starts (add_part: 0, the prompt's own bar 1); None: the bar of
-    # the first new note (a continuation)
+    # the tick where the new-notes clip's bar 1 starts (add_part: 0, the prompt's own bar 1); None: the bar that
+    # holds the prompt's end, the roll point (a continuation)
     clip_from: int | None = None
 
 

@@ -533,13 +533,15 @@ def daw_piece(v: Variation) -> Piece:
 
 
 def new_notes_piece(v: Variation) -> Piece:
-    """Only the variation's new notes, moved to start at bar 1 (by whole bars, so the meter holds), with the
-    tempo in force there, the meter and the instruments of the whole variation."""
+    """Only the variation's new notes, moved by whole bars (so the meter holds) to start at bar 1, with the
+    tempo in force there, the meter and the instruments of the whole variation. A continuation's bar 1 is the
+    bar of the roll point, the same for every variation, so its clip drops in the DAW right after the prompt's
+    bars; a note the model added to the prompt's last chord sounds before it and stays in the whole variation."""
     p = v.piece
-    new = [n for n in p.notes if not _is_prompt_note(v, n)]
     num, den = (p.time_signatures[0][1:] if p.time_signatures else (4, 4))
     bar = round(num * 4 / den * p.ticks_per_beat)
-    shift = v.clip_from if v.clip_from is not None else (min(n.start for n in new) // bar * bar) if new else 0
+    shift = v.clip_from if v.clip_from is not None else v.prompt_end_tick // bar * bar
+    new = [n for n in p.notes if not _is_prompt_note(v, n) and n.start >= shift]
     in_force = [(0, us) for t, us in p.tempos if t <= shift][-1:]
     tempos = in_force + [(t - shift, us) for t, us in p.tempos if t > shift]
     notes = [Note(n.start - shift, n.end - shift, n.pitch, n.velocity, n.part) for n in new]

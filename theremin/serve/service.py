@@ -28,7 +28,15 @@ from theremin.errors import ThereminError
 from theremin.music.midi import MidiError, Piece, default_name, read_midi, write_midi
 from theremin.music.render import RenderError, RenderTimeout, RenderTooLarge, piano_roll_png, render_wav, wav_size
 from theremin.roll.parts import family
-from theremin.roll.roller import GenerateError, Roller, RollResult, SamplingSettings, Variation, check_meter
+from theremin.roll.roller import (
+    GenerateError,
+    Roller,
+    RollResult,
+    SamplingSettings,
+    Variation,
+    check_meter,
+    new_notes_piece,
+)
 from theremin.serve.engine import BatchedModel, BatchEngine, RollTimeout, set_deadline
 from theremin.serve.figures import Figures
 from theremin.serve.forms import FieldError, Limits, load_presets, parse_settings
@@ -214,7 +222,9 @@ class RollService:
             variations = []
             for v in result.variations:
                 figures = self.figures.of(v.text, result.prompt_notes) if self.figures else {}
+                # clip_notes: the clip's (from the roll point's bar; a note added to the prompt's last chord is not)
                 variations.append({"index": v.index + 1, "notes": v.generated_notes, "text": v.text,
+                                   "clip_notes": len(new_notes_piece(v).notes), "clip_from": v.clip_from,
                                    "prompt_end_tick": v.prompt_end_tick, "figures": figures,
                                    "prompt_notes": sorted(map(list, v.prompt_notes))})
             ts = result.variations[0].piece.time_signatures[0][1:] if result.variations else (4, 4)
@@ -275,7 +285,8 @@ class RollService:
         if path.suffix == ".mid":  # the variation and its new notes alone: both written together
             settings = SamplingSettings(**{**meta["settings"], "pitch_range": _tuple(meta["settings"]["pitch_range"])})
             variation = Variation(index - 1, v["text"], piece, v["prompt_end_tick"], v["notes"],
-                                  prompt_notes=frozenset(map(tuple, v.get("prompt_notes", []))))
+                                  prompt_notes=frozenset(map(tuple, v.get("prompt_notes", []))),
+                                  clip_from=v.get("clip_from"))  # add_part's clip starts at the prompt's bar 1
             self.roller.write(RollResult([variation], meta["prompt"]["notes"], False, 0.0), folder, settings,
                               {"wav": False, "png": False})
         elif path.suffix == ".wav":
@@ -319,7 +330,7 @@ class RollService:
         base = f"/api/rolls/{meta['id']}"
         out = {k: meta[k] for k in ("id", "settings", "seed", "seconds")}
         out["prompt"] = {**meta["prompt"], "midi": f"{base}/prompt.mid" if meta["prompt"]["name"] else None}
-        out["variations"] = [{"index": v["index"], "notes": v["notes"],
+        out["variations"] = [{"index": v["index"], "notes": v["notes"], "clip_notes": v.get("clip_notes", v["notes"]),
                               **{ext: f"{base}/variation_{v['index']:02d}.{ext}" for ext in ("mid", "wav", "png")},
                               "midi_new": f"{base}/variation_{v['index']:02d}_new.mid",
                               "figures": v["figures"]} for v in meta["variations"]]

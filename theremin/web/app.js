@@ -418,7 +418,7 @@ function card(body, v) {
         title="the prompt and the new notes">MIDI</a>
       ${v.midi_new ? `<a class="button secondary download-new" href="${v.midi_new}"
         download="theremin-${body.id.slice(0, 8)}-${v.index}-new.mid"
-        title="only the new notes, from bar 1: a clip to drag into a DAW">new notes only (clip)</a>` : ""}
+        title="only the new notes from the roll point on (${v.clip_notes ?? v.notes}), moved to bar 1: a clip to drag into a DAW">new notes only (clip)</a>` : ""}
       <button type="button" class="keep primary">keep: roll on from here</button>
     </div>
     <p class="figures muted">${figures}</p>`;
