@@ -374,9 +374,20 @@ def test_a_whole_song_is_trimmed_not_refused(browser, server, tmp_path):
     expect(page.locator("#error")).to_be_hidden()
     expect(page.locator("#cards .card").first).to_be_visible()
 
-    # bars 3-4 chosen: the model reads those bars (the last that fit) and rolls what comes after bar 4
-    page.fill("#bars-from", "3")
-    page.fill("#bars-to", "4")
+    # the roll shows the bars the model read (a bar under them); with nothing chosen, nothing is greyed
+    assert page.evaluate("state.readBars[1]") == page.evaluate("state.promptBars")
+
+    # bars 3-4 chosen by a drag across the prompt's roll (from the middle of bar 4 back to bar 3): the fields
+    # follow; the model reads those bars (the last that fit) and rolls what comes after bar 4
+    bars = page.evaluate("state.promptBars")
+    box = page.locator("#prompt-roll").bounding_box()
+    at = lambda bar: (box["x"] + (bar - 0.5) / bars * box["width"], box["y"] + box["height"] / 2)  # noqa: E731
+    page.mouse.move(*at(4))
+    page.mouse.down()
+    page.mouse.move(*at(3.2), steps=4)
+    page.mouse.up()
+    expect(page.locator("#bars-from")).to_have_value("3")
+    expect(page.locator("#bars-to")).to_have_value("4")
     page.fill("#length", "2")
     page.select_option("#unit", "bars")
     with page.expect_response(lambda r: r.url.endswith("/api/rolls") and r.request.method == "POST") as answer:

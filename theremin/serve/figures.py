@@ -41,7 +41,13 @@ class Figures:
     def of(self, text: str, prompt_notes: int) -> dict[str, float]:
         notes = decode_notes(text, self.codec)
         gen = _generated(notes, prompt_notes)
-        out = {"style/pitch_class_overlap": histogram_overlap(pitch_class_histogram([gen]), self._pc),
-               "style/interval_oa": histogram_overlap(interval_histogram([gen]), self._iv)}
+        # a figure is left out when the new notes give it nothing to measure (a drums-only roll has no pitch
+        # classes; one pitched onset, no interval): 0 would read as "nothing like the corpus"
+        pcs, ivs = pitch_class_histogram([gen]), interval_histogram([gen])
+        out = {}
+        if pcs.sum():
+            out["style/pitch_class_overlap"] = histogram_overlap(pcs, self._pc)
+        if ivs.sum():
+            out["style/interval_oa"] = histogram_overlap(ivs, self._iv)
         out["memo/longest_copied_notes"] = float(self._index.find(notes, prompt_notes).length)
         return {k: round(v, 4) for k, v in out.items()}

@@ -21,7 +21,8 @@ const NONE_WORDS = ["none", "null", "off"]; // a field of only such a word means
 const MAX_PART_CHARS = 40; // the server's limits.max_key_chars: the longest add_part
 // state.midi: the prompt as parsed here; state.roles: per track "keep", "mute" or "reroll"; state.addPart: a
 // family (or drums) to add, "" for none
-const state = { prompt: null, presets: {}, history: [], busy: false, midi: null, roles: [], addPart: "", loading: 0 };
+const state = { prompt: null, presets: {}, history: [], busy: false, midi: null, roles: [], addPart: "", loading: 0,
+  readBars: null, layout: null, promptBars: 0 };
 
 function showError(message) {
   const box = $("error");
@@ -55,6 +56,7 @@ async function setPrompt(blob, name, plan = null) {
   const loading = ++state.loading; // a prompt picked while another is read wins over it
   state.prompt = blob ? { blob, name } : null;
   state.midi = null;
+  state.readBars = null;
   state.roles = [];
   state.addPart = "";
   $("others-join").checked = false;
@@ -232,12 +234,45 @@ function partPlan() {
   return plan;
 }
 
+// the prompt's roll with its tracks' roles, the chosen bars (the two fields) and the bars the last roll read
+function drawPrompt() {
+  const from = parseInt($("bars-from").value, 10), to = parseInt($("bars-to").value, 10);
+  const chosen = Number.isFinite(from) || Number.isFinite(to)
+    ? [Number.isFinite(from) ? from : 1, Number.isFinite(to) ? to : Math.max(1, state.promptBars || 1)] : null;
+  state.layout = drawPianoRoll($("prompt-roll"), state.midi, state.roles, { chosen, read: state.readBars });
+}
+
+// a drag across the prompt's roll picks its bars A..B (a click: that bar alone)
+function wireBarDrag() {
+  const canvas = $("prompt-roll");
+  const barOf = (e) => {
+    const r = canvas.getBoundingClientRect();
+    return state.layout && state.layout.barAt(((e.clientX - r.left) / r.width) * canvas.width);
+  };
+  let start = null;
+  const pick = (e) => {
+    const bar = barOf(e);
+    if (start == null || !bar) return;
+    $("bars-from").value = Math.min(start, bar);
+    $("bars-to").value = Math.max(start, bar);
+    drawPrompt();
+  };
+  canvas.addEventListener("pointerdown", (e) => {
+    start = barOf(e);
+    if (!start) return;
+    canvas.setPointerCapture(e.pointerId);
+    pick(e);
+  });
+  canvas.addEventListener("pointermove", pick);
+  canvas.addEventListener("pointerup", (e) => { pick(e); start = null; });
+}
+
 function showParts() {
   const midi = state.midi;
   const box = $("parts");
   const rerolled = state.roles.indexOf("reroll");
   if (midi && rerolled >= 0 && !rerollOf(rerolled, midi.parts, state.roles)) state.roles[rerolled] = "keep"; // muted all else
-  drawPianoRoll($("prompt-roll"), midi, state.roles);
+  drawPrompt();
   if (!midi || !midi.parts.length) {
     box.hidden = true;
     $("part-list").replaceChildren();
@@ -370,6 +405,8 @@ async function roll(keepBars = null) {
     showRoll(entry);
     $("status").textContent = `rolled in ${body.seconds.toFixed(2)} s (seed ${body.seed})`;
     const p = body.prompt || {};
+    state.readBars = p.bars && state.prompt === entry.prompt ? p.bars : null;
+    drawPrompt();
     $("prompt-bars-used").textContent = p.bars
       ? `the model read bars ${p.bars[0]}-${p.bars[1]} (${p.notes} notes)` +
         (p.trimmed ? ": the last bars that fit its context" : "")
@@ -483,6 +520,8 @@ async function init() {
     showParts();
   });
   $("others-join").addEventListener("change", showPlan);
+  for (const id of ["bars-from", "bars-to"]) $(id).addEventListener("input", drawPrompt);
+  wireBarDrag();
   $("demo-prompt").addEventListener("change", (e) => pickDemo(e.target.value).catch((err) => showError(err.message)));
   $("clear-prompt").addEventListener("click", () => { $("demo-prompt").value = ""; setPrompt(null); });
   $("preset").addEventListener("change", (e) => applyPreset(e.target.value));

@@ -134,15 +134,17 @@ function parseMidi(buffer) {
 }
 
 // the piano roll of a parsed prompt: one colour per part (cool hues: the prompt's), drum hits as diamonds;
-// `roles` (optional, per part: "keep", "mute" or "reroll") fades muted parts and outlines re-rolled ones
-function drawPianoRoll(canvas, midi, roles = null) {
+// `roles` (optional, per part: "keep", "mute" or "reroll") fades muted parts and outlines re-rolled ones;
+// `span` (optional): `chosen` [A, B] greys the bars outside the chosen prompt bars, `read` [A, B] underlines the
+// bars the model read. Returns the layout ({bars, barAt(px)}) a drag on the canvas needs to pick bars.
+function drawPianoRoll(canvas, midi, roles = null, span = null) {
   const g = canvas.getContext("2d");
   const w = canvas.width, h = canvas.height;
   g.clearRect(0, 0, w, h);
   g.fillStyle = "#fafafa";
   g.fillRect(0, 0, w, h);
   const notes = midi ? midi.notes : [];
-  if (!notes.length) return;
+  if (!notes.length) return null;
   let lo = 127, hi = 0, last = 0;
   for (const n of notes) { lo = Math.min(lo, n.pitch); hi = Math.max(hi, n.pitch); last = Math.max(last, n.end); }
   lo -= 2; hi += 2;
@@ -154,7 +156,10 @@ function drawPianoRoll(canvas, midi, roles = null) {
   g.strokeStyle = "#ddd";
   g.fillStyle = "#999";
   g.font = "10px sans-serif";
-  const every = Math.max(1, Math.ceil(bars / MAX_BAR_LINES));
+  // bar lines every k-th bar, k a power of two (phrases of 4, 8, 16 bars) wide enough for the longest number
+  const pxPerBar = (w - 2) / bars, need = g.measureText(String(bars)).width + 6;
+  let every = 1;
+  while (every < Math.ceil(bars / MAX_BAR_LINES) || every * pxPerBar < need) every *= 2;
   for (let bar = 0; bar <= bars; bar += every) {
     g.beginPath();
     g.moveTo(x(bar * beatsPerBar), 0);
@@ -183,4 +188,19 @@ function drawPianoRoll(canvas, midi, roles = null) {
     }
   }
   g.globalAlpha = 1;
+  const chosen = span && span.chosen, read = span && span.read;
+  if (chosen) { // the bars outside the chosen ones, greyed
+    const a = x((Math.max(1, chosen[0]) - 1) * beatsPerBar), b = x(Math.min(bars, chosen[1]) * beatsPerBar);
+    g.fillStyle = "rgba(235, 235, 235, 0.78)";
+    g.fillRect(0, 0, Math.max(0, a), h);
+    g.fillRect(b, 0, Math.max(0, w - b), h);
+    g.strokeStyle = "#e07b39";
+    g.strokeRect(a + 0.5, 0.5, Math.max(1, b - a - 1), h - 1);
+  }
+  if (read) { // the bars the model read: a bar under the roll
+    g.fillStyle = "#e07b39";
+    g.fillRect(x((read[0] - 1) * beatsPerBar), h - 4, Math.max(2, x(read[1] * beatsPerBar) - x((read[0] - 1) * beatsPerBar)), 4);
+  }
+  const barAt = (px) => Math.min(bars, Math.max(1, Math.floor(((px - 1) / (w - 2)) * bars) + 1));
+  return { bars, barAt };
 }
