@@ -413,3 +413,22 @@ def test_a_prompt_whose_parts_alone_fill_the_context_is_refused_with_the_reason(
         roller.roll(path, SamplingSettings(n=1, length=4))
     res = roller.roll(path, SamplingSettings(n=1, length=4, mute=[f"t{i}" for i in range(128)]))
     assert res.prompt_notes > 0
+
+
+def test_every_sampling_setting_can_be_set_on_the_command_line():
+    """conf/sampling/default.yaml names every SamplingSettings field: Hydra refuses a key it does not hold (the
+    README's `sampling.prompt_bars=9-16` failed with "Key 'prompt_bars' is not in struct")."""
+    import dataclasses
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from theremin.apps.generate import settings_from
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parent.parent / "conf"), version_base="1.3"):
+        cfg = compose("generate", overrides=["sampling.prompt_bars=9-16", "sampling=wild"])
+        assert {f.name for f in dataclasses.fields(SamplingSettings)} <= set(cfg.sampling)
+        cfg = compose("generate", overrides=["sampling.prompt_bars=9-16", "sampling.add_part=bass"])
+    s = settings_from(cfg.sampling)
+    assert s.prompt_bars == "9-16" and s.add_part == "bass"

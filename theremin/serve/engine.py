@@ -151,8 +151,11 @@ class BatchEngine:
         return self._thread.is_alive()
 
     def stats(self) -> dict:
+        # a finished job (answered, e.g. past its time limit) leaves the batch at the end of the engine's step: its
+        # caller may ask before then, and its rows are no longer anyone's
+        active = [j for j in list(self._active) if not j.future.done()]
         return {"steps": self.steps, "mean_rows_per_step": self.rows_stepped / self.steps if self.steps else 0.0,
-                "active_rows": sum(j.n for j in self._active), "pending": len(self._pending)}
+                "active_rows": sum(j.n for j in active), "pending": len(self._pending)}
 
     # ---- the engine thread --------------------------------------------------------------------------------
     def _run(self) -> None:
