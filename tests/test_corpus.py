@@ -817,3 +817,13 @@ def test_the_umask_is_read_without_changing_it(monkeypatch):
         assert calls == [] or 0 not in calls  # /proc where there is one; never a looser mask elsewhere
     finally:
         os.umask(old)
+
+
+def test_each_codec_config_has_its_own_corpus_folder():
+    """A multirun over codec.instruments rebuilt one folder per switch, and each checkpoint's corpus_dir then held
+    the other codec's corpus (bench_remi scored run 0 on run 1's val lines): the codec names the folder."""
+    default = compose_prep(["data=bach"], app="train").data.corpus_dir
+    plain = compose_prep(["data=bach", "codec.instruments=false"], app="train").data.corpus_dir
+    fine = compose_prep(["data=bach", "codec.grid=24", "codec.instruments=false"], app="prep").data.corpus_dir
+    assert Path(default).name == "bach" and Path(plain).name == "bach-instruments_false"
+    assert Path(fine).name == "bach-grid24-instruments_false"

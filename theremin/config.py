@@ -99,7 +99,30 @@ def wandb_tags(codec: str, vocab_size) -> list[str]:
     return tags
 
 
+def codec_tag(codec) -> str:
+    """The corpus folder's suffix for a codec config: "" for the default midichar, else the settings that differ
+    (``-instruments_false``, ``-grid24``; a hash when they do not read short). A corpus is one codec's text: two
+    codec configs writing one folder rebuilt it on every switch, and a checkpoint's corpus then held the other's
+    (a multirun over codec.instruments scored run 0 on run 1's corpus)."""
+    import json
+
+    from omegaconf import DictConfig
+
+    cfg = OmegaConf.to_container(codec, resolve=True) if isinstance(codec, DictConfig) else dict(codec or {})
+    # the default is conf/codec/default.yaml (tests/test_midichar.py keeps it equal to CodecConfig's defaults)
+    defaults = OmegaConf.to_container(OmegaConf.load(conf_dir() / "codec" / "default.yaml"))
+    diff = {k: v for k, v in sorted(cfg.items()) if defaults.get(k, object()) != v}
+    if "_target_" in diff:
+        diff["codec"] = diff.pop("_target_").rsplit(".", 1)[-1]
+    if not diff:
+        return ""
+    short = "-" + "-".join(f"{k}{'_' if isinstance(v, bool) else ''}{str(v).lower()}" for k, v in diff.items())
+    if len(short) <= 40 and re.fullmatch(r"[-\w.]+", short):
+        return short
+    return "-codec" + hashlib.sha256(json.dumps(diff, sort_keys=True).encode()).hexdigest()[:8]
+
+
 for _name, _fn in (("run_name", run_name), ("wandb_mode", wandb_mode), ("wandb_group", wandb_group),
-                   ("wandb_tags", wandb_tags)):
+                   ("wandb_tags", wandb_tags), ("codec_tag", codec_tag)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)
