@@ -111,7 +111,7 @@ def test_a_dense_chord_prompt_is_trimmed_in_bounded_time(roller, make_midi):
     path = make_midi("chords.mid", notes)
     text, _, truncated = roller.prompt_text(path, None)
     assert truncated
-    assert len(roller.tok.encode(text)) + 1 <= roller.model.block_size // 2
+    assert len(roller.tok.encode(text)) + 1 <= int(roller.model.block_size * SamplingSettings.prompt_share)
     kept = roller.codec.decode(text).notes
     assert kept and len(kept) < 480
     res = roller.roll(path, SamplingSettings(n=1, length=4))
@@ -125,7 +125,7 @@ def test_a_prompt_whose_one_chord_overflows_the_context_keeps_its_top_notes(roll
     text, _, truncated = roller.prompt_text(make_midi("cluster.mid", notes), None)
     kept = roller.codec.decode(text).notes
     assert truncated and kept
-    assert len(roller.tok.encode(text)) + 1 <= roller.model.block_size // 2
+    assert len(roller.tok.encode(text)) + 1 <= int(roller.model.block_size * SamplingSettings.prompt_share)
     assert [n.pitch for n in kept] == list(range(109 - len(kept), 109))
 
 
@@ -432,3 +432,20 @@ def test_every_sampling_setting_can_be_set_on_the_command_line():
         cfg = compose("generate", overrides=["sampling.prompt_bars=9-16", "sampling.add_part=bass"])
     s = settings_from(cfg.sampling)
     assert s.prompt_bars == "9-16" and s.add_part == "bass"
+
+
+def test_prompt_share_sets_the_prompts_room(roller, make_midi):
+    """sampling.prompt_share: the prompt fills at most that share of the context; a larger share keeps more bars
+    of a long song, and a share outside 0.1-0.95 is refused by name."""
+    notes = [(i * 240, i * 240 + 200, 60 + (i * 5) % 17, 80) for i in range(600)]
+    path = make_midi("long.mid", notes)
+    kept = {}
+    for share in (0.3, 0.5, 0.9):
+        p = roller.prompt(path, share=share)
+        assert p.truncated and len(roller.tok.encode(p.text)) + 1 <= int(roller.model.block_size * share)
+        kept[share] = roller.codec.count_notes(p.text)
+    assert kept[0.3] < kept[0.5] < kept[0.9]
+    res = roller.roll(path, SamplingSettings(n=1, length=4, prompt_share=0.3))
+    assert res.prompt_notes == kept[0.3]
+    with pytest.raises(GenerateError, match=r"sampling\.prompt_share"):
+        SamplingSettings(prompt_share=1.0).check()

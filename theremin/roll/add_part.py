@@ -92,10 +92,13 @@ def _roll_one(roller, cons, s, b: int, given, tempos, parts, mine: int, allowed,
     """The new part's notes (grid 5-tuples) of variation ``b``, beat by beat."""
     codec, tok, grid = roller.codec, roller.tok, roller.codec.grid
     new: list[tuple] = []
+    # the context before each beat: the prompt's share of it, less the beat's own tokens (sliding would re-read)
+    block = roller.model.block_size
+    room = max(block // 4, min(int(block * s.prompt_share), block - MAX_TOKENS_PER_BEAT - 1))
     for t in range(0, end, grid):
         ctx = sorted([n for n in given if n[0] <= t] + new)
         sounds = [Part(p.program, p.is_drum, "") for p in parts]  # the model reads sounds (see Roller.prompt)
-        notes, ctx_tempos, shift, _ = roller._keep_recent(ctx, [x for x in tempos if x[0] <= t], bar, sounds)
+        notes, ctx_tempos, shift, _ = roller._keep_recent(ctx, [x for x in tempos if x[0] <= t], bar, sounds, 0, room)
         ids = [tok.bos_id, *tok.encode(roller._grid_text(notes, ctx_tempos, sounds))]
         row = roller._prompt_state(cons, ids)
         row.allowed_parts = allowed

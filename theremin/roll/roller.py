@@ -142,6 +142,10 @@ class SamplingSettings:
     # "A-B": bars A..B of the prompt are the prompt (the last ones that fit the context, when they do not all),
     # and the roll continues after bar B; keep_bars=K is prompt_bars="1-K"
     prompt_bars: str | None = None
+    # the share of the model's context the prompt may fill; the rest is room for the first new notes, and a roll
+    # longer than that slides on (a KV-cache window). 0.75 of 1024 tokens holds a median 9 bars of POP909 even
+    # through a Bach-only tokenizer (scripts/bench_context.py --meter 4/4); 0.5 held 6
+    prompt_share: float = 0.75
 
     def check(self, limits: SamplingLimits | None = None) -> None:
         """Every field's type and range (bounded by ``limits``); messages name the field."""
@@ -155,6 +159,7 @@ class SamplingSettings:
                       hint=f" {self.unit} (limits.max_{self.unit})")
         if self.unit == "notes" and int(self.length) < 1:
             raise GenerateError(f"sampling.length={self.length}: at least 1 note")
+        _check_number("sampling.prompt_share", self.prompt_share, 0.1, 0.95)
         optional = (("top_k", 1, None, True, False), ("top_p", 0, 1, False, True), ("min_p", 0, 1, False, False),
                     ("max_new_tokens", 1, lim.max_new_tokens, True, False), ("keep_bars", 0, None, True, False),
                     ("max_polyphony", 1, 128, True, False), ("register_margin", 0, 127, True, False))
@@ -224,9 +229,10 @@ class Roller:
 
     # ---- prompt -----------------------------------------------------------------------------------------
     def prompt(self, prompt: str | os.PathLike | Piece | None, keep_bars: int | None = None,
-               bars: tuple[int, int] | None = None) -> Prompt:
+               bars: tuple[int, int] | None = None, share: float | None = None) -> Prompt:
         """The prompt as midichar: bars ``bars`` (first, last; 1-based) of it, or its first ``keep_bars`` bars,
-        or all of it, and of those the last that fit the context (see :class:`Prompt`)."""
+        or all of it, and of those the last that fit ``share`` of the context (default
+        SamplingSettings.prompt_share; see :class:`Prompt`)."""
         if prompt is None:
             return Prompt("", (4, 4), False, 0)
         piece = prompt if isinstance(prompt, Piece) else _read_prompt(prompt)
@@ -254,7 +260,8 @@ class Roller:
         # the model reads the parts' sounds, not their names: a name its tokenizer never saw would be spelled in
         # bytes (4 tokens a letter) and crowd notes out of the context; the names come back in the variations
         had_notes = bool(notes)
-        notes, tempos, shift, truncated = self._keep_recent(notes, tempos, bar, unnamed(parts), first)
+        room = int(self.model.block_size * (SamplingSettings.prompt_share if share is None else share))
+        notes, tempos, shift, truncated = self._keep_recent(notes, tempos, bar, unnamed(parts), first, room)
         if had_notes and not notes:  # not even one note fits beside the header that declares the parts
             raise GenerateError(f"{'the prompt' if isinstance(prompt, Piece) else f'prompt {prompt}'}: its "
                                 f"{len(parts)} parts alone fill the model's context ({self.model.block_size} tokens); "
@@ -266,15 +273,13 @@ class Roller:
         """(text, time_signature, truncated): :meth:`prompt` without its end."""
         return self.prompt(prompt, keep_bars)[:3]
 
-    def _keep_recent(self, notes, tempos, bar: float, parts, first: int = 0):
-        """(notes, tempos, shift, truncated): the most recent notes that fit half the context (the other half
-        is for the continuation), cut at an onset and moved back by ``shift``, a whole number of bars, so bar
+    def _keep_recent(self, notes, tempos, bar: float, parts, first: int, room: int):
+        """(notes, tempos, shift, truncated): the most recent notes that fit ``room`` tokens (the rest of the
+        context is for the continuation), cut at an onset and moved back by ``shift``, a whole number of bars, so bar
         lines stay where they were; the tempo in force at the cut comes along. When the last onset alone does
         not fit, its highest notes are kept. The cut is found by galloping back from the end, then bisecting:
         O(log n) encodings of texts at most about twice as long as what is kept, so any prompt, however long
         or dense, is trimmed in bounded time."""
-        room = self.model.block_size // 2
-
         def suffix(i: int):
             if i == 0 and first == 0:
                 return notes, tempos, 0
@@ -326,7 +331,7 @@ class Roller:
             if out_dir is not None:
                 self.write(result, Path(out_dir), s, render)
             return result
-        p = self.prompt(piece, s.keep_bars, parse_bars(s.prompt_bars) if s.prompt_bars else None)
+        p = self.prompt(piece, s.keep_bars, parse_bars(s.prompt_bars) if s.prompt_bars else None, s.prompt_share)
         if p.truncated:
             log.info("the prompt is longer than the model's context: kept bars %s", p.bars)
         prompt_ids = [self.tok.bos_id, *self.tok.encode(p.text)]

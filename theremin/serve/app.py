@@ -245,6 +245,8 @@ ROLL_FORM = {  # the OpenAPI description of POST /api/rolls' form (the route par
                                         "or re-roll one of the prompt's tracks (its name)"},
             "prompt_bars": {"type": "string", "example": "9-16",
                             "description": "bars A-B of the prompt are the prompt; the roll continues after bar B"},
+            "prompt_share": {"type": "number", "example": 0.75,
+                             "description": "the share of the model's context the prompt may fill (0.1-0.95)"},
             "mute": {"type": "string", "example": "drums",
                      "description": "prompt parts left out before rolling (track names, families, programs)"},
         }}}}},

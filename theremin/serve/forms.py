@@ -168,6 +168,7 @@ def parse_settings(form: Mapping[str, str], presets: dict[str, dict], limits: Li
         "mute": lambda v: _instruments(v, limits, "mute"),
         "add_part": lambda v: _add_part(v, limits),
         "prompt_bars": lambda v: _prompt_bars(v),
+        "prompt_share": lambda v: _float("prompt_share", v, 0.1, 0.95),
     }
     for name, value in values.items():
         if name not in parse:
