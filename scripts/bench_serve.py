@@ -116,7 +116,10 @@ def main() -> None:
     ap.add_argument("--unit", default="notes", choices=["notes", "bars", "seconds"])
     ap.add_argument("--song", action="append", default=[], help="a whole-song prompt file or glob (repeatable)")
     ap.add_argument("--server-arg", action="append", default=[], help="a theremin-serve override, e.g. workers=8")
+    ap.add_argument("--field", action="append", default=[],
+                    help="NAME=VALUE: one more form field of every roll, e.g. prompt_share=0.5 (repeatable)")
     args = ap.parse_args()
+    extra = dict(f.split("=", 1) for f in args.field)
     if not Path(args.ckpt).is_file():
         raise SystemExit(f"{args.ckpt} does not exist: run `make demo` (or theremin-train) first, or pass --ckpt")
     songs = sorted({Path(f) for pattern in args.song for f in (glob.glob(os.path.expanduser(pattern)) or [pattern])})
@@ -133,13 +136,14 @@ def main() -> None:
             info = httpx.get(f"{url}/api/model").json()
             prompts = [p["name"] for p in httpx.get(f"{url}/api/prompts").json()["prompts"]]
             prompt = next((p for p in prompts if p not in ("c-major-scale", "pop-progression")), prompts[0])
-            fields = {"n": str(args.n), "length": f"{length:g}", "unit": args.unit}
+            fields = {"n": str(args.n), "length": f"{length:g}", "unit": args.unit, **extra}
             demo = {"demo_prompt": prompt, **fields}
             run_level(url, 2, 6, demo)  # warm-up: constraint masks, allocator, the first PNG-free rolls
             if songs:
                 run_level(url, 1, 2, fields, songs)
             print(f"model {info['checkpoint']}: {info['params'] / 1e6:.2f}M params, vocab {info['vocab']}, "
-                  f"block {info['block_size']}; {args.n} variations x {length_text}; {os.cpu_count()} CPUs")
+                  f"block {info['block_size']}; {args.n} variations x {length_text}; {os.cpu_count()} CPUs"
+                  + "".join(f"; {k}={v}" for k, v in extra.items()))
             print(f"prompts: built-in {prompt!r}" + (f"; whole songs: {len(songs)} files "
                                                      f"({', '.join(f.name for f in songs[:4])}"
                                                      f"{', ...' if len(songs) > 4 else ''})" if songs else ""))
