@@ -63,6 +63,13 @@ RECORD_FORMS = """(() => {
 })();"""
 
 
+def click_roll(page):
+    """Click Roll: (the POST /api/rolls answer, the text fields of the form it sent; needs RECORD_FORMS)."""
+    with page.expect_response(lambda r: r.url.endswith("/api/rolls") and r.request.method == "POST") as answer:
+        page.click("#roll")
+    return answer.value, page.evaluate("window.sentForms.at(-1)")
+
+
 @pytest.fixture(scope="module")
 def browser():
     if os.environ.get("THEREMIN_SKIP_BROWSER") == "1":
@@ -268,24 +275,20 @@ def test_a_band_prompt_shows_its_tracks_mutes_one_and_rerolls_another(browser, s
     # learned chorales, so its tokenizer has no token for a switch to a bass: the page shows the server's reason
     page.fill("#n", "2")
     page.fill("#pitch-lo", "30")
-    with page.expect_response(lambda r: r.url.endswith("/api/rolls") and r.request.method == "POST") as answer:
-        page.click("#roll")
-    fields = page.evaluate("window.sentForms.at(-1)")
+    answer, fields = click_roll(page)
     assert fields["mute"] == "drums" and fields["add_part"] == "Bass", fields
     assert fields["pitch_range"] == "30,127" and "instruments" not in fields, fields
-    assert answer.value.status == 422, answer.value.text()
+    assert answer.status == 422, answer.text()
     expect(page.locator("#error")).to_contain_text("sampling.add_part='Bass'")
     expect(page.locator("#error")).to_contain_text("no token for a switch to Bass")
 
     # keep the bass, mute the drums: the roll plays on with the bass and the piano
     bass.locator("input[value=keep]").check()
     expect(page.locator("#parts-plan")).to_contain_text("leaves out Drums")
-    with page.expect_response(lambda r: r.url.endswith("/api/rolls") and r.request.method == "POST") as answer:
-        page.click("#roll")
-    fields = page.evaluate("window.sentForms.at(-1)")
+    answer, fields = click_roll(page)
     assert fields["mute"] == "drums" and "add_part" not in fields, fields
-    assert answer.value.ok, answer.value.text()
-    body = answer.value.json()
+    assert answer.ok, answer.text()
+    body = answer.json()
     assert body["prompt"]["parts"], body["prompt"]
     for part in body["prompt"]["parts"]:  # the server's tracks are the page's, note for note
         row = page.locator(f"#part-list .part[data-name='{part['name']}']")
@@ -390,11 +393,10 @@ def test_a_whole_song_is_trimmed_not_refused(browser, server, tmp_path):
     expect(page.locator("#bars-to")).to_have_value("4")
     page.fill("#length", "2")
     page.select_option("#unit", "bars")
-    with page.expect_response(lambda r: r.url.endswith("/api/rolls") and r.request.method == "POST") as answer:
-        page.click("#roll")
-    assert page.evaluate("window.sentForms.at(-1)")["prompt_bars"] == "3-4"
-    assert answer.value.ok, answer.value.text()
-    body = answer.value.json()
+    answer, fields = click_roll(page)
+    assert fields["prompt_bars"] == "3-4", fields
+    assert answer.ok, answer.text()
+    body = answer.json()
     first, last = body["prompt"]["bars"]  # the test model's context (128 tokens) may hold bar 4 alone
     # bars 3-4 hold 20 notes (8 + 2 a bar); trimmed: some did not fit (the kept ones start in bar `first`)
     assert last == 4 and first in (3, 4) and body["prompt"]["trimmed"] is (body["prompt"]["notes"] < 20), body["prompt"]

@@ -3,6 +3,7 @@ import, once), :func:`plain` for config values and :func:`known_settings`, the o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -99,6 +100,12 @@ def wandb_tags(codec: str, vocab_size) -> list[str]:
     return tags
 
 
+@functools.cache
+def _default_codec() -> dict:
+    """conf/codec/default.yaml, read once (tests/test_midichar.py keeps it equal to CodecConfig's defaults)."""
+    return OmegaConf.to_container(OmegaConf.load(conf_dir() / "codec" / "default.yaml"))
+
+
 def codec_tag(codec) -> str:
     """The corpus folder's suffix for a codec config: "" for the default midichar, else the settings that differ
     (``-instruments_false``, ``-grid24``; a hash when they do not read short). A corpus is one codec's text: two
@@ -109,8 +116,7 @@ def codec_tag(codec) -> str:
     from omegaconf import DictConfig
 
     cfg = OmegaConf.to_container(codec, resolve=True) if isinstance(codec, DictConfig) else dict(codec or {})
-    # the default is conf/codec/default.yaml (tests/test_midichar.py keeps it equal to CodecConfig's defaults)
-    defaults = OmegaConf.to_container(OmegaConf.load(conf_dir() / "codec" / "default.yaml"))
+    defaults = _default_codec()
     diff = {k: v for k, v in sorted(cfg.items()) if defaults.get(k, object()) != v}
     if "_target_" in diff:
         diff["codec"] = diff.pop("_target_").rsplit(".", 1)[-1]
