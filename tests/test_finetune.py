@@ -317,3 +317,33 @@ def test_finetune_requires_init_from(tmp_path):
     with pytest.raises(FinetuneError, match="init_from is required by experiment=finetune"):
         finetune.init_of(cfg)
     assert finetune.init_of(scratch) is None
+
+
+def test_finetune_that_only_hurts_keeps_the_base(tiny_base, tmp_path, make_midi, midi_factory, caplog):
+    """The base is validated at step 0 and kept as the first best checkpoint: a fine-tuning run whose every step
+    makes val worse (here a rate of 0.5) hands back the base's weights as its best, and early stopping counts
+    from the base's figure. A run whose steps help replaces it (test_base_finetune_score keeps one best-*.ckpt)."""
+    import torch
+
+    from theremin.model.checkpoint import open_checkpoint
+
+    base_ckpt, root = tiny_base
+    for i, root_note in enumerate((55, 57, 60, 62, 64, 65, 67, 69)):
+        make_midi(tmp_path / "scales" / f"s{i}.mid", midi_factory.scale(root_note))
+    out = tmp_path / "r"
+    with caplog.at_level("INFO", logger="theremin.model.finetune"):
+        train_run(["experiment=finetune", *TINY, f"init_from={base_ckpt}", "data=folder", f"paths.data_dir={root}",
+                   f"data.input_dir={tmp_path / 'scales'}", "data.name=hurts", "finetune.steps=12",
+                   "finetune.fixed_lr=0.5", "finetune.validations=4", "callbacks.early_stopping.patience=2",
+                   "data.val_fraction=0.3"], out)
+    said = [r.getMessage() for r in caplog.records if "(step 0)" in r.getMessage()]
+    assert said and "val/bits_per_note = " in said[0]
+    step0 = float(said[0].split("val/bits_per_note = ")[1].split(";")[0])
+    best = list((out / "checkpoints").glob("best-*.ckpt"))
+    assert [p.name for p in best] == [f"best-step0000000-bpn{step0:.4f}.ckpt"]
+    kept, base = open_checkpoint(best[0]), open_checkpoint(base_ckpt)
+    assert all(torch.equal(kept.state_dict[k], v) for k, v in base.state_dict.items())
+    assert kept.tokenizer_key == base.tokenizer_key
+    last = open_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert last.last_val["metrics"]["val/bits_per_note"] > step0
+    assert last.global_step < 12  # early stopping counted from the base's figure: 2 worse validations, then stop

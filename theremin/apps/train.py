@@ -238,6 +238,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         with wandb_run_closed():
             for lg in trainer.loggers:
                 lg.log_hyperparams({"n_params": n_params, "config": plain(cfg)})
+            if ck is None and cfg.get("init_from") and cfg.get("finetune") is not None:
+                finetune.validate_base(trainer, lit, dm)
             trainer.fit(lit, datamodule=dm, ckpt_path=str(ck.path) if ck else None)
             metrics = final_metrics(trainer, lit, dm)
     if trainer.is_global_zero:

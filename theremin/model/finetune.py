@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 from omegaconf import open_dict
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from torchmetrics import Metric
 
 from theremin.codec.midichar import MidiChar
 from theremin.codec.tokenizer import unknown_note_share
@@ -213,6 +215,38 @@ def unknown_notes_message(tok, lines: list[str], where) -> str | None:
             "spelled by the factored fallback, 2-3 tokens each): fine-tuning still works, but the base knows little "
             "of this music; a base trained with this kind of music too (data.extra_dirs of experiment=base) fits it "
             "better")
+
+
+def validate_base(trainer, lit, dm) -> float | None:
+    """Validate the base's weights on the run's val split before the first step, and keep them as the run's first
+    best checkpoint (``best-step0000000-...``): the figure fine-tuning has to beat, and what the run hands back
+    when every step only makes it worse (a folder in a style the base already knows, at too high a rate).
+    Early stopping counts from it. Returns the base's val/bits_per_note (None without validation)."""
+    if not trainer.limit_val_batches:
+        return None
+    trainer.validate(lit, datamodule=dm, verbose=False)
+    for m in lit.modules():  # their states were made under inference mode; fit's validation updates them in place
+        if isinstance(m, Metric):
+            m.reset()
+    value = trainer.callback_metrics.get("val/bits_per_note")
+    if value is None:
+        return None
+    value = value.detach().cpu()
+    for cb in trainer.callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.monitor == "val/bits_per_note" and cb.save_top_k:
+            # ModelCheckpoint saves only while fitting: the step-0 checkpoint is written here and registered as
+            # its best, so a better validation later replaces it (save_top_k) and a worse one never does
+            path = cb.format_checkpoint_name({"step": torch.tensor(0), "val/bits_per_note": value})
+            trainer.save_checkpoint(path, cb.save_weights_only)
+            cb.best_k_models = {path: value}
+            cb.kth_best_model_path = cb.best_model_path = path
+            cb.kth_value = cb.best_model_score = value
+        elif isinstance(cb, EarlyStopping) and cb.monitor == "val/bits_per_note":
+            cb.best_score = value.to(cb.best_score.device)
+    if trainer.is_global_zero:
+        log.info("the base on this corpus's val split (step 0): val/bits_per_note = %.4f; kept as the best "
+                 "checkpoint until a fine-tuning step beats it", float(value))
+    return float(value)
 
 
 def init_weights(lit, ck) -> None:
