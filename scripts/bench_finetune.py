@@ -3,13 +3,15 @@
     python scripts/bench_finetune.py --base outputs/base/runs/<run>/checkpoints/best-*.ckpt \\
         --corpus maestro=/data/maestro/train:/data/maestro/test --corpus pop=/data/pop/train:/data/pop/test
 
-For each corpus (a train folder and a test folder of other files, split by file):
+For each corpus (a train folder and a test folder of other files, split by file; scripts/heldout_folders.py makes
+them from dataset files a base's balance left out):
 
 1. fine-tuned: ``theremin-train experiment=finetune init_from=<base> data=folder data.input_dir=<train>``; the
    step count is the one the fine-tuning rules pick from the corpus size (theremin/model/finetune.py);
 2. from scratch: the same recipe (augmentation, early stopping, best checkpoint) and the same number of steps of
    the same model size, from random weights, with a tokenizer trained on the folder (``--scratch-vocab``);
-3. ``theremin-score`` of each best checkpoint on the test folder; wall time of each training (CPU minutes);
+3. ``theremin-score`` of each best checkpoint, and of the base alone, on the test folder; wall time of each
+   training (CPU minutes);
 4. rolls of both from the first 2 bars of the first test file, as piano-roll PNGs (``--rolls``).
 
 Prints a markdown table; every command it ran is printed before it runs.
@@ -82,6 +84,8 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=None,
                     help="early stopping's patience (validations) in both runs; a large one turns it off: at a "
                          "small budget a from-scratch run's early plateau would otherwise end it")
+    ap.add_argument("--ft-override", action="append", default=[], metavar="KEY=VALUE",
+                    help="an override of the fine-tuning runs only, e.g. finetune.fixed_lr=1.5e-4 (repeatable)")
     ap.add_argument("--reuse", action="store_true", help="reuse finished runs of the same command (bench.json)")
     ap.add_argument("--scratch-first", metavar="NAME=STEPS", action="append", default=None,
                     help="only train the from-scratch run of NAME with STEPS steps (before the base exists; "
@@ -94,7 +98,9 @@ def main() -> None:
     for spec in args.corpus:
         name, dirs = spec.split("=", 1)
         train_dir, test = (Path(d).resolve() for d in dirs.split(":"))
-        ft_dir, sc_dir = out / name / "finetune", out / name / "scratch"
+        # a fine-tuning variant (--ft-override) gets its own folder; the from-scratch run is shared with --reuse
+        variant = "".join("_" + re.sub(r"[^A-Za-z0-9.=-]+", "-", o) for o in args.ft_override)
+        ft_dir, sc_dir = out / name / f"finetune{variant}", out / name / "scratch"
         common = ["experiment=finetune", "data=folder", f"data.input_dir={train_dir}"]
         if args.patience is not None:
             common.append(f"callbacks.early_stopping.patience={args.patience}")
@@ -102,6 +108,7 @@ def main() -> None:
         if steps is None or args.scratch_first is False:
             cap = [f"finetune.max_steps={args.max_steps}"] if args.max_steps else []
             text, ft_s = train([str(BIN / "theremin-train"), *common, f"init_from={Path(args.base).resolve()}", *cap,
+                                *args.ft_override,
                                 f"data.name=bench-{name}-ft", f"hydra.run.dir={ft_dir}"], ft_dir, args.reuse)
             m = re.search(r"fine-tuning from .*?: (\d+) steps .*? lr ([0-9.e+-]+), validation every (\d+) steps",
                           text)
@@ -118,9 +125,10 @@ def main() -> None:
                         sc_dir, args.reuse)
         if args.scratch_first:
             continue
-        ft = score(best(ft_dir), test, out / name / "score_finetune.json")
+        ft = score(best(ft_dir), test, out / name / f"score_finetune{variant}.json")
         sc = score(best(sc_dir), test, out / name / "score_scratch.json")
-        rows.append((name, train_dir, sc, ft, steps, lr, sc_s, ft_s))
+        alone = score(Path(args.base).resolve(), test, out / name / "score_base.json")
+        rows.append((name, train_dir, alone, sc, ft, steps, lr, sc_s, ft_s))
         if args.rolls:
             prompt = sorted(p for p in test.rglob("*") if p.suffix.lower() in (".mid", ".midi"))[0]
             for kind, d in (("finetune", ft_dir), ("scratch", sc_dir)):
@@ -128,12 +136,13 @@ def main() -> None:
                      "sampling.keep_bars=2", "sampling.n=2", "sampling.length=4", "sampling.unit=bars",
                      "render.wav=false", f"out_dir={out / name / ('rolls_' + kind)}",
                      f"hydra.run.dir={out / name / ('gen_' + kind)}"], out / name / f"gen_{kind}.out")
-    print("\n| corpus | files train/test | test notes | from scratch bits/note | fine-tuned bits/note | ratio | "
-          "steps (lr) | CPU min scratch / fine-tune |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, train_dir, sc, ft, steps, lr, sc_s, ft_s in rows:
+    print("\n| corpus | files train/test | test notes | base alone | from scratch bits/note | fine-tuned bits/note | "
+          "ratio | steps (lr) | CPU min scratch / fine-tune |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, train_dir, alone, sc, ft, steps, lr, sc_s, ft_s in rows:
         n_train = sum(1 for p in train_dir.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
-        print(f"| {name} | {n_train}/{ft['files']} | {ft['notes']:,} | {sc['bits_per_note']:.3f} | "
+        print(f"| {name} | {n_train}/{ft['files']} | {ft['notes']:,} | {alone['bits_per_note']:.3f} | "
+              f"{sc['bits_per_note']:.3f} | "
               f"{ft['bits_per_note']:.3f} | {ft['bits_per_note'] / sc['bits_per_note']:.2f} | {steps} ({lr}) | "
               f"{sc_s / 60:.1f} / {ft_s / 60:.1f} |")
 

@@ -62,7 +62,7 @@ def main() -> None:
             dest.mkdir(parents=True)
             for i, p in enumerate(files):
                 shutil.copyfile(p, dest / f"{i:03d}_{p.name}")
-            print(f"{name}/{split}: {len(files)} files of {len(pool)} the base left out -> {dest}")
+            print(f"{name}/{split}: {len(files)} of {len(pool)} files -> {dest}")
 
 
 if __name__ == "__main__":
