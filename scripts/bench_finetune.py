@@ -99,7 +99,7 @@ def main() -> None:
         name, dirs = spec.split("=", 1)
         train_dir, test = (Path(d).resolve() for d in dirs.split(":"))
         # a fine-tuning variant (--ft-override) gets its own folder; the from-scratch run is shared with --reuse
-        variant = "".join("_" + re.sub(r"[^A-Za-z0-9.=-]+", "-", o) for o in args.ft_override)
+        variant = "".join("_" + re.sub(r"[^A-Za-z0-9.-]+", "-", o) for o in args.ft_override)
         ft_dir, sc_dir = out / name / f"finetune{variant}", out / name / "scratch"
         common = ["experiment=finetune", "data=folder", f"data.input_dir={train_dir}"]
         if args.patience is not None:
