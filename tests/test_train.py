@@ -305,13 +305,14 @@ def test_demo_search_runs_trials_within_a_wall_clock_budget(data_root, demo_midi
 # the base experiments convert music21's folk tune books first (~10 min once on 2 cores): slow. experiment=finetune
 # needs a base checkpoint (init_from): tests/test_finetune.py runs it end to end.
 # The band experiments read POP909 and Groove from the dataset mirror (../shared/datasets or $THEREMIN_DATASETS):
-# slow too (a 300 k-note corpus and its tokenizer).
+# slow too (a 300 k-note corpus and its tokenizer). experiment=base_sweep is experiment=base with the five datasets
+# on (a 2.3 M-note corpus: too slow for a test); test_base_sweep_composes checks what it sets.
 MIRROR = Path(os.environ.get("THEREMIN_DATASETS") or Path(__file__).resolve().parents[2] / "shared" / "datasets")
 
 
 @pytest.mark.parametrize("experiment", [
     pytest.param(e, marks=pytest.mark.slow) if e.startswith("base") or "band" in e else e
-    for e in group_options("experiment") if e != "finetune"])
+    for e in group_options("experiment") if e not in ("finetune", "base_sweep")])
 def test_every_experiment_runs(data_root, demo_midi, tmp_path, experiment, monkeypatch):
     from theremin.apps.train import train
 
@@ -323,6 +324,23 @@ def test_every_experiment_runs(data_root, demo_midi, tmp_path, experiment, monke
     # a GPU preset on a machine without one: everything but the accelerator still runs
     cpu = ["trainer=cpu"] if experiment.endswith("_gpu") and not torch.cuda.is_available() else []
     train(make_cfg(data_root, demo_midi, tmp_path, f"experiment={experiment}", "debug=fdr", *cpu))
+
+
+def test_base_sweep_composes():
+    """experiment=base_sweep is experiment=base on the real-music corpus, swept over model x lr."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from theremin.config import conf_dir
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        sweep = compose("train", overrides=["experiment=base_sweep"], return_hydra_config=True)
+        base = compose("train", overrides=["experiment=base"])
+    assert list(sweep.data.datasets) == ["pop909", "groove", "pianolatron", "openewld", "wjazzd"]
+    assert dict(sweep.hydra.sweeper.params) == {"model": "micro,mini", "optimizer.lr": "1.5e-3,3.0e-3"}
+    assert sweep.data.block_size == base.data.block_size and sweep.tokenizer == base.tokenizer
+    assert sweep.trainer.max_steps == 600 and base.trainer.max_steps == 6000
 
 
 # ---- one run directory, one process (issue 8.6) -------------------------------------------------------------
