@@ -19,7 +19,7 @@ import random
 import shutil
 from pathlib import Path
 
-MIDI = (".mid", ".midi")
+from theremin.music.midi import is_midi_path
 
 
 def taken(base_midi: Path, name: str) -> set[str]:
@@ -27,11 +27,11 @@ def taken(base_midi: Path, name: str) -> set[str]:
     folder = base_midi / name
     if not folder.is_dir():
         raise SystemExit(f"--base-midi: {folder} is missing (build the base corpus with data.datasets=[{name}] first)")
-    return {str(p.resolve()) for p in folder.rglob("*") if p.suffix.lower() in MIDI}
+    return {str(p.resolve()) for p in folder.rglob("*") if is_midi_path(p)}
 
 
 def candidates(root: Path) -> list[Path]:
-    return sorted(p.resolve() for p in root.rglob("*") if p.suffix.lower() in MIDI and p.is_file())
+    return sorted(p.resolve() for p in root.rglob("*") if is_midi_path(p) and p.is_file())
 
 
 def main() -> None:

@@ -328,15 +328,9 @@ def test_every_experiment_runs(data_root, demo_midi, tmp_path, experiment, monke
 
 def test_base_sweep_composes():
     """experiment=base_sweep is experiment=base on the real-music corpus, swept over model x lr."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from train_run import compose_train
 
-    from theremin.config import conf_dir
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        sweep = compose("train", overrides=["experiment=base_sweep"], return_hydra_config=True)
-        base = compose("train", overrides=["experiment=base"])
+    sweep, base = compose_train(["experiment=base_sweep"]), compose_train(["experiment=base"])
     assert list(sweep.data.datasets) == ["pop909", "groove", "pianolatron", "openewld", "wjazzd"]
     assert dict(sweep.hydra.sweeper.params) == {"model": "micro,mini", "optimizer.lr": "1.5e-3,3.0e-3"}
     assert sweep.data.block_size == base.data.block_size and sweep.tokenizer == base.tokenizer
